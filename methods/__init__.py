@@ -1,0 +1,1 @@
+"""Built-in method plugins, one per file. `petlbench.registry.BUILTIN` lists them by name."""

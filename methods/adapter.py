@@ -1,0 +1,57 @@
+"""Bottleneck adapters (Houlsby et al., 2019) inserted after sub-layers of every ViT block.
+
+Default: bottleneck 8 after the MLP of each block, the 0.16M-parameter adapter of the VTAB-1k tables
+(12 x (768*8+8 + 8*768+768) = 156,768 on ViT-B/16). The adapter is residual, x + up(act(down(x))),
+and starts near the identity.
+"""
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from petlbench.method import Method
+from petlbench.vit import vit_parts
+
+
+@dataclass
+class AdapterConfig:
+    bottleneck: int = 8
+    placement: Literal["mlp", "attn", "both"] = "mlp"  # which sub-layer outputs get an adapter
+    scale: float = 1.0
+    init: Literal["houlsby", "zeros"] = "houlsby"  # houlsby: N(0, 0.01); zeros: up-projection zero
+
+
+class Bottleneck(nn.Module):
+    """Residual bottleneck: x + scale * up(gelu(down(x)))."""
+
+    def __init__(self, dim: int, bottleneck: int, scale: float, init: str):
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = nn.GELU()
+        self.up = nn.Linear(bottleneck, dim)
+        self.scale = scale
+        for layer in (self.down, self.up):
+            nn.init.trunc_normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+        if init == "zeros":
+            nn.init.zeros_(self.up.weight)
+
+    def forward(self, x):
+        return x + self.scale * self.up(self.act(self.down(x)))
+
+
+class Adapter(Method):
+    name = "adapter"
+    description = "residual bottleneck adapters after the MLP and/or attention of each block"
+    Config = AdapterConfig
+    train_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}  # NOAH recipe
+
+    def apply(self, model):
+        cfg = self.config
+        vit = vit_parts(model, self.name)
+        for block in vit.blocks:
+            if cfg.placement in ("attn", "both"):
+                block.attn = nn.Sequential(block.attn, Bottleneck(vit.embed_dim, cfg.bottleneck, cfg.scale, cfg.init))
+            if cfg.placement in ("mlp", "both"):
+                block.mlp = nn.Sequential(block.mlp, Bottleneck(vit.embed_dim, cfg.bottleneck, cfg.scale, cfg.init))
+        return model

@@ -1,0 +1,37 @@
+"""VPT-shallow (Jia et al., ECCV 2022): learned prompt tokens enter the first block only.
+
+The prompts are inserted after the class token, travel through every block, and are stripped
+after the last one: tokens x embed_dim parameters (50 x 768 = 38,400 on ViT-B/16).
+"""
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from petlbench.method import Method
+from petlbench.prompts import InsertPrompts, StripPrompts, make_prompts
+from petlbench.vit import vit_parts
+
+
+@dataclass
+class VPTShallowConfig:
+    tokens: int = 50
+    dropout: float = 0.0
+    init: Literal["xavier", "normal", "zeros"] = "xavier"
+
+
+class VPTShallow(Method):
+    name = "vpt_shallow"
+    description = "prompt tokens inserted before the first block"
+    Config = VPTShallowConfig
+    # VPT recipe: SGD with momentum 0.9 for prompts.
+    train_defaults = {"optimizer": "sgd", "lr": 0.25, "weight_decay": 1e-4}
+
+    def apply(self, model):
+        cfg = self.config
+        vit = vit_parts(model, self.name)
+        prompts = make_prompts(cfg.tokens, vit.embed_dim, cfg.init, vit.patch_size)
+        where = vit.num_prefix_tokens
+        vit.blocks[0] = nn.Sequential(InsertPrompts(prompts, where, cfg.dropout), vit.blocks[0])
+        vit.blocks[-1] = nn.Sequential(vit.blocks[-1], StripPrompts(cfg.tokens, where))
+        return model

@@ -1,0 +1,20 @@
+"""petlbench: compare parameter-efficient transfer learning methods for vision models, fairly and fast."""
+__version__ = "0.1.0"
+
+
+def run(*args, **kwargs):
+    """Run methods x tasks x seeds of a suite; see petlbench.runner.run."""
+    from petlbench.runner import run as _run
+    return _run(*args, **kwargs)
+
+
+def table(results, fmt: str = "md", **kwargs) -> str:
+    """Tabulate the records under `results`; see petlbench.table.render."""
+    from petlbench.table import render
+    return render(results, fmt, **kwargs)
+
+
+def register_method(cls):
+    """Register a Method subclass at run time (notebooks, tests)."""
+    from petlbench.registry import register_method as _register
+    return _register(cls)

@@ -1,0 +1,58 @@
+"""Visual prompt tokens for timm ViTs (VPT, Jia et al., ECCV 2022), as modules that wrap blocks.
+
+Prompts enter after the position embedding, right after the prefix (class/register) tokens, so they
+carry no position embedding; `model.num_prefix_tokens` is never changed (timm's `_pos_embed` and
+pooling read it), and prompts are stripped again before the final norm and pooling.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def make_prompts(count: int, dim: int, init: str, patch_size: tuple[int, int]) -> nn.Parameter:
+    prompts = torch.empty(1, count, dim)
+    if init == "xavier":  # VPT's choice: uniform with the fan of a patch projection
+        bound = math.sqrt(6.0 / float(3 * patch_size[0] * patch_size[1] + dim))
+        nn.init.uniform_(prompts, -bound, bound)
+    elif init == "normal":
+        nn.init.trunc_normal_(prompts, std=0.02)
+    elif init == "zeros":
+        nn.init.zeros_(prompts)
+    else:
+        raise ValueError(f"unknown prompt init {init!r}")
+    return nn.Parameter(prompts)
+
+
+class InsertPrompts(nn.Module):
+    """Insert learned prompt tokens into the token sequence at `position` (after the prefix tokens)."""
+
+    def __init__(self, prompts: nn.Parameter, position: int, dropout: float = 0.0):
+        super().__init__()
+        self.prompts = prompts
+        self.position = position
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.dropout(self.prompts).expand(x.shape[0], -1, -1).to(x.dtype)
+        return torch.cat([x[:, : self.position], p, x[:, self.position:]], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"tokens={self.prompts.shape[1]}, position={self.position}"
+
+
+class StripPrompts(nn.Module):
+    """Drop the `count` prompt outputs that sit at `position`, so later code sees the original tokens."""
+
+    def __init__(self, count: int, position: int):
+        super().__init__()
+        self.count = count
+        self.position = position
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, : self.position], x[:, self.position + self.count:]], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"tokens={self.count}, position={self.position}"

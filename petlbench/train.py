@@ -1,0 +1,106 @@
+"""The one training loop every method uses: AdamW or SGD, cosine schedule with warm-up (timm's
+optimizer factory and scheduler), bf16 autocast on CUDA, seeded shuffling, last-epoch evaluation."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from tqdm.auto import tqdm
+
+from petlbench.data import TensorData
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4  # not applied to biases, norms, tokens (timm's filter_bias_and_bn)
+    momentum: float = 0.9  # SGD only
+    epochs: int = 100
+    warmup_epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig):
+    kwargs = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
+    # timm skips parameters with requires_grad=False and exempts 1-d params from weight decay.
+    return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+
+
+def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
+        seed: int, progress: bool | None = None) -> dict:
+    """Train for cfg.epochs and evaluate once at the end (the number reported; no test-set selection)."""
+    model.to(device)
+    train, test = train.to(device), test.to(device)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=total_steps, warmup_t=min(cfg.warmup_epochs * steps_per_epoch, total_steps - 1),
+        warmup_lr_init=cfg.lr * 1e-3, warmup_prefix=True, lr_min=0.0, t_in_epochs=False)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    amp = autocast_dtype(cfg, device)
+    order = torch.Generator().manual_seed(seed)
+    step, seen, epoch_loss = 0, 0, float("nan")
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", leave=False, disable=not progress if progress is not None else None)
+    for _ in bar:
+        model.train()
+        losses = []
+        for idx in torch.randperm(len(train), generator=order).split(cfg.batch_size):
+            images, labels = train.batch(idx.to(train.device))
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = loss_fn(model(images), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            scheduler.step_update(step)
+            losses.append(loss.detach())
+            seen += len(idx)
+        epoch_loss = torch.stack(losses).float().mean().item()
+        bar.set_postfix(loss=f"{epoch_loss:.3f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_time = time.perf_counter() - start
+    top1 = evaluate(model, test, cfg, device)
+    return {"test_top1": top1, "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
+            "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, cfg: TrainConfig, device: torch.device) -> float:
+    model.eval()
+    amp = autocast_dtype(cfg, device)
+    correct = 0
+    for idx in torch.arange(len(data), device=data.device).split(cfg.eval_batch_size):
+        images, labels = data.batch(idx)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            correct += (model(images).argmax(dim=1) == labels).sum().item()
+    return correct / max(len(data), 1)
