@@ -73,11 +73,16 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
     head = model.get_classifier()
     head_keys = {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
     state = {k: v for k, v in state.items() if k not in head_keys}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k not in head_keys]
-    if missing or result.unexpected_keys:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and k not in head_keys]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                else f"shape {wrong[0]}")
         raise UserError(f"--checkpoint {path}: does not fit {type(model).__name__} ({what}); check --backbone-args")
+    model.load_state_dict(state, strict=False)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -105,16 +105,21 @@ def position_sample(rng):
 TASKS: dict[str, Callable] = {"shapes": shapes_sample, "count": count_sample, "position": position_sample}
 
 
-def write_task(root: Path, name: str, seed: int) -> None:
-    """Write one task in the NOAH layout: <task>/images/<split>/%06d.jpg and <split>.txt lists."""
+def write_task(root: Path, name: str, seed: int, sizes: dict[str, int] = SPLITS, kind: str | None = None) -> None:
+    """Write one task in the NOAH layout: <task>/images/<split>/%06d.jpg and <split>.txt lists.
+
+    `sizes` gives the images per split (train800, val200, test) and `kind` the generator (default:
+    the task's name); tests write smaller tasks under other names.
+    """
+    sample = TASKS[kind or name]
     rng = np.random.default_rng(seed)
     lines: dict[str, list[str]] = {}
-    for split, count in SPLITS.items():
+    for split, count in sizes.items():
         folder = root / name / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
         lines[split] = []
         for i in range(count):
-            image, label = TASKS[name](rng)
+            image, label = sample(rng)
             image.save(folder / f"{i:06d}.jpg", quality=95)
             lines[split].append(f"images/{split}/{i:06d}.jpg {label}")
     # NOAH ships train800val200 as its own copies of the 1000 training images.

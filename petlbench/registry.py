@@ -45,8 +45,11 @@ class MethodEntry:
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Add a method at run time (notebooks, tests). A name that already exists is an error."""
-    _check_class(cls, getattr(cls, "name", None), "runtime")
-    if cls.name in available_methods():
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise UserError(f"register_method: {getattr(cls, '__name__', cls)!r} needs a class attribute `name` (a string)")
+    _check_class(cls, name, "runtime")
+    if name in available_methods():
         raise UserError(f"method name {cls.name!r} is already registered ({available_methods()[cls.name].origin})")
     _runtime[cls.name] = cls
     return cls

@@ -127,7 +127,8 @@ def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, p
     record: dict[str, Any] = {
         "schema": SCHEMA, "run_id": plan.run_id(), "status": "running", "error": None,
         "suite": plan.suite.name, "suite_file": plan.suite.path, "task": plan.task.name,
-        "task_group": plan.task.group, "num_classes": plan.task.classes, "seed": plan.seed,
+        "task_group": plan.task.group, "task_index": plan.suite.tasks.index(plan.task),
+        "num_classes": plan.task.classes, "seed": plan.seed,
         "method": {"name": plan.method.name, "label": method_label(plan.method), "origin": origin,
                    "options": as_dict(plan.method.config)},
         "backbone": {"name": plan.backbone.name, "args": plan.backbone.args, "weights": plan.backbone.weights,

@@ -13,6 +13,9 @@ from typing import Any
 import yaml
 
 from petlbench.errors import UserError
+from petlbench.options import build
+from petlbench.registry import get_method
+from petlbench.train import TrainConfig
 
 TOP_KEYS = {"name", "description", "layout", "data_root", "prepare", "backbone", "protocol", "train", "tasks",
             "method_options"}
@@ -99,13 +102,17 @@ def parse_suite(raw: Any, where: str) -> Suite:
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise UserError(f"{where}: key 'tasks': task {dup!r} is listed twice")
+    # recipe and method options are checked now, not mid-run
     train = _get(raw, "train", dict, where) or {}
     method_options = _get(raw, "method_options", dict, where) or {}
     for method, opts in method_options.items():
+        key = f"{where}: key 'method_options.{method}'"
         if not isinstance(opts, dict):
-            raise UserError(f"{where}: key 'method_options.{method}' must be a mapping of option: value")
-    from petlbench.options import build  # validate the recipe keys and types now, not mid-run
-    from petlbench.train import TrainConfig
+            raise UserError(f"{key} must be a mapping of option: value")
+        try:
+            build(get_method(method).Config, opts, key)
+        except UserError as exc:  # name the suite file and key, whatever the registry said
+            raise UserError(str(exc) if str(exc).startswith(where) else f"{key}: {exc}") from None
     build(TrainConfig, train, f"{where}: key 'train'")
     return Suite(name=name, path=where, tasks=tasks, layout=layout, description=_get(raw, "description", str, where) or "",
                  data_root=_get(raw, "data_root", str, where), prepare=prepare, backbone=backbone,

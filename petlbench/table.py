@@ -15,7 +15,7 @@ FORMATS = ("md", "csv", "latex")
 def records_frame(records: list[dict]) -> pd.DataFrame:
     """One row per successful run, the columns a table needs."""
     rows = [{
-        "suite": r["suite"], "task": r["task"], "group": r.get("task_group", ""),
+        "suite": r["suite"], "task": r["task"], "task_index": r.get("task_index", 0), "group": r.get("task_group", ""),
         "method": r["method"]["label"], "backbone": f"{r['backbone']['name']} ({r['backbone']['weights']})",
         "seed": r["seed"], "top1": 100.0 * r["metrics"]["test_top1"],
         "trainable_excl_head": r["params"]["trainable_excl_head"], "backbone_params": r["params"]["backbone"],
@@ -25,7 +25,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Method (x backbone) rows, task columns (mean over seeds), then mean, params and seeds."""
-    tasks = list(dict.fromkeys(frame["task"]))  # order of first appearance = suite order
+    tasks = list(dict.fromkeys(frame.sort_values("task_index", kind="stable")["task"]))  # the suite's order
     keys = ["method", "backbone"]
     per_task = frame.groupby(keys + ["task"], sort=False)["top1"]
     mean, std = per_task.mean().unstack("task"), per_task.std().unstack("task")

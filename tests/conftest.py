@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny timm ViT (random weights, nothing fetched) and tiny NOAH-layout tasks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from petlbench.backbone import BackboneSpec
+
+TINY_ARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}
+TINY_BACKBONE_ARGS = ",".join(f"{k}={v}" for k, v in TINY_ARGS.items())
+
+
+@pytest.fixture
+def tiny_spec() -> BackboneSpec:
+    return BackboneSpec("vit_tiny_patch16_224", dict(TINY_ARGS), pretrained=False)
+
+
+def petlbench_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
+    """Run the real console entry point in a subprocess (what users run)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "petlbench.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
+
+
+def write_tiny_suite(path: Path, tasks: dict[str, int], epochs: int = 2, extra: str = "") -> Path:
+    """A user suite YAML for tiny NOAH-layout tasks on the tiny random-init ViT."""
+    lines = [
+        "name: tiny", "layout: noah",
+        "backbone:", "  name: vit_tiny_patch16_224", f"  args: {TINY_ARGS}", "  pretrained: false",
+        f"train: {{epochs: {epochs}, warmup_epochs: 1, batch_size: 16, eval_batch_size: 64}}",
+        "tasks:", *[f"  - {{name: {n}, classes: {c}, group: structured}}" for n, c in tasks.items()], extra,
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_tasks(tmp_path) -> Path:
+    """Two small tasks written by the demo generator in the NOAH layout."""
+    from petlbench.demo import write_task
+    root = tmp_path / "data"
+    for i, name in enumerate(("count", "position")):
+        write_task(root, name, seed=i, sizes={"train800": 48, "val200": 16, "test": 32})
+    return root

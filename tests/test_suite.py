@@ -1,0 +1,223 @@
+"""Suites: the packaged demo, users' own YAML files, and validation errors that name file and key."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from petlbench.errors import UserError
+from petlbench.suite import FINAL_PROTOCOL, Suite, load_suite, packaged_suites
+
+SCRIPT = Path(sys.executable).parent / "petlbench"
+COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "petlbench.cli"]
+
+GOOD = """\
+name: mine
+description: my own tasks
+layout: noah
+backbone:
+  name: vit_tiny_patch16_224
+  args: {img_size: 32, patch_size: 8, embed_dim: 48, depth: 2, num_heads: 3}
+  pretrained: false
+train: {epochs: 2, lr: 0.01, batch_size: 8}
+method_options:
+  vpt_deep: {tokens: 2}
+tasks:
+  - {name: alpha, classes: 3, group: natural}
+  - {name: beta, classes: 2}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def petlbench_cli(*args: str):
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([*COMMAND, *args], capture_output=True, text=True, cwd=cwd, timeout=120,
+                              env=dict(os.environ))
+
+
+def assert_one_line_error(proc, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("petlbench: error: ")
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# the packaged demo suite
+
+
+def test_demo_suite_loads():
+    assert "demo" in packaged_suites()
+    suite = load_suite("demo")
+    assert isinstance(suite, Suite)
+    assert suite.name == "demo"
+    assert Path(suite.path).name == "demo.yaml" and Path(suite.path).is_file()
+    assert suite.layout == "noah" and suite.prepare == "demo"
+    assert [(t.name, t.classes, t.group) for t in suite.tasks] == [
+        ("shapes", 6, "natural"), ("count", 6, "structured"), ("position", 9, "structured")]
+    assert suite.backbone["name"] == "vit_tiny_patch16_224"
+    assert suite.backbone["args"]["embed_dim"] == 96
+    assert suite.protocol["train_split"] == "train800val200" and suite.protocol["eval_split"] == "test"
+    assert suite.protocol["metric"] == FINAL_PROTOCOL["metric"]  # defaults filled in
+    assert suite.method_options["vpt_deep"] == {"tokens": 4}
+    assert suite.train["epochs"] > 0
+
+
+def test_ls_suites_lists_demo():
+    proc = petlbench_cli("ls", "suites")
+    assert proc.returncode == 0, proc.stderr
+    assert "demo: 3 tasks (shapes, count, position)" in proc.stdout.splitlines()
+
+
+def test_unknown_packaged_suite():
+    with pytest.raises(UserError) as err:
+        load_suite("nosuch")
+    msg = str(err.value)
+    assert "'nosuch'" in msg and "demo" in msg
+
+
+# --------------------------------------------------------------------------------------------------
+# users' own suite files
+
+
+def test_own_suite_file_loads_by_path(tmp_path):
+    path = write(tmp_path, GOOD)
+    suite = load_suite(str(path))
+    assert suite.name == "mine" and suite.path == str(path)
+    assert suite.description == "my own tasks"
+    assert [(t.name, t.classes, t.group) for t in suite.tasks] == [("alpha", 3, "natural"), ("beta", 2, "")]
+    assert suite.train == {"epochs": 2, "lr": 0.01, "batch_size": 8}
+    assert suite.method_options == {"vpt_deep": {"tokens": 2}}
+    assert suite.protocol == FINAL_PROTOCOL
+    assert suite.prepare is None and suite.data_root is None
+    assert [t.name for t in suite.select(["beta"])] == ["beta"]
+    assert suite.select(None) == suite.tasks
+
+
+def test_minimal_suite_gets_defaults(tmp_path):
+    path = write(tmp_path, "name: tiny\ntasks: [{name: a, classes: 1}]\n", "tiny.yml")
+    suite = load_suite(str(path))
+    assert suite.layout == "noah" and suite.train == {} and suite.backbone == {} and suite.method_options == {}
+    assert suite.protocol == FINAL_PROTOCOL
+
+
+def test_own_suite_relative_path_and_other_suffix(tmp_path, monkeypatch):
+    write(tmp_path, GOOD, "mysuite.conf")
+    monkeypatch.chdir(tmp_path)
+    assert load_suite("mysuite.conf").name == "mine"  # an existing file is a path, whatever its suffix
+
+
+def test_missing_suite_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(UserError) as err:
+        load_suite(str(missing))
+    assert str(missing) in str(err.value) and "not found" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# validation errors name the file and the key
+
+TASKS = "tasks:\n  - {name: a, classes: 2}\n  - {name: b, classes: 3}\n"
+
+BAD = {
+    "unknown top-level key": ("name: x\nbogus: 1\n" + TASKS, ["unknown key 'bogus'", "valid:", "tasks"]),
+    "missing tasks": ("name: x\n", ["'tasks'", "required"]),
+    "empty tasks": ("name: x\ntasks: []\n", ["'tasks'", "at least one"]),
+    "tasks not a list": ("name: x\ntasks: {a: 2}\n", ["'tasks'", "list"]),
+    "missing name": (TASKS, ["'name'", "required"]),
+    "classes zero": ("name: x\ntasks:\n  - {name: a, classes: 2}\n  - {name: b, classes: 0}\n",
+                     ["tasks[1].classes", "positive integer", "0"]),
+    "classes string": ("name: x\ntasks:\n  - {name: a, classes: 2}\n  - {name: b, classes: six}\n",
+                       ["tasks[1].classes", "positive integer", "'six'"]),
+    "classes float": ("name: x\ntasks:\n  - {name: a, classes: 2}\n  - {name: b, classes: 2.5}\n",
+                      ["tasks[1].classes", "positive integer"]),
+    "classes bool": ("name: x\ntasks:\n  - {name: a, classes: 2}\n  - {name: b, classes: true}\n",
+                     ["tasks[1].classes", "positive integer"]),
+    "classes missing": ("name: x\ntasks:\n  - {name: a, classes: 2}\n  - {name: b}\n",
+                        ["tasks[1].classes", "positive integer"]),
+    "task unknown key": ("name: x\ntasks:\n  - {name: a, clases: 2}\n", ["tasks[0].clases"]),
+    "task not a mapping": ("name: x\ntasks:\n  - a\n", ["tasks[0]", "mapping"]),
+    "task without name": ("name: x\ntasks:\n  - {classes: 2}\n", ["tasks[0].name"]),
+    "duplicate task": ("name: x\ntasks:\n  - {name: a, classes: 2}\n  - {name: a, classes: 3}\n",
+                       ["'tasks'", "'a'", "twice"]),
+    "unknown layout": ("name: x\nlayout: vtab\n" + TASKS, ["'layout'", "noah", "'vtab'"]),
+    "unknown prepare": ("name: x\nprepare: download\n" + TASKS, ["'prepare'", "demo", "'download'"]),
+    "backbone unknown key": ("name: x\nbackbone: {nam: vit}\n" + TASKS, ["backbone.nam", "valid:"]),
+    "backbone not a mapping": ("name: x\nbackbone: vit\n" + TASKS, ["'backbone'", "dict"]),
+    "bad train key": ("name: x\ntrain: {lrr: 1}\n" + TASKS, ["'train'", "unknown option 'lrr'", "lr=", "epochs="]),
+    "bad train type": ("name: x\ntrain: {epochs: many}\n" + TASKS, ["'train'", "'epochs'", "int", "'many'"]),
+    "bad train choice": ("name: x\ntrain: {optimizer: adam}\n" + TASKS, ["'train'", "'optimizer'", "adamw|sgd"]),
+    "method_options not a mapping": ("name: x\nmethod_options: {vpt_deep: 4}\n" + TASKS,
+                                     ["method_options.vpt_deep", "mapping"]),
+    "top level a list": ("- name: x\n- tasks: []\n", ["mapping at the top level"]),
+    "top level a scalar": ("just a string\n", ["mapping at the top level"]),
+    "empty file": ("", ["mapping at the top level"]),
+    "invalid yaml": ("name: x\ntasks: [ {name: a, classes: 2}\n", ["not valid YAML"]),
+    "tab indentation": ("name: x\ntasks:\n\t- {name: a, classes: 2}\n", ["not valid YAML"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_validation_error_names_file_and_key(tmp_path, case):
+    text, needles = BAD[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_suite(str(path))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: "), msg
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+
+
+def test_select_unknown_task(tmp_path):
+    suite = load_suite(str(write(tmp_path, GOOD)))
+    with pytest.raises(UserError) as err:
+        suite.select(["alpha", "gamma"])
+    msg = str(err.value)
+    assert "--tasks" in msg and "'gamma'" in msg and "'mine'" in msg and "alpha" in msg and "beta" in msg
+
+
+# --------------------------------------------------------------------------------------------------
+# through the CLI: exit 2, one line naming the file and the key, no traceback
+
+
+def test_cli_run_with_bad_suite(tmp_path):
+    path = write(tmp_path, "name: x\ntasks:\n  - {name: a, classes: 2}\n  - {name: b, classes: 0}\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    proc = petlbench_cli("run", "--suite", str(path), "--methods", "linear", "--data-root", str(data),
+                         "--out", str(tmp_path / "results"))
+    assert_one_line_error(proc, str(path), "tasks[1].classes")
+    assert proc.stdout == ""
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_run_with_bad_train_and_unknown_task(tmp_path):
+    bad = write(tmp_path, "name: x\ntrain: {epochs: many}\n" + TASKS, "bad.yaml")
+    data = tmp_path / "data"
+    data.mkdir()
+    proc = petlbench_cli("run", "--suite", str(bad), "--methods", "linear", "--data-root", str(data),
+                         "--out", str(tmp_path / "results"))
+    assert_one_line_error(proc, str(bad), "'train'", "'epochs'")
+
+    good = write(tmp_path, GOOD, "good.yaml")
+    proc = petlbench_cli("run", "--suite", str(good), "--methods", "linear", "--tasks", "gamma",
+                         "--data-root", str(data), "--out", str(tmp_path / "results"))
+    assert_one_line_error(proc, "--tasks", "'gamma'", "alpha, beta")
+    assert not (tmp_path / "results").exists()
