@@ -3,27 +3,17 @@
 Each block is wrapped as insert(prompts_i) -> block -> strip, so layer i's prompt outputs are
 replaced by layer i+1's prompts: depth x tokens x embed_dim parameters (12 x 50 x 768 = 460,800).
 """
-from dataclasses import dataclass
-from typing import Literal
-
 from torch import nn
 
 from petlbench.method import Method
-from petlbench.prompts import InsertPrompts, StripPrompts, make_prompts
+from petlbench.prompts import InsertPrompts, PromptConfig, StripPrompts, make_prompts
 from petlbench.vit import vit_parts
-
-
-@dataclass
-class VPTDeepConfig:
-    tokens: int = 50
-    dropout: float = 0.1
-    init: Literal["xavier", "normal", "zeros"] = "xavier"
 
 
 class VPTDeep(Method):
     name = "vpt_deep"
     description = "prompt tokens replaced at the input of every block"
-    Config = VPTDeepConfig
+    Config = PromptConfig
     # VPT recipe: SGD with momentum 0.9 for prompts.
     train_defaults = {"optimizer": "sgd", "lr": 0.25, "weight_decay": 1e-4}
 

@@ -4,20 +4,17 @@ The prompts are inserted after the class token, travel through every block, and 
 after the last one: tokens x embed_dim parameters (50 x 768 = 38,400 on ViT-B/16).
 """
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import nn
 
 from petlbench.method import Method
-from petlbench.prompts import InsertPrompts, StripPrompts, make_prompts
+from petlbench.prompts import InsertPrompts, PromptConfig, StripPrompts, make_prompts
 from petlbench.vit import vit_parts
 
 
 @dataclass
-class VPTShallowConfig:
-    tokens: int = 50
+class VPTShallowConfig(PromptConfig):
     dropout: float = 0.0
-    init: Literal["xavier", "normal", "zeros"] = "xavier"
 
 
 class VPTShallow(Method):

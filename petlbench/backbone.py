@@ -23,11 +23,13 @@ class BackboneSpec:
     mean: tuple[float, ...] | None = None  # override the model's pretrained config
     std: tuple[float, ...] | None = None
     interpolation: str | None = None
+    checkpoint_sha256: str | None = None  # identifies local weights wherever the file lives
 
     @property
     def weights(self) -> str:
+        """What the weights are, for run identity and tables: the checkpoint's content, not its path."""
         if self.checkpoint:
-            return f"checkpoint:{self.checkpoint}"
+            return f"checkpoint sha256:{self.checkpoint_sha256[:16]}" if self.checkpoint_sha256 else "checkpoint"
         return "timm-pretrained" if self.pretrained else "random-init"
 
 

@@ -7,9 +7,19 @@ pooling read it), and prompts are stripped again before the final norm and pooli
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
+
+
+@dataclass
+class PromptConfig:
+    """Options of both VPT variants."""
+    tokens: int = 50
+    dropout: float = 0.1  # VPT's prompt dropout (deep)
+    init: Literal["xavier", "normal", "zeros"] = "xavier"  # xavier: VPT's uniform init
 
 
 def make_prompts(count: int, dim: int, init: str, patch_size: tuple[int, int]) -> nn.Parameter:

@@ -84,8 +84,12 @@ def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict
     ckpt = checkpoint or base.get("checkpoint")
     if ckpt and not checkpoint:  # a suite's relative checkpoint lives in its data root
         ckpt = str(data_root / Path(ckpt).expanduser()) if not Path(ckpt).expanduser().is_absolute() else ckpt
+    ckpt = None if random_init else ckpt
+    if ckpt and not Path(ckpt).is_file():
+        where = "--checkpoint" if checkpoint else f"{suite.path}: key 'backbone.checkpoint'"
+        raise UserError(f"{where}: {ckpt}: file not found")
     spec = BackboneSpec(name=name, args={**base.get("args", {}), **(args or {})},
-                        checkpoint=None if random_init else ckpt,
+                        checkpoint=ckpt, checkpoint_sha256=file_sha256(ckpt) if ckpt else None,
                         pretrained=bool(base.get("pretrained", True)) and not random_init,
                         mean=_triple(base.get("mean")), std=_triple(base.get("std")),
                         interpolation=base.get("interpolation"))
@@ -132,7 +136,7 @@ def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, p
         "method": {"name": plan.method.name, "label": method_label(plan.method), "origin": origin,
                    "options": as_dict(plan.method.config)},
         "backbone": {"name": plan.backbone.name, "args": plan.backbone.args, "weights": plan.backbone.weights,
-                     "checkpoint_sha256": _checkpoint_hash(plan.backbone.checkpoint)},
+                     "checkpoint": plan.backbone.checkpoint, "checkpoint_sha256": plan.backbone.checkpoint_sha256},
         "protocol": plan.suite.protocol, "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
@@ -199,17 +203,6 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
 
 def _triple(value) -> tuple[float, ...] | None:
     return tuple(float(v) for v in value) if value else None
-
-
-_hashes: dict[str, str] = {}
-
-
-def _checkpoint_hash(path: str | None) -> str | None:
-    if not path or not Path(path).is_file():
-        return None
-    if path not in _hashes:
-        _hashes[path] = file_sha256(path)
-    return _hashes[path]
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:

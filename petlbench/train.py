@@ -49,17 +49,21 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
     return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
 
 
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
+    """Linear warm-up for cfg.warmup_epochs, then cosine decay to 0 at the last step (updated per step)."""
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    return CosineLRScheduler(optimizer, t_initial=total - warmup, warmup_t=warmup, warmup_lr_init=cfg.lr * 1e-3,
+                             warmup_prefix=True, lr_min=0.0, t_in_epochs=False)
+
+
 def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
         seed: int, progress: bool | None = None) -> dict:
     """Train for cfg.epochs and evaluate once at the end (the number reported; no test-set selection)."""
     model.to(device)
     train, test = train.to(device), test.to(device)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=total_steps, warmup_t=min(cfg.warmup_epochs * steps_per_epoch, total_steps - 1),
-        warmup_lr_init=cfg.lr * 1e-3, warmup_prefix=True, lr_min=0.0, t_in_epochs=False)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp = autocast_dtype(cfg, device)
     order = torch.Generator().manual_seed(seed)

@@ -37,7 +37,7 @@ def test_demo_writes_records_and_table(demo_run):
         assert REQUIRED <= set(r)
         assert r["protocol"]["train_split"] == "train800val200" and r["protocol"]["eval_split"] == "test"
         assert r["data"]["train_images"] == 1000 and r["data"]["preprocessing"]["input_size"] == [3, 32, 32]
-        assert r["backbone"]["checkpoint_sha256"] and r["backbone"]["weights"].startswith("checkpoint:")
+        assert r["backbone"]["checkpoint_sha256"] and r["backbone"]["weights"].startswith("checkpoint sha256:")
         assert r["env"]["torch"] and r["env"]["timm"] and r["env"]["device"]["type"] in ("cpu", "cuda")
         assert 0.0 <= r["metrics"]["test_top1"] <= 1.0
     linear = [r for r in records if r["method"]["name"] == "linear"]

@@ -1,0 +1,62 @@
+"""The training loop: seeding, schedule, evaluation."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from petlbench.data import TensorData
+from petlbench.params import build_model
+from petlbench.registry import parse_method_spec
+from petlbench.train import TrainConfig, evaluate, fit, make_optimizer, make_scheduler
+
+
+def tiny_data(n: int, classes: int, seed: int) -> TensorData:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    half = torch.full((1, 3, 1, 1), 0.5)
+    return TensorData(images, labels, half, half)
+
+
+def trained(spec, seed: int):
+    model, _ = build_model(spec, parse_method_spec("vpt_deep:tokens=2"), 4, seed=seed)
+    cfg = TrainConfig(optimizer="adamw", lr=1e-2, epochs=2, warmup_epochs=1, batch_size=8)
+    metrics = fit(model, tiny_data(24, 4, 0), tiny_data(16, 4, 1), cfg, torch.device("cpu"), seed=seed, progress=False)
+    return model, metrics
+
+
+def test_same_seed_same_run_other_seed_other_run(tiny_spec):
+    a, metrics_a = trained(tiny_spec, seed=3)
+    b, metrics_b = trained(tiny_spec, seed=3)
+    c, _ = trained(tiny_spec, seed=4)
+    assert metrics_a["train_loss_last_epoch"] == metrics_b["train_loss_last_epoch"]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+    assert metrics_a["steps"] == 2 * 3 and metrics_a["epochs"] == 2
+
+
+def test_warmup_then_cosine_to_zero():
+    param = nn.Parameter(torch.zeros(1))
+    cfg = TrainConfig(optimizer="sgd", lr=0.4, epochs=10, warmup_epochs=2)
+    optimizer = make_optimizer(nn.ParameterList([param]), cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=5)
+    lrs = []
+    for step in range(1, 51):
+        scheduler.step_update(step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    warm, decay = lrs[:10], lrs[10:]
+    assert all(x < y for x, y in zip(warm, warm[1:])), "warm-up rises"
+    assert abs(lrs[9] - 0.4) < 1e-9, "peak lr at the end of warm-up"
+    assert all(x >= y for x, y in zip(decay, decay[1:])), "cosine falls"
+    assert decay[-1] < 1e-9, "reaches zero at the last step"
+    assert abs(lrs[29] - 0.2) < 0.01, "half-way through the decay, half the lr"
+
+
+def test_evaluate_counts_top1():
+    class Constant(nn.Module):  # always predicts class 2
+        def forward(self, x):
+            return torch.tensor([0.0, 0.0, 1.0]).expand(len(x), -1)
+
+    data = tiny_data(50, 3, 5)
+    expected = (data.labels == 2).sum().item() / len(data)
+    assert evaluate(Constant(), data, TrainConfig(eval_batch_size=7), torch.device("cpu")) == expected
