@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--backbone-args", default="", help="timm.create_model kwargs, e.g. img_size=224,drop_path_rate=0.1")
     r.add_argument("--checkpoint", help="local backbone weights: .safetensors, or a torch file (weights_only)")
     r.add_argument("--random-init", action="store_true", help="no pretrained weights at all (baselines, tests)")
+    r.add_argument("--mean", help="normalisation mean, three numbers (default: the backbone's pretrained config)")
+    r.add_argument("--std", help="normalisation std, three numbers (default: the backbone's pretrained config)")
     r.add_argument("--train", default="", help="training overrides, e.g. lr=0.01,epochs=5,batch_size=128")
     r.add_argument("--out", default="results", help="folder for run records (default: results)")
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
@@ -72,7 +74,8 @@ def cmd_run(args) -> int:
     records = run(suite=args.suite, methods=args.methods, seeds=seeds,
                   tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
                   backbone=args.backbone, backbone_args=parse_pairs(args.backbone_args, ",", "--backbone-args"),
-                  checkpoint=args.checkpoint, random_init=args.random_init, data_root=args.data_root,
+                  checkpoint=args.checkpoint, random_init=args.random_init, mean=numbers(args.mean, "--mean"),
+                  std=numbers(args.std, "--std"), data_root=args.data_root,
                   out=args.out, train=parse_pairs(args.train, ",", "--train"), device=args.device,
                   progress=False if args.quiet else None)
     failed = [r for r in records if r["status"] != "success"]
@@ -86,6 +89,18 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise UserError(f"{flag}: expected three comma-separated numbers (R,G,B), got {text!r}")
+    return values
 
 
 def cmd_table(args) -> int:

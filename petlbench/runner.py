@@ -75,7 +75,8 @@ def resolve_train(method: Method, suite: Suite, overrides: dict[str, Any]) -> Tr
 
 
 def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict[str, Any] | None,
-                     checkpoint: str | None, random_init: bool) -> BackboneSpec:
+                     checkpoint: str | None, random_init: bool, mean: tuple | None = None,
+                     std: tuple | None = None) -> BackboneSpec:
     """--backbone replaces the suite's backbone; --backbone-args and --checkpoint refine either."""
     base = {} if name else dict(suite.backbone)
     name = name or base.get("name")
@@ -91,7 +92,7 @@ def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict
     spec = BackboneSpec(name=name, args={**base.get("args", {}), **(args or {})},
                         checkpoint=ckpt, checkpoint_sha256=file_sha256(ckpt) if ckpt else None,
                         pretrained=bool(base.get("pretrained", True)) and not random_init,
-                        mean=_triple(base.get("mean")), std=_triple(base.get("std")),
+                        mean=_triple(mean or base.get("mean")), std=_triple(std or base.get("std")),
                         interpolation=base.get("interpolation"))
     return spec
 
@@ -168,7 +169,8 @@ def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, p
 
 def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterable[int] = (0,),
         tasks: list[str] | None = None, backbone: str | None = None, backbone_args: dict | None = None,
-        checkpoint: str | None = None, random_init: bool = False, data_root: str | None = None,
+        checkpoint: str | None = None, random_init: bool = False, mean: tuple | None = None,
+        std: tuple | None = None, data_root: str | None = None,
         out: str | Path = "results", train: dict | None = None, device: str = "auto",
         progress: bool | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns one record per run."""
@@ -181,7 +183,7 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     if the_suite.prepare == "demo":
         from petlbench.demo import prepare
         prepare(root, the_suite, log=log)
-    spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init)
+    spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)
     plans = plan_runs(the_suite, the_suite.select(tasks), method_list, list(seeds), spec, train_overrides, root)
     out, dev, cache = Path(out), pick_device(device), SplitCache()
     records = []
@@ -202,7 +204,11 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
 
 
 def _triple(value) -> tuple[float, ...] | None:
-    return tuple(float(v) for v in value) if value else None
+    if not value:
+        return None
+    if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+        raise UserError(f"mean/std: expected three numbers (one per RGB channel), got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:

@@ -116,3 +116,28 @@ def test_killed_run_leaves_no_partial_record(tmp_path, tiny_tasks):
     assert {f: f.read_bytes() for f in files} == finished, "no record of the killed run; the finished one intact"
     records = load_records(out)
     assert len(records) == 1 and records[0]["status"] == "success" and records[0]["task"] == "count"
+
+
+def test_backbone_overrides_are_recorded(tmp_path, tiny_tasks):
+    suite = write_tiny_suite(tmp_path / "tiny.yaml", {"count": 6}, epochs=1)
+    out = tmp_path / "results"
+    result = petlbench_cli("run", "--suite", str(suite), "--methods", "vpt_shallow:tokens=3", "--data-root",
+                           str(tiny_tasks), "--out", str(out), "--quiet", "--backbone-args", "depth=1,img_size=24",
+                           "--mean", "0.1,0.2,0.3", "--std", "0.4,0.5,0.6", "--train", "batch_size=7,lr=0.05")
+    assert result.returncode == 0, result.stderr
+    (r,) = load_records(out)
+    assert r["backbone"]["args"]["depth"] == 1 and r["backbone"]["args"]["embed_dim"] == 48
+    prep = r["data"]["preprocessing"]
+    assert prep["mean"] == [0.1, 0.2, 0.3] and prep["std"] == [0.4, 0.5, 0.6] and prep["input_size"] == [3, 24, 24]
+    assert r["train"]["batch_size"] == 7 and r["train"]["lr"] == 0.05 and r["train"]["optimizer"] == "sgd"
+    assert r["params"]["added"] == 3 * 48 and r["params"]["backbone"] < 48 * 48 * 12 * 2
+    assert r["method"]["options"] == {"tokens": 3, "dropout": 0.0, "init": "xavier"}
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, tiny_tasks):
+    suite = write_tiny_suite(tmp_path / "tiny.yaml", {"count": 6})
+    result = petlbench_cli("run", "--suite", str(suite), "--methods", "linear", "--data-root", str(tiny_tasks),
+                           "--out", str(tmp_path / "results"), "--checkpoint", str(tmp_path / "nope.safetensors"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"petlbench: error: --checkpoint: {tmp_path / 'nope.safetensors'}: file not found"
+    assert not (tmp_path / "results").exists()
