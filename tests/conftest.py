@@ -1,9 +1,12 @@
-"""Shared fixtures: a tiny timm ViT (random weights, nothing fetched) and tiny NOAH-layout tasks."""
+"""Shared fixtures and helpers: a tiny timm ViT (random weights, nothing fetched), tiny NOAH-layout tasks, and the
+real CLI run in a subprocess."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,11 +22,31 @@ def tiny_spec() -> BackboneSpec:
     return BackboneSpec("vit_tiny_patch16_224", dict(TINY_ARGS), pretrained=False)
 
 
-def petlbench_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
-    """Run the real console entry point in a subprocess (what users run)."""
+def petlbench_cli(*args: str, env: dict | None = None, cwd: Path | None = None, pythonpath: Path | None = None,
+                  timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real CLI (`python -m petlbench.cli ARGS`) in a subprocess, as users would; text output captured.
+
+    `pythonpath`, if given, goes in front of PYTHONPATH. Without `cwd` it runs from a fresh empty directory, so
+    what is on sys.path (a plugin, the source tree) is only what the installation and PYTHONPATH put there.
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "petlbench.cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
+    if pythonpath is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full_env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory() if cwd is None else contextlib.nullcontext(cwd) as where:
+        return subprocess.run([sys.executable, "-m", "petlbench.cli", *args], capture_output=True, text=True,
+                              env=full_env, cwd=where, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """A user error from the CLI: exit 2, no traceback, one stderr line naming every needle; returns that line."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("petlbench: error: ")
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
 
 
 def write_tiny_suite(path: Path, tasks: dict[str, int], epochs: int = 2, extra: str = "") -> Path:

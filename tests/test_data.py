@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from petlbench.backbone import BackboneSpec, create_backbone, read_state_dict
+from petlbench.backbone import BackboneSpec, create_backbone, file_sha256, read_state_dict
 from petlbench.data import TensorData, load_split, read_split_file
 from petlbench.errors import UserError
+from tests.conftest import TINY_ARGS
 
 PREP = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
 COLOURS = [(200, 40, 120), (10, 230, 90), (128, 128, 128), (250, 250, 5)]
@@ -36,6 +37,14 @@ def write_split(task: Path, split: str, text: str) -> Path:
     path = task / f"{split}.txt"
     path.write_text(text)
     return path
+
+
+def split_error(task: Path, text: str) -> tuple[Path, str]:
+    """Write `text` as the task's test split; return its path and the UserError message that loading it gives."""
+    split = write_split(task, "test", text)
+    with pytest.raises(UserError) as err:
+        load_split(task, "test", 3, PREP)
+    return split, str(err.value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,10 +119,7 @@ def test_missing_split_file(tmp_path):
 @pytest.mark.parametrize("label", [3, 7, -1])
 def test_label_out_of_range(tmp_path, label):
     task = make_task(tmp_path)
-    split = write_split(task, "test", f"images/train800/000000.jpg 0\nimages/train800/000001.jpg {label}\n")
-    with pytest.raises(UserError) as err:
-        load_split(task, "test", 3, PREP)
-    msg = str(err.value)
+    split, msg = split_error(task, f"images/train800/000000.jpg 0\nimages/train800/000001.jpg {label}\n")
     assert msg.startswith(f"{split}:2: ") and f"label {label}" in msg and "[0, 3)" in msg
 
 
@@ -121,10 +127,7 @@ def test_label_out_of_range(tmp_path, label):
                                   "images/train800/000000.jpg 1.0", "3"])
 def test_malformed_line(tmp_path, line):
     task = make_task(tmp_path)
-    split = write_split(task, "test", f"images/train800/000001.jpg 0\n\n{line}\n")
-    with pytest.raises(UserError) as err:
-        load_split(task, "test", 3, PREP)
-    msg = str(err.value)
+    split, msg = split_error(task, f"images/train800/000001.jpg 0\n\n{line}\n")
     assert msg.startswith(f"{split}:3: ") and "expected '<relative image path> <int label>'" in msg
     assert repr(line) in msg
 
@@ -133,19 +136,14 @@ def test_malformed_line(tmp_path, line):
 def test_path_escaping_task_folder(tmp_path, rel):
     task = make_task(tmp_path)
     make_task(tmp_path, name="task2")
-    split = write_split(task, "test", f"images/train800/000001.jpg 0\n{rel} 0\n")
-    with pytest.raises(UserError) as err:
-        load_split(task, "test", 3, PREP)
-    msg = str(err.value)
+    split, msg = split_error(task, f"images/train800/000001.jpg 0\n{rel} 0\n")
     assert msg.startswith(f"{split}:2: ") and repr(rel) in msg and "escapes the task folder" in msg
 
 
 def test_empty_split_file(tmp_path):
     task = make_task(tmp_path)
-    split = write_split(task, "test", "\n\n")
-    with pytest.raises(UserError) as err:
-        load_split(task, "test", 3, PREP)
-    assert str(split) in str(err.value) and "no images" in str(err.value)
+    split, msg = split_error(task, "\n\n")
+    assert str(split) in msg and "no images" in msg
 
 
 def test_unreadable_image(tmp_path):
@@ -169,23 +167,20 @@ def test_truncated_image(tmp_path):
 
 def test_listed_image_missing(tmp_path):
     task = make_task(tmp_path)
-    write_split(task, "test", "images/train800/000000.jpg 0\nimages/train800/999999.jpg 1\n")
-    with pytest.raises(UserError) as err:
-        load_split(task, "test", 3, PREP)
-    assert str((task / "images/train800/999999.jpg").resolve()) in str(err.value)
+    _, msg = split_error(task, "images/train800/000000.jpg 0\nimages/train800/999999.jpg 1\n")
+    assert str((task / "images/train800/999999.jpg").resolve()) in msg
 
 
 # --------------------------------------------------------------------------------------------------
 # local checkpoints
 
 NAME = "vit_tiny_patch16_224"
-ARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}
 
 
 @pytest.fixture(scope="module")
 def source_state():
     torch.manual_seed(0)
-    model = create_backbone(BackboneSpec(NAME, ARGS, pretrained=False), 5)
+    model = create_backbone(BackboneSpec(NAME, TINY_ARGS, pretrained=False), 5)
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
@@ -202,7 +197,7 @@ def assert_backbone_loaded(model, state):
     loaded = model.state_dict()
     head = {k for k in loaded if k.startswith("head.")}
     assert head == {"head.weight", "head.bias"}
-    assert loaded["head.weight"].shape == (7, ARGS["embed_dim"])  # the new model's own head
+    assert loaded["head.weight"].shape == (7, TINY_ARGS["embed_dim"])  # the new model's own head
     body = [k for k in loaded if k not in head]
     assert len(body) > 20
     for k in body:
@@ -214,19 +209,19 @@ def assert_backbone_loaded(model, state):
 def test_checkpoint_loads_backbone(tmp_path, source_state, filename, wrap):
     path = save(source_state, tmp_path / filename, wrap)
     torch.manual_seed(1)
-    fresh = create_backbone(BackboneSpec(NAME, ARGS, pretrained=False), 7).state_dict()
+    fresh = create_backbone(BackboneSpec(NAME, TINY_ARGS, pretrained=False), 7).state_dict()
     assert not torch.equal(fresh["blocks.0.attn.qkv.weight"], source_state["blocks.0.attn.qkv.weight"])
     torch.manual_seed(1)
     # pretrained defaults to True: with a checkpoint nothing may be fetched (there is no network here)
-    spec = BackboneSpec(NAME, ARGS, checkpoint=str(path))
-    assert spec.weights == f"checkpoint:{path}"
+    spec = BackboneSpec(NAME, TINY_ARGS, checkpoint=str(path), checkpoint_sha256=file_sha256(path))
+    assert spec.weights == f"checkpoint sha256:{file_sha256(path)[:16]}"  # identity by content, not path
     model = create_backbone(spec, 7)
     assert_backbone_loaded(model, source_state)
 
 
 def test_checkpoint_without_head_loads(tmp_path, source_state):
     path = save({k: v for k, v in source_state.items() if not k.startswith("head.")}, tmp_path / "body.safetensors")
-    model = create_backbone(BackboneSpec(NAME, ARGS, checkpoint=str(path)), 7)
+    model = create_backbone(BackboneSpec(NAME, TINY_ARGS, checkpoint=str(path)), 7)
     assert_backbone_loaded(model, source_state)
 
 
@@ -246,7 +241,7 @@ def test_pickled_object_is_refused(tmp_path, source_state):
     path = tmp_path / "evil.pt"
     torch.save({"x": Payload(str(marker)), **source_state}, path)
     with pytest.raises(UserError) as err:
-        create_backbone(BackboneSpec(NAME, ARGS, checkpoint=str(path)), 7)
+        create_backbone(BackboneSpec(NAME, TINY_ARGS, checkpoint=str(path)), 7)
     msg = str(err.value)
     assert str(path) in msg and "cannot read weights" in msg
     assert not marker.exists()
@@ -267,7 +262,7 @@ def test_corrupt_safetensors(tmp_path):
     path = tmp_path / "junk.safetensors"
     path.write_bytes(b"\x00garbage" * 20)
     with pytest.raises(UserError) as err:
-        create_backbone(BackboneSpec(NAME, ARGS, checkpoint=str(path)), 7)
+        create_backbone(BackboneSpec(NAME, TINY_ARGS, checkpoint=str(path)), 7)
     assert str(path) in str(err.value)
 
 
@@ -276,7 +271,7 @@ def test_corrupt_safetensors(tmp_path):
 def test_checkpoint_of_other_architecture(tmp_path, source_state, other, filename):
     path = save(source_state, tmp_path / filename)
     with pytest.raises(UserError) as err:
-        create_backbone(BackboneSpec(NAME, {**ARGS, **other}, checkpoint=str(path)), 7)
+        create_backbone(BackboneSpec(NAME, {**TINY_ARGS, **other}, checkpoint=str(path)), 7)
     msg = str(err.value)
     assert str(path) in msg and "--backbone-args" in msg
 
@@ -284,5 +279,5 @@ def test_checkpoint_of_other_architecture(tmp_path, source_state, other, filenam
 def test_missing_checkpoint(tmp_path):
     path = tmp_path / "nowhere.safetensors"
     with pytest.raises(UserError) as err:
-        create_backbone(BackboneSpec(NAME, ARGS, checkpoint=str(path)), 7)
+        create_backbone(BackboneSpec(NAME, TINY_ARGS, checkpoint=str(path)), 7)
     assert str(path) in str(err.value) and "not found" in str(err.value)

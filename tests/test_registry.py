@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,7 +10,6 @@ from typing import Literal
 import pytest
 from torch import nn
 
-from petlbench.backbone import BackboneSpec
 from petlbench.errors import UserError
 from petlbench.method import Method, unfreeze
 from petlbench.params import build_model
@@ -26,11 +22,21 @@ from petlbench.registry import (
     register_method,
     unregister_method,
 )
+from tests.conftest import TINY_ARGS, TINY_BACKBONE_ARGS, assert_one_line_error, petlbench_cli
 
-TINY_ARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3}
-TINY_ARGS_CLI = "img_size=32,patch_size=8,embed_dim=48,depth=2,num_heads=3"
 EMBED = TINY_ARGS["embed_dim"]
 HEAD_5 = EMBED * 5 + 5  # classifier of the tiny ViT with 5 classes
+
+
+def trivial_method(name: str) -> type[Method]:
+    """A Method subclass with class attribute `name` whose apply changes nothing."""
+    return type("Trivial", (Method,), {"name": name, "apply": lambda self, model: model})
+
+
+def params_cli(methods: str, *extra: str, pythonpath: Path | None = None):
+    """`petlbench params` for `methods` on the tiny ViT with 5 classes."""
+    return petlbench_cli("params", "--backbone", "vit_tiny_patch16_224", "--backbone-args", TINY_BACKBONE_ARGS,
+                         "--num-classes", "5", "--methods", methods, *extra, pythonpath=pythonpath)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -89,40 +95,27 @@ def test_runtime_method_spec_builds_typed_config(final_norm):
     assert [m.name for m in methods] == ["linear", "test_final_norm"]
 
 
-def test_runtime_method_trains_what_it_says(final_norm):
-    spec = BackboneSpec("vit_tiny_patch16_224", TINY_ARGS, pretrained=False)
-    _, last = build_model(spec, parse_method_spec("test_final_norm"), 5, seed=0)
+def test_runtime_method_trains_what_it_says(final_norm, tiny_spec):
+    _, last = build_model(tiny_spec, parse_method_spec("test_final_norm"), 5, seed=0)
     assert last.trainable_excl_head == 2 * EMBED  # final norm: weight + bias
     assert last.head == HEAD_5 and last.added == 0
-    _, every = build_model(spec, parse_method_spec("test_final_norm:which=all"), 5, seed=0)
+    _, every = build_model(tiny_spec, parse_method_spec("test_final_norm:which=all"), 5, seed=0)
     # 2 blocks x (norm1, norm2) + final norm
     assert every.trainable_excl_head == 5 * 2 * EMBED
 
 
 def test_register_same_name_twice_is_an_error(final_norm):
-    class Again(Method):
-        name = "test_final_norm"
-
-        def apply(self, model):
-            return model
-
     with pytest.raises(UserError) as err:
-        register_method(Again)
+        register_method(trivial_method("test_final_norm"))
     msg = str(err.value)
     assert "'test_final_norm'" in msg and "already registered" in msg and "runtime" in msg
     assert available_methods()["test_final_norm"].load() is final_norm  # the first one stays
 
 
 def test_register_builtin_name_is_an_error():
-    class MyLinear(Method):
-        name = "linear"
-
-        def apply(self, model):
-            return model
-
     try:
         with pytest.raises(UserError) as err:
-            register_method(MyLinear)
+            register_method(trivial_method("linear"))
         msg = str(err.value)
         assert "'linear'" in msg and "builtin" in msg
         assert available_methods()["linear"].origin == "builtin"
@@ -280,32 +273,6 @@ def make_dist(root: Path, dist: str, package: str, entry_points: dict[str, str],
     return root
 
 
-SCRIPT = Path(sys.executable).parent / "petlbench"
-# The console script does not put the working directory on sys.path (python -m would).
-COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-c", "import sys; sys.path.pop(0); "
-                                                   "from petlbench.cli import main; sys.exit(main())"]
-
-
-def petlbench_cli(*args: str, pythonpath: Path | None = None):
-    """Run the CLI from an empty working directory, with `pythonpath` (if any) in front of PYTHONPATH."""
-    env = dict(os.environ)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
-    with tempfile.TemporaryDirectory() as cwd:
-        return subprocess.run([*COMMAND, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
-
-
-def assert_one_line_error(proc, *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("petlbench: error: ")
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 @pytest.fixture
 def clean_modules():
     """Forget plugin modules imported in-process, so each test imports its own."""
@@ -327,9 +294,7 @@ def test_entry_point_plugin_via_cli(tmp_path):
     assert "tokens=3 (int)" in ls.stdout
     assert "linear  [builtin]" in ls.stdout
 
-    params = petlbench_cli("params", "--backbone", "vit_tiny_patch16_224", "--backbone-args", TINY_ARGS_CLI,
-                           "--num-classes", "5", "--methods", "toy_prompt,toy_prompt:tokens=2", "--format", "json",
-                           pythonpath=tmp_path)
+    params = params_cli("toy_prompt,toy_prompt:tokens=2", "--format", "json", pythonpath=tmp_path)
     assert params.returncode == 0, params.stderr
     rows = json.loads(params.stdout)
     assert [r["method"] for r in rows] == ["toy_prompt", "toy_prompt:tokens=2"]
@@ -341,12 +306,11 @@ def test_entry_point_plugin_via_cli(tmp_path):
         assert row["total"] == row["backbone"] + HEAD_5 + tokens * EMBED
 
     # without the distribution on the path, the method is unknown
-    gone = petlbench_cli("params", "--backbone", "vit_tiny_patch16_224", "--backbone-args", TINY_ARGS_CLI,
-                         "--num-classes", "5", "--methods", "toy_prompt")
+    gone = params_cli("toy_prompt")
     assert_one_line_error(gone, "unknown method 'toy_prompt'")
 
 
-def test_entry_point_plugin_in_process(tmp_path, monkeypatch, clean_modules):
+def test_entry_point_plugin_in_process(tmp_path, monkeypatch, clean_modules, tiny_spec):
     make_dist(tmp_path, "petl-plugin-demo", "petl_plugin_demo", {"toy_prompt": "petl_plugin_demo:ToyMethod"})
     assert "toy_prompt" not in available_methods()
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -358,22 +322,15 @@ def test_entry_point_plugin_in_process(tmp_path, monkeypatch, clean_modules):
     assert cls.__name__ == "ToyMethod" and issubclass(cls, Method)
     method = parse_method_spec("toy_prompt:tokens=4")
     assert isinstance(method, cls) and method.config.tokens == 4
-    _, counts = build_model(BackboneSpec("vit_tiny_patch16_224", TINY_ARGS, pretrained=False), method, 5, seed=0)
+    _, counts = build_model(tiny_spec, method, 5, seed=0)
     assert counts.added == 4 * EMBED and counts.trainable_excl_head == 4 * EMBED
 
 
 def test_runtime_name_clashing_with_entry_point(tmp_path, monkeypatch, clean_modules):
     make_dist(tmp_path, "petl-plugin-demo", "petl_plugin_demo", {"toy_prompt": "petl_plugin_demo:ToyMethod"})
     monkeypatch.syspath_prepend(str(tmp_path))
-
-    class Toy(Method):
-        name = "toy_prompt"
-
-        def apply(self, model):
-            return model
-
     with pytest.raises(UserError) as err:
-        register_method(Toy)
+        register_method(trivial_method("toy_prompt"))
     assert "already registered" in str(err.value) and "petl-plugin-demo" in str(err.value)
     assert available_methods()["toy_prompt"].origin == "entry point (petl-plugin-demo)"
 
@@ -409,8 +366,7 @@ def test_two_distributions_offering_one_name(tmp_path, monkeypatch, clean_module
 def test_entry_point_name_mismatch_cli(tmp_path):
     # the entry point says toy_other, the class says toy_prompt
     make_dist(tmp_path, "petl-plugin-bad", "petl_plugin_bad", {"toy_other": "petl_plugin_bad:ToyMethod"})
-    proc = petlbench_cli("params", "--backbone", "vit_tiny_patch16_224", "--backbone-args", TINY_ARGS_CLI,
-                         "--num-classes", "5", "--methods", "toy_other", pythonpath=tmp_path)
+    proc = params_cli("toy_other", pythonpath=tmp_path)
     assert_one_line_error(proc, "'toy_other'", "petl-plugin-bad", "ToyMethod", "'toy_prompt'")
     ls = petlbench_cli("ls", "methods", pythonpath=tmp_path)
     assert_one_line_error(ls, "'toy_other'", "'toy_prompt'")
@@ -447,14 +403,12 @@ def test_bad_entry_points_in_process(tmp_path, monkeypatch, clean_modules):
 
 
 def test_cli_wrong_option_type(tmp_path):
-    proc = petlbench_cli("params", "--backbone", "vit_tiny_patch16_224", "--backbone-args", TINY_ARGS_CLI,
-                         "--num-classes", "5", "--methods", "vpt_deep:tokens=abc")
+    proc = params_cli("vpt_deep:tokens=abc")
     assert_one_line_error(proc, "vpt_deep", "'tokens'", "'abc'", "valid:", "dropout", "init")
     assert proc.stdout == ""
 
 
 def test_cli_unknown_method(tmp_path):
-    proc = petlbench_cli("params", "--backbone", "vit_tiny_patch16_224", "--backbone-args", TINY_ARGS_CLI,
-                         "--num-classes", "5", "--methods", "linear,nosuch")
+    proc = params_cli("linear,nosuch")
     assert_one_line_error(proc, "'nosuch'", "valid:", *sorted(BUILTIN))
     assert proc.stdout == ""

@@ -1,10 +1,6 @@
 """Suites: the packaged demo, users' own YAML files, and validation errors that name file and key."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -12,9 +8,7 @@ import pytest
 
 from petlbench.errors import UserError
 from petlbench.suite import FINAL_PROTOCOL, Suite, load_suite, packaged_suites
-
-SCRIPT = Path(sys.executable).parent / "petlbench"
-COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "petlbench.cli"]
+from tests.conftest import assert_one_line_error, petlbench_cli
 
 GOOD = """\
 name: mine
@@ -37,23 +31,6 @@ def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
     return path
-
-
-def petlbench_cli(*args: str):
-    with tempfile.TemporaryDirectory() as cwd:
-        return subprocess.run([*COMMAND, *args], capture_output=True, text=True, cwd=cwd, timeout=120,
-                              env=dict(os.environ))
-
-
-def assert_one_line_error(proc, *needles: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("petlbench: error: ")
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # --------------------------------------------------------------------------------------------------
