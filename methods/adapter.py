@@ -44,7 +44,7 @@ class Adapter(Method):
     name = "adapter"
     description = "residual bottleneck adapters after the MLP and/or attention of each block"
     Config = AdapterConfig
-    train_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}  # NOAH recipe
+    recipe = "noah"  # the 0.16M adapter numbers come from NOAH
 
     def apply(self, model):
         cfg = self.config

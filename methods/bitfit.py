@@ -10,7 +10,7 @@ from petlbench.method import Method
 class BitFit(Method):
     name = "bitfit"
     description = "train all bias terms (linear, conv and norm layers)"
-    train_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
+    recipe = "vpt"  # the VTAB-1k BitFit numbers come from VPT's Table 1
 
     def apply(self, model):
         for module in model.modules():

@@ -5,8 +5,7 @@ from petlbench.method import Method, unfreeze
 class FullFineTuning(Method):
     name = "full"
     description = "fine-tune every parameter of the backbone"
-    # VPT (Jia et al. 2022): AdamW for full fine-tuning, 5 warm-up epochs.
-    train_defaults = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "warmup_epochs": 5}
+    recipe = "vpt"  # the VTAB-1k and FGVC full fine-tuning numbers come from VPT (AdamW, 5 warm-up epochs)
 
     def apply(self, model):
         unfreeze(model)

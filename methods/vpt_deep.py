@@ -14,8 +14,7 @@ class VPTDeep(Method):
     name = "vpt_deep"
     description = "prompt tokens replaced at the input of every block"
     Config = PromptConfig
-    # VPT recipe: SGD with momentum 0.9 for prompts.
-    train_defaults = {"optimizer": "sgd", "lr": 0.25, "weight_decay": 1e-4}
+    recipe = "vpt"
 
     def apply(self, model):
         cfg = self.config

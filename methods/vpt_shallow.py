@@ -21,8 +21,7 @@ class VPTShallow(Method):
     name = "vpt_shallow"
     description = "prompt tokens inserted before the first block"
     Config = VPTShallowConfig
-    # VPT recipe: SGD with momentum 0.9 for prompts.
-    train_defaults = {"optimizer": "sgd", "lr": 0.25, "weight_decay": 1e-4}
+    recipe = "vpt"
 
     def apply(self, model):
         cfg = self.config

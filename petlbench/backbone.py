@@ -95,16 +95,25 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def preprocessing(model: nn.Module, spec: BackboneSpec) -> dict[str, Any]:
-    """Input size, mean/std and interpolation: the model's pretrained config unless overridden."""
+def preprocessing(model: nn.Module, spec: BackboneSpec, crop_pct: float = 1.0, train_augment: str = "none",
+                  eval_crop: str = "none") -> dict[str, Any]:
+    """Everything that turns a file into the model's input, for the loader and the record.
+
+    Input size, mean/std and interpolation come from the model's pretrained config unless the spec
+    (suite, recipe or command line) overrides them; crop and augmentation from the suite.
+    """
     cfg = timm.data.resolve_data_config({}, model=model)
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # set by img_size=..., beats the
     input_size = [3, *size] if size else list(cfg["input_size"])  # pretrained config's 224
+    cropping = crop_pct < 1.0
     return {
         "input_size": input_size,
         "mean": list(spec.mean or cfg["mean"]),
         "std": list(spec.std or cfg["std"]),
         "interpolation": spec.interpolation or "bicubic",
-        "resize": "direct (no crop)",
-        "augmentation": "none",
+        "crop_pct": crop_pct,
+        "resize": "shorter side to input/crop_pct, centre square" if cropping else "straight to the input size",
+        "train_augment": train_augment,
+        "eval_crop": eval_crop if cropping else "none",
+        "decode": "once per split, uint8, kept in the on-disk cache",
     }

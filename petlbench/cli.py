@@ -38,7 +38,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--mean", help="normalisation mean, three numbers (default: the backbone's pretrained config)")
     r.add_argument("--std", help="normalisation std, three numbers (default: the backbone's pretrained config)")
     r.add_argument("--train", default="", help="training overrides, e.g. lr=0.01,epochs=5,batch_size=128")
+    r.add_argument("--protocol", default="final", choices=["final", "tune"],
+                   help="final: train on train+val, report test; tune: grid on train, select on val, then final")
+    r.add_argument("--recipe", help="put every method on one named recipe (vpt, noah); default: each method's own")
+    r.add_argument("--grid", help="tune grid as a YAML mapping, e.g. '{lr: [0.1, 0.01], weight_decay: [0, 1e-4]}' "
+                                  "(default: the recipe's grid)")
     r.add_argument("--out", default="results", help="folder for run records (default: results)")
+    r.add_argument("--cache-dir", help="decoded-image cache (default: $PETLBENCH_CACHE or ~/.cache/petlbench/decoded)")
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
@@ -77,6 +83,7 @@ def cmd_run(args) -> int:
                   checkpoint=args.checkpoint, random_init=args.random_init, mean=numbers(args.mean, "--mean"),
                   std=numbers(args.std, "--std"), data_root=args.data_root,
                   out=args.out, train=parse_pairs(args.train, ",", "--train"), device=args.device,
+                  protocol=args.protocol, recipe=args.recipe, grid=parse_grid(args.grid), cache_dir=args.cache_dir,
                   progress=False if args.quiet else None)
     failed = [r for r in records if r["status"] != "success"]
     if len(failed) < len(records):
@@ -89,6 +96,19 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def parse_grid(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    import yaml
+    try:
+        grid = yaml.safe_load(text)
+    except yaml.YAMLError:
+        grid = None
+    if not isinstance(grid, dict) or not grid:
+        raise UserError(f"--grid: expected a YAML mapping of lists, e.g. '{{lr: [0.1, 0.01]}}', got {text!r}")
+    return grid
 
 
 def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -113,7 +133,7 @@ def cmd_params(args) -> int:
     from petlbench.backbone import BackboneSpec
     from petlbench.params import build_model
     from petlbench.registry import parse_method_list
-    from petlbench.runner import method_label
+    from petlbench.plan import method_label
 
     if args.num_classes < 1:
         raise UserError(f"--num-classes: expected a positive integer, got {args.num_classes}")

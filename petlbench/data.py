@@ -1,14 +1,13 @@
-"""Image data in the layouts users already have, decoded once into uint8 tensors.
+"""Images decoded once into uint8 tensors, cropped, flipped and normalised on the device per batch.
 
-NOAH-style VTAB-1k: <root>/<task>/<split>.txt with lines "images/<split>/000000.jpg <label>",
-paths relative to the task folder, labels 0-based. Each split is decoded and resized once; batches
-are normalised on the device, so no epoch decodes a JPEG again.
+No epoch decodes a JPEG again: a split is decoded and resized once (and kept in the on-disk cache),
+then lives as one uint8 tensor, on the GPU when there is one.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +15,19 @@ import torch
 from PIL import Image
 
 from petlbench.errors import UserError
+from petlbench.layouts import list_images
 
 INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
 @dataclass
 class TensorData:
-    images: torch.Tensor  # uint8, N x 3 x H x W
+    images: torch.Tensor  # uint8, N x 3 x H x W (H, W >= crop)
     labels: torch.Tensor  # int64, N
     mean: torch.Tensor  # 1 x 3 x 1 x 1, in [0, 1] units
     std: torch.Tensor
+    crop: tuple[int, int] | None = None  # model input size when the stored images are larger
+    augment: str = "none"  # "random_crop_flip" for training; else a centre crop to `crop`
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -35,57 +37,85 @@ class TensorData:
         return self.images.device
 
     def to(self, device: torch.device) -> "TensorData":
-        return TensorData(*(t.to(device) for t in (self.images, self.labels, self.mean, self.std)))
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device),
+                       mean=self.mean.to(device), std=self.std.to(device))
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[idx].float().div_(255)
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[idx]
+        if self.augment == "random_crop_flip":
+            x = random_crop_flip(x, self.crop or tuple(x.shape[-2:]), generator)
+        elif self.crop and tuple(x.shape[-2:]) != tuple(self.crop):
+            x = center_crop(x, self.crop)
+        x = x.float().div_(255)
         return (x - self.mean) / self.std, self.labels[idx]
 
 
-def read_split_file(task_dir: Path, split: str, num_classes: int) -> list[tuple[Path, int]]:
-    """Parse <task>/<split>.txt; every path must stay inside the task folder, every label in range."""
-    list_file = task_dir / f"{split}.txt"
-    if not task_dir.is_dir():
-        raise UserError(f"{task_dir}: task folder not found")
-    if not list_file.is_file():
-        raise UserError(f"{list_file}: split file not found")
-    root = task_dir.resolve()
-    items = []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise UserError(f"{list_file}:{lineno}: expected '<relative image path> <int label>', got {line!r}")
-        rel, label = parts[0], int(parts[1])
-        if not 0 <= label < num_classes:
-            raise UserError(f"{list_file}:{lineno}: label {label} outside [0, {num_classes})")
-        path = (task_dir / rel).resolve()
-        if not path.is_relative_to(root):
-            raise UserError(f"{list_file}:{lineno}: path {rel!r} escapes the task folder {task_dir}")
-        items.append((path, label))
-    if not items:
-        raise UserError(f"{list_file}: no images listed")
-    return items
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
+    return x[..., top: top + size[0], left: left + size[1]]
 
 
-def decode(path: Path, size: tuple[int, int], interpolation: str) -> np.ndarray:
+def random_crop_flip(x: torch.Tensor, size: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
+    """A random `size` crop and a coin-flip horizontal mirror per image, as one gather on the device."""
+    n, (h, w) = x.shape[0], x.shape[-2:]
+    top = torch.randint(0, h - size[0] + 1, (n, 1), generator=generator).to(x.device)
+    left = torch.randint(0, w - size[1] + 1, (n, 1), generator=generator).to(x.device)
+    flip = (torch.rand(n, 1, generator=generator) < 0.5).to(x.device)
+    rows = top + torch.arange(size[0], device=x.device)
+    cols = left + torch.arange(size[1], device=x.device)
+    cols = torch.where(flip, cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return x[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def stored_size(prep: dict) -> tuple[int, int]:
+    """The size a split is decoded to: the input size, or input / crop_pct (224 -> 256) when cropping."""
+    h, w = prep["input_size"][-2:]
+    pct = prep.get("crop_pct", 1.0)
+    return (h, w) if pct >= 1.0 else (round(h / pct), round(w / pct))
+
+
+def decode(path: Path, size: tuple[int, int], interpolation: str, keep_aspect: bool) -> np.ndarray:
+    """Resize straight to `size` (VTAB), or the shorter side to size then a centre square (FGVC)."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB").resize((size[1], size[0]), INTERPOLATION[interpolation])
+            im = im.convert("RGB")
+            if keep_aspect:
+                scale = max(size[0] / im.height, size[1] / im.width)
+                im = im.resize((max(size[1], round(im.width * scale)), max(size[0], round(im.height * scale))),
+                               INTERPOLATION[interpolation])
+                left, top = (im.width - size[1]) // 2, (im.height - size[0]) // 2
+                im = im.crop((left, top, left + size[1], top + size[0]))
+            else:
+                im = im.resize((size[1], size[0]), INTERPOLATION[interpolation])
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: unreadable image ({exc})") from None
 
 
-def load_split(task_dir: Path, split: str, num_classes: int, prep: dict) -> TensorData:
-    """Decode and resize one split of a NOAH-layout task into uint8 tensors."""
-    items = read_split_file(task_dir, split, num_classes)
-    size = tuple(prep["input_size"][-2:])
+def decode_all(items: list[tuple[Path, int]], prep: dict) -> tuple[np.ndarray, np.ndarray]:
+    size, keep = stored_size(prep), prep.get("crop_pct", 1.0) < 1.0
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL releases the GIL
-        arrays = list(pool.map(lambda item: decode(item[0], size, prep["interpolation"]), items))
-    images = torch.from_numpy(np.stack(arrays))
-    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+        arrays = list(pool.map(lambda item: decode(item[0], size, prep["interpolation"], keep), items))
+    return np.stack(arrays), np.array([label for _, label in items], dtype=np.int64)
+
+
+def load_images(layout: str, task_dir: Path, task, splits: list[str], prep: dict, train: bool = False,
+                cache_dir: Path | None = None) -> TensorData:
+    """The images of `splits` (concatenated, e.g. FGVC's train + val) as one TensorData."""
+    parts = [load_split_arrays(layout, task_dir, task, split, prep, cache_dir) for split in splits]
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     mean = torch.tensor(prep["mean"], dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(prep["std"], dtype=torch.float32).view(1, 3, 1, 1)
-    return TensorData(images, labels, mean, std)
+    crop = tuple(prep["input_size"][-2:])
+    augment = prep.get("train_augment", "none") if train else "none"
+    return TensorData(images, labels, mean, std, crop=crop, augment=augment)
+
+
+def load_split_arrays(layout: str, task_dir: Path, task, split: str, prep: dict,
+                      cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded uint8 images and labels of one split file."""
+    items = list_images(layout, task_dir, task, split)
+    return decode_all(items, prep)

@@ -1,7 +1,8 @@
 """The method plugin contract: every PETL method is a `Method` subclass.
 
 A method has a `name`, a dataclass `Config` of its hyper-parameters (with defaults), the training
-recipe of its paper (`train_defaults`, keys of `petlbench.train.TrainConfig`) and `apply(model)`.
+recipe of its paper (`recipe`, a name in petlbench.recipes, plus `train_defaults` for departures
+from it) and `apply(model)`.
 The runner freezes the whole backbone before `apply` and trains the classifier head after it, so
 `apply` only adds modules (new parameters train by default) or switches `requires_grad` on existing
 ones. Methods wrap or replace submodules; they never rebind `forward`.
@@ -19,7 +20,9 @@ class Method:
     description: ClassVar[str] = ""
     # Hyper-parameters of the method itself; replace with a dataclass in subclasses.
     Config: ClassVar[type] = dataclasses.make_dataclass("Config", [])
-    # The training recipe the method's paper used (optimizer, lr, weight_decay, ...).
+    # The named recipe (petlbench.recipes) of the paper whose numbers the method is compared with.
+    recipe: ClassVar[str] = "noah"
+    # Where the method's paper departed from that recipe (TrainConfig keys); unused under a forced recipe.
     train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config=None):

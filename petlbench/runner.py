@@ -1,134 +1,54 @@
-"""The runner: plan method x task x seed runs of a suite, execute each, write one record per run.
+"""The runner: execute RunPlans, one JSON record per run, and the `run` entry point (CLI and API).
 
 A run whose successful record exists is skipped, so re-running a finished command takes seconds;
 failed runs are tried again. Each record is written atomically once the run has ended.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
 import resource
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 
-from petlbench.backbone import BackboneSpec, file_sha256, preprocessing
-from petlbench.data import TensorData, load_split
+from petlbench.backbone import preprocessing
+from petlbench.data import TensorData, load_images
 from petlbench.errors import UserError
-from petlbench.method import Method
+from petlbench.layouts import find_task_dir
 from petlbench.options import as_dict, build
 from petlbench.params import build_model
+from petlbench.plan import (RunPlan, method_label, plan_one, resolve_backbone, resolve_data_root)
 from petlbench.records import SCHEMA, device_description, git_revision, package_versions, read_record, write_atomic
 from petlbench.registry import available_methods, parse_method_list
-from petlbench.suite import Suite, Task, load_suite
+from petlbench.suite import PROTOCOLS, load_suite
 from petlbench.train import TrainConfig, fit, pick_device
-
-DATA_ROOT_ENV = "PETLBENCH_DATA_ROOT"
-
-
-def method_label(method: Method) -> str:
-    """'vpt_deep' or 'vpt_deep:tokens=10' (only options that differ from the defaults)."""
-    default = as_dict(method.Config())
-    changed = [f"{k}={v}" for k, v in as_dict(method.config).items() if default.get(k) != v]
-    return ":".join([method.name, *changed])
-
-
-@dataclass
-class RunPlan:
-    suite: Suite
-    task: Task
-    method: Method
-    backbone: BackboneSpec
-    seed: int
-    train: TrainConfig
-    data_root: Path
-
-    def config(self) -> dict[str, Any]:
-        """The fully resolved configuration; its hash names the record."""
-        return {
-            "suite": self.suite.name, "task": self.task.name, "seed": self.seed,
-            "method": {"name": self.method.name, "options": as_dict(self.method.config)},
-            "backbone": {"name": self.backbone.name, "args": self.backbone.args, "weights": self.backbone.weights,
-                         "mean": self.backbone.mean, "std": self.backbone.std,
-                         "interpolation": self.backbone.interpolation},
-            "train": asdict(self.train), "protocol": self.suite.protocol,
-        }
-
-    def run_id(self) -> str:
-        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:12]
-
-    def record_path(self, out: Path) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", method_label(self.method))
-        return out / self.suite.name / self.task.name / f"{slug}__seed{self.seed}__{self.run_id()}.json"
-
-
-def resolve_train(method: Method, suite: Suite, overrides: dict[str, Any]) -> TrainConfig:
-    """Recipe precedence: TrainConfig defaults < the method's paper recipe < the suite < --train."""
-    return build(TrainConfig, {**method.train_defaults, **suite.train, **overrides}, f"training config of {method.name}")
-
-
-def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict[str, Any] | None,
-                     checkpoint: str | None, random_init: bool, mean: tuple | None = None,
-                     std: tuple | None = None) -> BackboneSpec:
-    """--backbone replaces the suite's backbone; --backbone-args and --checkpoint refine either."""
-    base = {} if name else dict(suite.backbone)
-    name = name or base.get("name")
-    if not name:
-        raise UserError(f"{suite.path}: the suite names no backbone; pass --backbone NAME")
-    ckpt = checkpoint or base.get("checkpoint")
-    if ckpt and not checkpoint:  # a suite's relative checkpoint lives in its data root
-        ckpt = str(data_root / Path(ckpt).expanduser()) if not Path(ckpt).expanduser().is_absolute() else ckpt
-    ckpt = None if random_init else ckpt
-    if ckpt and not Path(ckpt).is_file():
-        where = "--checkpoint" if checkpoint else f"{suite.path}: key 'backbone.checkpoint'"
-        raise UserError(f"{where}: {ckpt}: file not found")
-    spec = BackboneSpec(name=name, args={**base.get("args", {}), **(args or {})},
-                        checkpoint=ckpt, checkpoint_sha256=file_sha256(ckpt) if ckpt else None,
-                        pretrained=bool(base.get("pretrained", True)) and not random_init,
-                        mean=_triple(mean or base.get("mean")), std=_triple(std or base.get("std")),
-                        interpolation=base.get("interpolation"))
-    return spec
-
-
-def resolve_data_root(suite: Suite, data_root: str | None) -> Path:
-    """--data-root, else the suite's own data_root, else $PETLBENCH_DATA_ROOT."""
-    chosen = data_root or suite.data_root or os.environ.get(DATA_ROOT_ENV)
-    if not chosen:
-        raise UserError(f"suite {suite.name!r} needs a data root: pass --data-root DIR or set ${DATA_ROOT_ENV}")
-    return Path(os.path.expandvars(chosen)).expanduser()
-
-
-def plan_runs(suite: Suite, tasks: list[Task], methods: list[Method], seeds: Iterable[int], backbone: BackboneSpec,
-              train_overrides: dict[str, Any], data_root: Path) -> list[RunPlan]:
-    """Task-major order, so each task's data is decoded once per invocation."""
-    return [RunPlan(suite, task, m, backbone, seed, resolve_train(m, suite, train_overrides), data_root)
-            for task in tasks for m in methods for seed in seeds]
 
 
 class SplitCache:
-    """Keeps the decoded splits of the current task in memory across its methods and seeds."""
+    """Keeps the decoded splits of the current task in memory across its methods, seeds and grid."""
 
-    def __init__(self):
-        self.key, self.splits = None, {}
+    def __init__(self, cache_dir: Path | None = None):
+        self.cache_dir, self.task, self.data = cache_dir, None, {}
 
-    def get(self, task_dir: Path, split: str, classes: int, prep: dict) -> TensorData:
-        key = (str(task_dir), json.dumps(prep, sort_keys=True))
-        if key != self.key:
-            self.key, self.splits = key, {}
-        if split not in self.splits:
-            self.splits[split] = load_split(task_dir, split, classes, prep)
-        return self.splits[split]
+    def get(self, plan: RunPlan, splits: list[str], prep: dict, train: bool) -> TensorData:
+        task_dir = find_task_dir(plan.data_root, plan.task)
+        if task_dir != self.task:
+            self.task, self.data = task_dir, {}
+        key = (tuple(splits), repr(sorted(prep.items())), train)
+        if key not in self.data:
+            self.data[key] = load_images(plan.suite.layout, task_dir, plan.task, splits, prep, train, self.cache_dir)
+        return self.data[key]
 
 
-def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, progress: bool | None) -> dict:
+def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, progress: bool | None,
+            extra: dict[str, Any] | None = None) -> dict:
+    """Build, load, train, evaluate, and write the record (success or failure) atomically."""
     origin = available_methods()[plan.method.name].origin
+    b = plan.backbone
     record: dict[str, Any] = {
         "schema": SCHEMA, "run_id": plan.run_id(), "status": "running", "error": None,
         "suite": plan.suite.name, "suite_file": plan.suite.path, "task": plan.task.name,
@@ -136,26 +56,28 @@ def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, p
         "num_classes": plan.task.classes, "seed": plan.seed,
         "method": {"name": plan.method.name, "label": method_label(plan.method), "origin": origin,
                    "options": as_dict(plan.method.config)},
-        "backbone": {"name": plan.backbone.name, "args": plan.backbone.args, "weights": plan.backbone.weights,
-                     "checkpoint": plan.backbone.checkpoint, "checkpoint_sha256": plan.backbone.checkpoint_sha256},
-        "protocol": plan.suite.protocol, "train": asdict(plan.train),
+        "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "checkpoint": b.checkpoint,
+                     "checkpoint_sha256": b.checkpoint_sha256},
+        "protocol": plan.protocol, "recipe": plan.recipe.describe(), "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
     }
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        model, counts = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed)
-        prep = preprocessing(model, plan.backbone)
-        task_dir = plan.data_root / plan.task.name
-        train = cache.get(task_dir, plan.suite.protocol["train_split"], plan.task.classes, prep)
-        test = cache.get(task_dir, plan.suite.protocol["eval_split"], plan.task.classes, prep)
+        model, counts = build_model(b, plan.method, plan.task.classes, plan.seed)
+        pre = plan.suite.preprocessing
+        prep = preprocessing(model, b, pre.crop_pct, pre.train, pre.eval)
         record["params"] = counts.as_dict()
-        record["data"].update(preprocessing=prep, train_images=len(train), eval_images=len(test))
-        record["metrics"] = fit(model, train, test, plan.train, device, plan.seed, progress)
-        record["status"] = "success"
+        record["data"].update(folder=str(find_task_dir(plan.data_root, plan.task)), preprocessing=prep)
+        train = cache.get(plan, plan.protocol["train_splits"], prep, train=True)
+        evaluation = cache.get(plan, plan.protocol["eval_splits"], prep, train=False)
+        record["data"].update(train_images=len(train), eval_images=len(evaluation))
+        metrics = fit(model, train, evaluation, plan.train, device, plan.seed, progress)
+        metrics["val_top1" if plan.is_search else "test_top1"] = metrics.pop("top1")
+        record.update(metrics=metrics, status="success")
     except UserError as exc:
         record.update(status="failed", error=str(exc))
     except Exception as exc:  # a crashed run is recorded and retried next time; the sweep goes on
@@ -167,48 +89,55 @@ def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, p
     return record
 
 
+def execute(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, progress: bool | None,
+            log: Callable[[str], None], where: str, extra: dict | None = None) -> dict:
+    """Run a plan unless its successful record exists; say what happened in one line."""
+    existing = read_record(plan.record_path(out))
+    metric = "val_top1" if plan.is_search else "test_top1"
+    if existing and existing.get("status") == "success":
+        log(f"{where}: done before, skipped ({existing['metrics'][metric]:.1%})")
+        return existing
+    record = run_one(plan, out, device, cache, progress, extra)
+    if record["status"] == "success":
+        log(f"{where}: {metric.replace('_', ' ')} {record['metrics'][metric]:.1%} in {record['wall_time_s']:.1f}s")
+    else:
+        log(f"{where}: FAILED: {record['error']}")
+    return record
+
+
 def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterable[int] = (0,),
         tasks: list[str] | None = None, backbone: str | None = None, backbone_args: dict | None = None,
         checkpoint: str | None = None, random_init: bool = False, mean: tuple | None = None,
-        std: tuple | None = None, data_root: str | None = None,
-        out: str | Path = "results", train: dict | None = None, device: str = "auto",
-        progress: bool | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns one record per run."""
+        std: tuple | None = None, data_root: str | None = None, out: str | Path = "results",
+        train: dict | None = None, recipe: str | None = None, protocol: str = "final", grid: dict | None = None,
+        device: str = "auto", cache_dir: str | Path | None = None, progress: bool | None = None,
+        log: Callable[[str], None] = print) -> list[dict]:
+    """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns the final records."""
     the_suite = load_suite(suite)
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     method_list = parse_method_list(methods if isinstance(methods, str) else ",".join(methods),
                                     the_suite.method_options)
-    train_overrides = dict(train or {})
-    build(TrainConfig, train_overrides, "--train")
+    overrides = dict(train or {})
+    build(TrainConfig, overrides, "--train")
     root = resolve_data_root(the_suite, data_root)
     if the_suite.prepare == "demo":
         from petlbench.demo import prepare
         prepare(root, the_suite, log=log)
     spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)
-    plans = plan_runs(the_suite, the_suite.select(tasks), method_list, list(seeds), spec, train_overrides, root)
-    out, dev, cache = Path(out), pick_device(device), SplitCache()
-    records = []
-    for i, plan in enumerate(plans, 1):
-        where = f"[{i}/{len(plans)}] {plan.suite.name}/{plan.task.name} {method_label(plan.method)} seed {plan.seed}"
-        existing = read_record(plan.record_path(out))
-        if existing and existing.get("status") == "success":
-            log(f"{where}: done before, skipped ({existing['metrics']['test_top1']:.1%})")
-            records.append(existing)
-            continue
-        record = run_one(plan, out, dev, cache, progress)
-        if record["status"] == "success":
-            log(f"{where}: top-1 {record['metrics']['test_top1']:.1%} in {record['wall_time_s']:.1f}s")
-        else:
-            log(f"{where}: FAILED: {record['error']}")
-        records.append(record)
-    return records
-
-
-def _triple(value) -> tuple[float, ...] | None:
-    if not value:
-        return None
-    if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
-        raise UserError(f"mean/std: expected three numbers (one per RGB channel), got {value!r}")
-    return tuple(float(v) for v in value)
+    selected = the_suite.select(tasks)
+    seeds = list(seeds)
+    out, dev = Path(out), pick_device(device)
+    cache = SplitCache(Path(cache_dir).expanduser() if cache_dir else None)
+    if protocol == "tune":
+        from petlbench.tune import run_tune
+        return run_tune(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, root, out, dev,
+                        cache, progress, log)
+    plans = [plan_one(the_suite, task, m, spec, seed, overrides, recipe, the_suite.protocol("final"), root)
+             for task in selected for m in method_list for seed in seeds]  # task-major: decode each task once
+    return [execute(p, out, dev, cache, progress, log,
+                    f"[{i}/{len(plans)}] {p.suite.name}/{p.task.name} {method_label(p.method)} seed {p.seed}")
+            for i, p in enumerate(plans, 1)]
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:

@@ -19,7 +19,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         "method": r["method"]["label"], "backbone": f"{r['backbone']['name']} ({r['backbone']['weights']})",
         "seed": r["seed"], "top1": 100.0 * r["metrics"]["test_top1"],
         "trainable_excl_head": r["params"]["trainable_excl_head"], "backbone_params": r["params"]["backbone"],
-    } for r in records if r.get("status") == "success"]
+    } for r in records if r.get("status") == "success" and r.get("protocol", {}).get("stage") != "search"]
     return pd.DataFrame(rows)
 
 

@@ -28,6 +28,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None
+    lr_scale_batch: Optional[int] = None  # VPT's rule: the optimizer's lr = lr * batch_size / lr_scale_batch
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
 
 
@@ -43,17 +44,21 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return None
 
 
+def effective_lr(cfg: TrainConfig) -> float:
+    return cfg.lr * cfg.batch_size / cfg.lr_scale_batch if cfg.lr_scale_batch else cfg.lr
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
     kwargs = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
     # timm skips parameters with requires_grad=False and exempts 1-d params from weight decay.
-    return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+    return create_optimizer_v2(model, opt=cfg.optimizer, lr=effective_lr(cfg), weight_decay=cfg.weight_decay, **kwargs)
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
     """Linear warm-up for cfg.warmup_epochs, then cosine decay to 0 at the last step (updated per step)."""
     total = max(cfg.epochs * steps_per_epoch, 1)
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
-    return CosineLRScheduler(optimizer, t_initial=total - warmup, warmup_t=warmup, warmup_lr_init=cfg.lr * 1e-3,
+    return CosineLRScheduler(optimizer, t_initial=total - warmup, warmup_t=warmup, warmup_lr_init=effective_lr(cfg) * 1e-3,
                              warmup_prefix=True, lr_min=0.0, t_in_epochs=False)
 
 
@@ -74,7 +79,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
         model.train()
         losses = []
         for idx in torch.randperm(len(train), generator=order).split(cfg.batch_size):
-            images, labels = train.batch(idx.to(train.device))
+            images, labels = train.batch(idx.to(train.device), generator=order)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss = loss_fn(model(images), labels)
             if not torch.isfinite(loss):
@@ -94,7 +99,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
         torch.cuda.synchronize()
     train_time = time.perf_counter() - start
     top1 = evaluate(model, test, cfg, device)
-    return {"test_top1": top1, "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
+    return {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
             "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1)}
 
 

@@ -1,0 +1,143 @@
+"""From a command to runs: resolve recipe, backbone, data root and protocol into RunPlans.
+
+Precedence, lowest first. Training: TrainConfig defaults < the recipe (the method's own paper
+recipe, or the one named by the suite or --recipe) < the method's `train_defaults` (only with its own
+recipe) < the suite's `train:` < --train. Backbone: recipe (drop-path, mean/std, interpolation) <
+the suite's `backbone:` < the command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from petlbench.backbone import BackboneSpec, file_sha256
+from petlbench.errors import UserError
+from petlbench.method import Method
+from petlbench.options import as_dict, build
+from petlbench.recipes import RECIPES, Recipe
+from petlbench.suite import Suite, Task
+from petlbench.train import TrainConfig
+
+DATA_ROOT_ENV = "PETLBENCH_DATA_ROOT"
+
+
+def method_label(method: Method) -> str:
+    """'vpt_deep' or 'vpt_deep:tokens=10' (only options that differ from the defaults)."""
+    default = as_dict(method.Config())
+    changed = [f"{k}={v}" for k, v in as_dict(method.config).items() if default.get(k) != v]
+    return ":".join([method.name, *changed])
+
+
+@dataclass
+class RunPlan:
+    suite: Suite
+    task: Task
+    method: Method
+    backbone: BackboneSpec
+    seed: int
+    train: TrainConfig
+    recipe: Recipe
+    protocol: dict[str, Any]
+    data_root: Path
+
+    def config(self) -> dict[str, Any]:
+        """The fully resolved configuration; its hash names the record."""
+        b = self.backbone
+        return {
+            "suite": self.suite.name, "task": self.task.name, "seed": self.seed,
+            "method": {"name": self.method.name, "options": as_dict(self.method.config)},
+            "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "mean": b.mean, "std": b.std,
+                         "interpolation": b.interpolation},
+            "preprocessing": as_dict(self.suite.preprocessing),
+            "train": asdict(self.train), "protocol": self.protocol,
+        }
+
+    def run_id(self) -> str:
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def is_search(self) -> bool:
+        return self.protocol.get("stage") == "search"
+
+    def record_path(self, out: Path) -> Path:
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", method_label(self.method))
+        folder = out / self.suite.name / self.task.name
+        if self.is_search:
+            return folder / "search" / f"{slug}__lr{self.train.lr:g}_wd{self.train.weight_decay:g}__{self.run_id()}.json"
+        return folder / f"{slug}__seed{self.seed}__{self.run_id()}.json"
+
+    def with_train(self, **changes) -> "RunPlan":
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
+
+
+def recipe_for(method: Method, suite: Suite, recipe: str | None) -> tuple[Recipe, bool]:
+    """The recipe a method trains with, and whether it was named for all methods (suite or --recipe)."""
+    name = recipe or suite.recipe
+    if name is not None and name not in RECIPES:
+        raise UserError(f"--recipe: expected one of {', '.join(RECIPES)}, got {name!r}")
+    return RECIPES[name or method.recipe], name is not None
+
+
+def resolve_train(method: Method, suite: Suite, overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:
+    chosen, forced = recipe_for(method, suite, recipe)
+    values = {**chosen.train_for(method.name), **({} if forced else method.train_defaults), **suite.train, **overrides}
+    return build(TrainConfig, values, f"training config of {method.name}")
+
+
+def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict[str, Any] | None,
+                     checkpoint: str | None, random_init: bool, mean: tuple | None = None,
+                     std: tuple | None = None) -> BackboneSpec:
+    """--backbone replaces the suite's backbone; --backbone-args, --checkpoint, --mean/--std refine either."""
+    base = {} if name else dict(suite.backbone)
+    name = name or base.get("name")
+    if not name:
+        raise UserError(f"{suite.path}: the suite names no backbone; pass --backbone NAME")
+    ckpt = checkpoint or base.get("checkpoint")
+    if ckpt and not checkpoint and not Path(ckpt).expanduser().is_absolute():
+        ckpt = str(data_root / Path(ckpt).expanduser())  # a suite's relative checkpoint lives in its data root
+    ckpt = None if random_init else ckpt
+    if ckpt and not Path(ckpt).expanduser().is_file():
+        where = "--checkpoint" if checkpoint else f"{suite.path}: key 'backbone.checkpoint'"
+        raise UserError(f"{where}: {ckpt}: file not found")
+    return BackboneSpec(name=name, args={**base.get("args", {}), **(args or {})},
+                        checkpoint=ckpt, checkpoint_sha256=file_sha256(Path(ckpt).expanduser()) if ckpt else None,
+                        pretrained=bool(base.get("pretrained", True)) and not random_init,
+                        mean=_triple(mean or base.get("mean")), std=_triple(std or base.get("std")),
+                        interpolation=base.get("interpolation"))
+
+
+def backbone_for(spec: BackboneSpec, recipe: Recipe) -> BackboneSpec:
+    """The recipe fills in what neither the suite nor the command line set."""
+    pre = recipe.preprocessing
+    return dataclasses.replace(spec, args={**recipe.backbone_args, **spec.args},
+                               mean=spec.mean or _triple(pre.get("mean")), std=spec.std or _triple(pre.get("std")),
+                               interpolation=spec.interpolation or pre.get("interpolation"))
+
+
+def resolve_data_root(suite: Suite, data_root: str | None) -> Path:
+    """--data-root, else the suite's own data_root, else $PETLBENCH_DATA_ROOT."""
+    chosen = data_root or suite.data_root or os.environ.get(DATA_ROOT_ENV)
+    if not chosen:
+        raise UserError(f"suite {suite.name!r} needs a data root: pass --data-root DIR or set ${DATA_ROOT_ENV}")
+    return Path(os.path.expandvars(chosen)).expanduser()
+
+
+def plan_one(suite: Suite, task: Task, method: Method, spec: BackboneSpec, seed: int, overrides: dict[str, Any],
+             recipe: str | None, protocol: dict[str, Any], data_root: Path) -> RunPlan:
+    chosen, _ = recipe_for(method, suite, recipe)
+    return RunPlan(suite, task, method, backbone_for(spec, chosen), seed,
+                   resolve_train(method, suite, overrides, recipe), chosen, protocol, data_root)
+
+
+def _triple(value) -> tuple[float, ...] | None:
+    if not value:
+        return None
+    if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+        raise UserError(f"mean/std: expected three numbers (one per RGB channel), got {value!r}")
+    return tuple(float(v) for v in value)

@@ -1,0 +1,106 @@
+"""The `tune` protocol, the VTAB-1k rule: choose hyper-parameters with the 1000 labelled examples only.
+
+For each task and method: train every grid point on `train` (train800), evaluate on `val` (val200),
+pick the best last-epoch val top-1 (ties: the smaller lr), then train the chosen point on `trainval`
+(train800val200) for every seed and evaluate on `test`. The test split is not read before that.
+Every search record and the selection (grid, every result, the choice) are kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from petlbench.errors import UserError
+from petlbench.options import as_dict, build
+from petlbench.plan import RunPlan, method_label, plan_one
+from petlbench.records import write_atomic
+from petlbench.train import TrainConfig
+
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def grid_points(grid: dict[str, list], plan: RunPlan, where: str) -> list[dict[str, Any]]:
+    """Every combination of the grid, each checked against TrainConfig and the method's options."""
+    option_keys = {f.name for f in dataclasses.fields(plan.method.Config)}
+    for key, values in grid.items():
+        if key not in TRAIN_KEYS | option_keys:
+            raise UserError(f"{where}: grid key {key!r} is neither a training setting nor an option of "
+                            f"{plan.method.name}; training settings: {', '.join(sorted(TRAIN_KEYS))}")
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}: grid key {key!r} needs a non-empty list of values, got {values!r}")
+    points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    for point in points:
+        apply_point(plan, point, where)  # type errors now, before any training
+    return points
+
+
+def apply_point(plan: RunPlan, point: dict[str, Any], where: str) -> RunPlan:
+    train = {k: v for k, v in point.items() if k in TRAIN_KEYS}
+    options = {k: v for k, v in point.items() if k not in TRAIN_KEYS}
+    method = plan.method
+    if options:
+        method = type(method)(build(method.Config, {**as_dict(method.config), **options}, f"{where} grid"))
+    return dataclasses.replace(plan, method=method,
+                               train=build(TrainConfig, {**dataclasses.asdict(plan.train), **train}, f"{where} grid"))
+
+
+def choose(results: list[tuple[dict, dict]]) -> dict | None:
+    """The best val top-1; among equals the smaller lr, then the first in grid order."""
+    done = [(point, r) for point, r in results if r.get("status") == "success"]
+    if not done:
+        return None
+    return max(done, key=lambda pr: (pr[1]["metrics"]["val_top1"], -pr[0].get("lr", pr[1]["train"]["lr"])))[0]
+
+
+def run_tune(suite, tasks, methods, seeds, spec, overrides, recipe, grid, root: Path, out: Path, device, cache,
+             progress, log: Callable[[str], None]) -> list[dict]:
+    from petlbench.runner import execute
+
+    finals = []
+    for task in tasks:
+        for method in methods:
+            base = plan_one(suite, task, method, spec, seeds[0], overrides, recipe,
+                            suite.protocol("tune", "search"), root)
+            space = grid or base.recipe.grid_for(method.name)
+            where = f"{suite.name}/{task.name} {method_label(method)}"
+            points = grid_points(space, base, "--grid" if grid else f"recipe {base.recipe.name}")
+            results = []
+            for i, point in enumerate(points, 1):
+                shown = " ".join(f"{k}={v}" for k, v in point.items())
+                results.append((point, execute(apply_point(base, point, where), out, device, cache, progress, log,
+                                               f"[tune {i}/{len(points)}] {where} {shown}")))
+            chosen = choose(results)
+            selection_file = write_selection(base, space, results, chosen, out)
+            if chosen is None:
+                log(f"{where}: FAILED: no grid point finished; see {selection_file}")
+                continue
+            log(f"{where}: chose {chosen} on val ({selection_file.name})")
+            for seed in seeds:
+                final = apply_point(plan_one(suite, task, method, spec, seed, overrides, recipe,
+                                             suite.protocol("tune", "final"), root), chosen, where)
+                extra = {"selection": {"file": str(selection_file.relative_to(out)), "chosen": chosen,
+                                       "grid_points": len(points)}}
+                finals.append(execute(final, out, device, cache, progress, log,
+                                      f"[final] {where} seed {seed}", extra))
+    return finals
+
+
+def write_selection(base: RunPlan, grid: dict, results: list[tuple[dict, dict]], chosen: dict | None,
+                    out: Path) -> Path:
+    key = json.dumps({"base": base.config(), "grid": grid}, sort_keys=True, default=str)
+    selection_id = hashlib.sha256(key.encode()).hexdigest()[:12]
+    path = base.record_path(out).parent / f"{method_label(base.method)}__selection__{selection_id}.json"
+    write_atomic(path, {
+        "kind": "selection", "selection_id": selection_id, "suite": base.suite.name, "task": base.task.name,
+        "method": method_label(base.method), "recipe": base.recipe.describe(), "protocol": base.protocol,
+        "grid": grid, "rule": "best last-epoch val top-1; ties -> smaller lr",
+        "results": [{"point": p, "status": r.get("status"), "val_top1": (r.get("metrics") or {}).get("val_top1"),
+                     "run_id": r.get("run_id"), "error": r.get("error")} for p, r in results],
+        "chosen": chosen, "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    return path
