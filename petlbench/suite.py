@@ -74,7 +74,8 @@ class Suite:
             if n not in known:
                 raise UserError(f"--tasks: {n!r} is not a task of suite {self.name!r}; "
                                 f"valid: {', '.join(t.name for t in self.tasks)}")
-        return list(dict.fromkeys(known[n] for n in names))
+        chosen = {known[n].name: known[n] for n in names}  # aliases of one task count once
+        return list(chosen.values())
 
     def protocol(self, name: str, stage: str | None = None) -> dict[str, Any]:
         """What a run trains and evaluates on, written into its record."""

@@ -54,7 +54,9 @@ def choose(results: list[tuple[dict, dict]]) -> dict | None:
     done = [(point, r) for point, r in results if r.get("status") == "success"]
     if not done:
         return None
-    return max(done, key=lambda pr: (pr[1]["metrics"]["val_top1"], -pr[0].get("lr", pr[1]["train"]["lr"])))[0]
+    def lr(point, record):
+        return point["lr"] if "lr" in point else record["train"]["lr"]
+    return max(done, key=lambda pr: (pr[1]["metrics"]["val_top1"], -lr(*pr)))[0]
 
 
 def run_tune(suite, tasks, methods, seeds, spec, overrides, recipe, grid, root: Path, out: Path, device, cache,

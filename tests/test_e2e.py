@@ -35,7 +35,8 @@ def test_demo_writes_records_and_table(demo_run):
         (t, m) for t in ("shapes", "count", "position") for m in ("vpt_deep", "linear")}
     for r in records:
         assert REQUIRED <= set(r)
-        assert r["protocol"]["train_split"] == "train800val200" and r["protocol"]["eval_split"] == "test"
+        assert r["protocol"]["train_splits"] == ["train800val200"] and r["protocol"]["eval_splits"] == ["test"]
+        assert r["protocol"]["name"] == "final" and r["recipe"]["name"] == "vpt"
         assert r["data"]["train_images"] == 1000 and r["data"]["preprocessing"]["input_size"] == [3, 32, 32]
         assert r["backbone"]["checkpoint_sha256"] and r["backbone"]["weights"].startswith("checkpoint sha256:")
         assert r["env"]["torch"] and r["env"]["timm"] and r["env"]["device"]["type"] in ("cpu", "cuda")
@@ -65,7 +66,7 @@ def test_table_command_formats(demo_run):
     assert md.returncode == 0 and "| method" in md.stdout and "params (M)" in md.stdout
     csv = petlbench_cli("table", str(root / "results"), "--format", "csv")
     header = csv.stdout.splitlines()[0].split(",")
-    assert header[:4] == ["method", "shapes", "count", "position"] and "mean" in header
+    assert header[:4] == ["method", "shapes", "count", "position"] and any(h.startswith("mean") for h in header)
     latex = petlbench_cli("table", str(root / "results"), "--format", "latex")
     assert "\\toprule" in latex.stdout
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from petlbench.errors import UserError
-from petlbench.suite import FINAL_PROTOCOL, Suite, load_suite, packaged_suites
+from petlbench.suite import LAYOUT_SPLITS, Suite, load_suite, packaged_suites
 from tests.conftest import assert_one_line_error, petlbench_cli
 
 GOOD = """\
@@ -48,8 +48,12 @@ def test_demo_suite_loads():
         ("shapes", 6, "natural"), ("count", 6, "structured"), ("position", 9, "structured")]
     assert suite.backbone["name"] == "vit_tiny_patch16_224"
     assert suite.backbone["args"]["embed_dim"] == 96
-    assert suite.protocol["train_split"] == "train800val200" and suite.protocol["eval_split"] == "test"
-    assert suite.protocol["metric"] == FINAL_PROTOCOL["metric"]  # defaults filled in
+    final = suite.protocol("final")
+    assert final["train_splits"] == ["train800val200"] and final["eval_splits"] == ["test"]
+    assert final["metric"] == "top1"
+    search = suite.protocol("tune", "search")
+    assert search["train_splits"] == ["train800"] and search["eval_splits"] == ["val200"]
+    assert suite.groups == ["natural", "structured"]
     assert suite.method_options["vpt_deep"] == {"tokens": 4}
     assert suite.train["epochs"] > 0
 
@@ -79,7 +83,7 @@ def test_own_suite_file_loads_by_path(tmp_path):
     assert [(t.name, t.classes, t.group) for t in suite.tasks] == [("alpha", 3, "natural"), ("beta", 2, "")]
     assert suite.train == {"epochs": 2, "lr": 0.01, "batch_size": 8}
     assert suite.method_options == {"vpt_deep": {"tokens": 2}}
-    assert suite.protocol == FINAL_PROTOCOL
+    assert suite.splits == LAYOUT_SPLITS["noah"]
     assert suite.prepare is None and suite.data_root is None
     assert [t.name for t in suite.select(["beta"])] == ["beta"]
     assert suite.select(None) == suite.tasks
@@ -89,7 +93,7 @@ def test_minimal_suite_gets_defaults(tmp_path):
     path = write(tmp_path, "name: tiny\ntasks: [{name: a, classes: 1}]\n", "tiny.yml")
     suite = load_suite(str(path))
     assert suite.layout == "noah" and suite.train == {} and suite.backbone == {} and suite.method_options == {}
-    assert suite.protocol == FINAL_PROTOCOL
+    assert suite.splits == LAYOUT_SPLITS["noah"] and suite.recipe is None and suite.preprocessing.crop_pct == 1.0
 
 
 def test_own_suite_relative_path_and_other_suffix(tmp_path, monkeypatch):
@@ -198,3 +202,51 @@ def test_cli_run_with_bad_train_and_unknown_task(tmp_path):
                          "--data-root", str(data), "--out", str(tmp_path / "results"))
     assert_one_line_error(proc, "--tasks", "'gamma'", "alpha, beta")
     assert not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the real benchmarks
+
+
+def test_vtab1k_suite_has_the_19_tasks_in_three_groups():
+    suite = load_suite("vtab1k")
+    assert suite.layout == "noah" and len(suite.tasks) == 19
+    assert suite.groups == ["natural", "specialized", "structured"]
+    sizes = {g: sum(t.group == g for t in suite.tasks) for g in suite.groups}
+    assert sizes == {"natural": 7, "specialized": 4, "structured": 8}
+    classes = {t.name: t.classes for t in suite.tasks}
+    assert classes["cifar"] == 100 and classes["sun397"] == 397 and classes["patch_camelyon"] == 2
+    assert classes["smallnorb_azi"] == 18 and classes["dsprites_ori"] == 16
+    assert [t.name for t in suite.select(["cifar100", "oxford_pet"])] == ["cifar", "oxford_iiit_pet"]
+
+
+def test_fgvc_suite_layout_splits_and_preprocessing():
+    suite = load_suite("fgvc")
+    assert suite.layout == "fgvc" and [t.name for t in suite.tasks] == [
+        "CUB", "nabirds", "OxfordFlowers", "StanfordDogs", "StanfordCars"]
+    assert {t.name: t.images for t in suite.tasks} == {
+        "CUB": "images", "nabirds": "images", "OxfordFlowers": "", "StanfordDogs": "Images", "StanfordCars": ""}
+    assert suite.protocol("final")["train_splits"] == ["train", "val"]
+    assert suite.preprocessing.crop_pct == 0.875 and suite.preprocessing.train == "random_crop_flip"
+    assert suite.select(["CUB_200_2011"])[0].name == "CUB"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("splits: {bogus: [x]}", "'splits.bogus'"),
+    ("splits: {train: 3}", "'splits.train'"),
+    ("groups: [other]", "'groups' lacks the group 'natural'"),
+    ("recipe: fancy", "'recipe' must be one of vpt, noah"),
+    ("preprocessing: {crop_pct: big}", "'preprocessing'"),
+    ("preprocessing: {train: mixup}", "'preprocessing'"),
+])
+def test_issue3_keys_are_validated(tmp_path, text, needle):
+    path = write(tmp_path, f"name: s\n{text}\ntasks: [{{name: a, classes: 2, group: natural}}]\n")
+    with pytest.raises(UserError) as err:
+        load_suite(str(path))
+    assert str(err.value).startswith(str(path)) and needle in str(err.value)
+
+
+def test_task_images_must_stay_inside(tmp_path):
+    path = write(tmp_path, "name: s\nlayout: fgvc\ntasks: [{name: a, classes: 2, images: ../elsewhere}]\n")
+    with pytest.raises(UserError, match=r"tasks\[0\].images"):
+        load_suite(str(path))
