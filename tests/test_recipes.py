@@ -1,0 +1,61 @@
+"""Named recipes and the precedence of training settings (recorded in every run)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from petlbench.errors import UserError
+from petlbench.plan import plan_one, resolve_backbone
+from petlbench.recipes import IMAGENET_MEAN, RECIPES
+from petlbench.registry import parse_method_spec
+from petlbench.suite import load_suite
+from petlbench.train import effective_lr
+from tests.conftest import write_tiny_suite
+
+
+def plan(method: str, suite=None, overrides=None, recipe=None, **backbone):
+    suite = suite or load_suite("vtab1k")
+    spec = resolve_backbone(suite, Path("/nonexistent"), backbone.get("name"), None, None, True,
+                            backbone.get("mean"), None)
+    return plan_one(suite, suite.tasks[0], parse_method_spec(method), spec, 0, overrides or {}, recipe,
+                    suite.protocol("final"), Path("/nonexistent"))
+
+
+def test_each_method_trains_with_its_papers_recipe():
+    linear = plan("linear")
+    assert linear.recipe.name == "vpt" and linear.train.optimizer == "sgd" and linear.train.momentum == 0.9
+    assert linear.train.batch_size == 128 and linear.train.epochs == 100 and linear.train.warmup_epochs == 10
+    assert effective_lr(linear.train) == linear.train.lr * 128 / 256, "VPT's lr = base_lr * batch / 256"
+    assert linear.backbone.mean == IMAGENET_MEAN and linear.backbone.interpolation == "bilinear"
+    full = plan("full")
+    assert full.train.optimizer == "adamw" and full.train.warmup_epochs == 5
+    adapter = plan("adapter")
+    assert adapter.recipe.name == "noah" and adapter.train.optimizer == "adamw" and adapter.train.lr == 1e-3
+    assert adapter.train.batch_size == 64 and adapter.backbone.args["drop_path_rate"] == 0.1
+    assert adapter.backbone.interpolation == "bicubic"
+
+
+def test_a_named_recipe_applies_to_every_method():
+    linear = plan("linear", recipe="noah")
+    assert linear.recipe.name == "noah" and linear.train.optimizer == "adamw" and linear.train.lr_scale_batch is None
+    assert linear.backbone.args["drop_path_rate"] == 0.1
+    full = plan("full", recipe="noah")
+    assert full.train.warmup_epochs == 10, "VPT's full-tuning departure does not leak into noah"
+    with pytest.raises(UserError, match="--recipe: expected one of vpt, noah"):
+        plan("linear", recipe="mine")
+
+
+def test_suite_and_command_line_win(tmp_path):
+    suite = load_suite(str(write_tiny_suite(tmp_path / "s.yaml", {"count": 6}, epochs=3)))
+    p = plan("linear", suite=suite, overrides={"lr": 0.01}, mean=(0.1, 0.2, 0.3))
+    assert p.train.epochs == 3 and p.train.batch_size == 16, "the suite's train block beats the recipe"
+    assert p.train.lr == 0.01 and p.train.optimizer == "sgd", "--train beats both; the rest stays the recipe's"
+    assert p.backbone.mean == (0.1, 0.2, 0.3) and p.backbone.args["depth"] == 2
+    assert p.config()["train"]["lr"] == 0.01, "what is resolved is what the run's identity holds"
+
+
+def test_recipe_grids_are_the_papers():
+    assert RECIPES["vpt"].grid_for("linear")["lr"] == [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05]
+    assert RECIPES["vpt"].grid_for("full")["lr"] == [0.001, 0.0005, 0.0001, 0.005]
+    assert RECIPES["vpt"].grid_for("vpt_deep")["weight_decay"] == [0.01, 0.001, 0.0001, 0.0]
