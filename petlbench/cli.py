@@ -1,4 +1,4 @@
-"""The `petlbench` command: run, table, params, ls. Bad input ends in one line and exit code 2."""
+"""The `petlbench` command: run, table, plot, params, ls. Bad input ends in one line and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -51,9 +51,19 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("table", help="tabulate run records: method x task top-1, mean, params")
     t.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
-    t.add_argument("--format", default="md", choices=["md", "csv", "latex"])
+    t.add_argument("--format", default="md", help="md, csv or latex (booktabs, best per column in bold)")
     t.add_argument("--suite", help="only this suite's records")
+    t.add_argument("--published", default="auto",
+                   help="published rows and differences: auto (when the backbone matches), always, never")
     t.set_defaults(func=cmd_table)
+
+    pl = sub.add_parser("plot", help="accuracy vs trainable parameters (log x), PNG and SVG")
+    pl.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
+    pl.add_argument("--suite", help="only this suite's records")
+    pl.add_argument("--out", help="file stem (default: RESULTS/<suite>_accuracy_vs_params); .png and .svg are added")
+    pl.add_argument("--published", default="auto",
+                    help="published points: auto (when the backbone matches), always, never")
+    pl.set_defaults(func=cmd_plot)
 
     c = sub.add_parser("params", help="count parameters of methods on a backbone, without data")
     c.add_argument("--backbone", required=True, help="timm model name (random weights; nothing is fetched)")
@@ -63,9 +73,34 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--format", default="md", choices=["md", "json"])
     c.set_defaults(func=cmd_params)
 
+    pr = sub.add_parser("profile", help="throughput and peak memory of methods on a synthetic VTAB-sized task")
+    pr.add_argument("--methods", required=True, help="as for run")
+    pr.add_argument("--backbone", default="vit_base_patch16_224", help="timm model name (random weights)")
+    pr.add_argument("--backbone-args", default="", help="timm.create_model kwargs")
+    pr.add_argument("--images", type=int, default=1000, help="training images (default: 1000, as VTAB-1k)")
+    pr.add_argument("--eval-images", type=int, default=2000)
+    pr.add_argument("--epochs", type=int, default=2)
+    pr.add_argument("--train", default="", help="training overrides, e.g. batch_size=256,precision=bf16")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--format", default="md", choices=["md", "json"])
+    pr.set_defaults(func=cmd_profile)
+
     ls = sub.add_parser("ls", help="list methods (origin, options with defaults) or packaged suites")
     ls.add_argument("what", choices=["methods", "suites"])
     ls.set_defaults(func=cmd_ls)
+
+    d = sub.add_parser("data", help="check a data root against a suite, or download a suite's data and check it")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="per task: found, images per split, classes, unreadable files")
+    dc.add_argument("--suite", required=True, help="vtab1k, fgvc, another packaged suite, or a suite YAML path")
+    dc.add_argument("--data-root", help="folder holding the task folders (else the suite's, else $PETLBENCH_DATA_ROOT)")
+    dc.add_argument("--tasks", help="comma-separated subset of the suite's tasks")
+    dd = dsub.add_parser("download", help="fetch (or take local archives), unpack into --to, then check")
+    dd.add_argument("suite", help="vtab1k (public NOAH-layout mirror on the Hugging Face hub) or fgvc")
+    dd.add_argument("--to", required=True, help="folder to download and unpack into")
+    dd.add_argument("--repo", help="a Hugging Face dataset repo OWNER/NAME holding the data (required for fgvc)")
+    dd.add_argument("--archive", action="append", help="local .zip/.tar[.gz] to unpack instead (repeatable)")
+    d.set_defaults(func=cmd_data)
     return p
 
 
@@ -125,7 +160,14 @@ def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 def cmd_table(args) -> int:
     from petlbench.table import render
-    print(render(args.results, args.format, suite=args.suite), end="")
+    print(render(args.results, args.format, suite=args.suite, published=args.published), end="")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from petlbench.plot import plot
+    for path in plot(args.results, suite=args.suite, out=args.out, published=args.published):
+        print(path)
     return 0
 
 
@@ -150,6 +192,19 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from petlbench.profile import profile
+    rows = profile(args.methods, args.backbone, parse_pairs(args.backbone_args, ",", "--backbone-args"),
+                   args.images, args.eval_images, epochs=args.epochs, train=parse_pairs(args.train, ",", "--train"),
+                   device=args.device)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        from tabulate import tabulate
+        print(tabulate(rows, headers="keys", tablefmt="github"))
+    return 0
+
+
 def cmd_ls(args) -> int:
     if args.what == "suites":
         from petlbench.suite import load_suite, packaged_suites
@@ -165,6 +220,15 @@ def cmd_ls(args) -> int:
         recipe = ", ".join(f"{k}={v}" for k, v in cls.train_defaults.items()) or "(training defaults)"
         print(f"    recipe:  {recipe}")
     return 0
+
+
+def cmd_data(args) -> int:
+    if args.data_command == "check":
+        from petlbench.datacheck import run_check
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+        return run_check(args.suite, args.data_root, tasks)
+    from petlbench.download import download
+    return download(args.suite, args.to, repo=args.repo, archives=args.archive)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""`petlbench profile`: throughput and peak memory of methods on a VTAB-sized synthetic task.
+
+Same model building and training loop as a real run, on random uint8 images already in memory, so
+the figures measure the method and the loop (not JPEG decoding): train images/s, eval images/s,
+peak memory, wall time. Use it on a GPU with bf16 and a large batch; it also runs (slowly) on a CPU.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import replace
+
+import torch
+
+from petlbench.backbone import BackboneSpec, preprocessing
+from petlbench.data import TensorData
+from petlbench.params import build_model
+from petlbench.plan import method_label
+from petlbench.registry import parse_method_list
+from petlbench.train import TrainConfig, evaluate, fit, pick_device
+
+
+def synthetic(n: int, classes: int, prep: dict, seed: int) -> TensorData:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, *prep["input_size"]), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    return TensorData(images, labels, torch.tensor(prep["mean"]).view(1, 3, 1, 1),
+                      torch.tensor(prep["std"]).view(1, 3, 1, 1))
+
+
+def profile(methods: str, backbone: str = "vit_base_patch16_224", backbone_args: dict | None = None,
+            images: int = 1000, eval_images: int = 2000, classes: int = 100, epochs: int = 2,
+            train: dict | None = None, device: str = "auto") -> list[dict]:
+    dev = pick_device(device)
+    spec = BackboneSpec(backbone, backbone_args or {}, pretrained=False)
+    cfg = TrainConfig(**{"epochs": epochs, "warmup_epochs": 0, "batch_size": 128, "eval_batch_size": 512,
+                         **(train or {})})
+    rows = []
+    for method in parse_method_list(methods):
+        model, counts = build_model(spec, method, classes, seed=0)
+        prep = preprocessing(model, spec)
+        train_data, eval_data = synthetic(images, classes, prep, 0), synthetic(eval_images, classes, prep, 1)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        start = time.perf_counter()
+        metrics = fit(model, train_data, eval_data, cfg, dev, seed=0, progress=False)
+        wall = time.perf_counter() - start
+        eval_start = time.perf_counter()
+        evaluate(model, eval_data.to(dev), cfg, dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        eval_time = time.perf_counter() - eval_start
+        peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        rows.append({
+            "method": method_label(method), "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "trainable": counts.trainable, "batch_size": cfg.batch_size, "precision": cfg.precision,
+            "input": "x".join(map(str, prep["input_size"][1:])), "train_img_per_s": metrics["train_images_per_s"],
+            "eval_img_per_s": round(len(eval_data) / eval_time, 1),
+            "peak_memory_mb": round(peak / 2**20, 1),
+            "peak_memory_kind": "cuda max allocated" if dev.type == "cuda" else "process peak RSS",
+            "wall_time_s": round(wall, 2),
+        })
+        del model
+    return rows
