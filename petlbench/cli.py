@@ -217,8 +217,8 @@ def cmd_ls(args) -> int:
         cls = entry.load()
         print(f"{name}  [{entry.origin}]  {cls.description}")
         print(f"    options: {method_options_help(cls)}")
-        recipe = ", ".join(f"{k}={v}" for k, v in cls.train_defaults.items()) or "(training defaults)"
-        print(f"    recipe:  {recipe}")
+        departures = ", ".join(f"{k}={v}" for k, v in cls.train_defaults.items())
+        print(f"    recipe:  {cls.recipe}" + (f" with {departures}" if departures else ""))
     return 0
 
 
