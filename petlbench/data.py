@@ -6,6 +6,7 @@ then lives as one uint8 tensor, on the GPU when there is one.
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,9 +16,10 @@ import torch
 from PIL import Image
 
 from petlbench.errors import UserError
-from petlbench.layouts import list_images
+from petlbench.layouts import list_images, split_file
 
-INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+                 "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
 
 @dataclass
@@ -34,14 +36,20 @@ class TensorData:
 
     @property
     def device(self) -> torch.device:
-        return self.images.device
+        """Where batches come out (the images may stay in host memory when the device is too small)."""
+        return self.mean.device
 
     def to(self, device: torch.device) -> "TensorData":
-        return replace(self, images=self.images.to(device), labels=self.labels.to(device),
-                       mean=self.mean.to(device), std=self.std.to(device))
+        """Move everything to `device`; images that do not fit there stay in host memory, batches move."""
+        small = replace(self, labels=self.labels.to(device), mean=self.mean.to(device), std=self.std.to(device))
+        try:
+            return replace(small, images=self.images.to(device))
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return small
 
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[idx]
+        x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
         if self.augment == "random_crop_flip":
             x = random_crop_flip(x, self.crop or tuple(x.shape[-2:]), generator)
         elif self.crop and tuple(x.shape[-2:]) != tuple(self.crop):
@@ -94,19 +102,33 @@ def decode(path: Path, size: tuple[int, int], interpolation: str, keep_aspect: b
         raise UserError(f"{path}: unreadable image ({exc})") from None
 
 
-def decode_all(items: list[tuple[Path, int]], prep: dict) -> tuple[np.ndarray, np.ndarray]:
+def decode_all(items: list[tuple[Path, int]], prep: dict,
+               out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every listed image into `out` (e.g. a memory-mapped cache file), or into a new array."""
     size, keep = stored_size(prep), prep.get("crop_pct", 1.0) < 1.0
+    if prep["interpolation"] not in INTERPOLATION:
+        raise UserError(f"interpolation: expected one of {', '.join(INTERPOLATION)}, got {prep['interpolation']!r}")
+    out = np.empty((len(items), 3, *size), dtype=np.uint8) if out is None else out
+
+    def one(i: int) -> None:
+        out[i] = decode(items[i][0], size, prep["interpolation"], keep)
+
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL releases the GIL
-        arrays = list(pool.map(lambda item: decode(item[0], size, prep["interpolation"], keep), items))
-    return np.stack(arrays), np.array([label for _, label in items], dtype=np.int64)
+        list(pool.map(one, range(len(items))))
+    return out, np.array([label for _, label in items], dtype=np.int64)
 
 
 def load_images(layout: str, task_dir: Path, task, splits: list[str], prep: dict, train: bool = False,
                 cache_dir: Path | None = None) -> TensorData:
     """The images of `splits` (concatenated, e.g. FGVC's train + val) as one TensorData."""
     parts = [load_split_arrays(layout, task_dir, task, split, prep, cache_dir) for split in splits]
-    images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-    labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    if len(parts) == 1:  # keep a cached split memory-mapped; batches index it, nothing writes to it
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            images, labels = torch.from_numpy(parts[0][0]), torch.from_numpy(np.array(parts[0][1]))
+    else:
+        images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+        labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     mean = torch.tensor(prep["mean"], dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(prep["std"], dtype=torch.float32).view(1, 3, 1, 1)
     crop = tuple(prep["input_size"][-2:])
@@ -116,6 +138,11 @@ def load_images(layout: str, task_dir: Path, task, splits: list[str], prep: dict
 
 def load_split_arrays(layout: str, task_dir: Path, task, split: str, prep: dict,
                       cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded uint8 images and labels of one split file."""
+    """Decoded uint8 images and labels of one split file, from the on-disk cache when there is one."""
     items = list_images(layout, task_dir, task, split)
-    return decode_all(items, prep)
+    if cache_dir is None:
+        return decode_all(items, prep)
+    from petlbench.cache import cached_split, entry_key
+    key = entry_key(task_dir, layout, split, stored_size(prep), prep["interpolation"], prep.get("crop_pct", 1.0) < 1.0)
+    return cached_split(Path(cache_dir), key, split_file(layout, task_dir, split), items,
+                        lambda out: decode_all(items, prep, out))

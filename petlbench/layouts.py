@@ -11,6 +11,7 @@ Every path must stay inside the task folder, every label inside [0, classes).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,12 +35,17 @@ def list_images(layout: str, task_dir: Path, task: Task, split: str) -> list[tup
         raise UserError(f"{task_dir}: task folder not found (looked for {names} under {task_dir.parent})")
     items = read_noah_split(task_dir, split, task.classes) if layout == "noah" else read_fgvc_split(task_dir, split, task)
     if not items:
-        raise UserError(f"{task_dir / split}: no images listed")
+        raise UserError(f"{split_file(layout, task_dir, split)}: no images listed")
     return items
 
 
+def split_file(layout: str, task_dir: Path, split: str) -> Path:
+    """The file listing a split: <split>.txt (noah) or <split>.json (fgvc)."""
+    return task_dir / f"{split}.{'txt' if layout == 'noah' else 'json'}"
+
+
 def read_noah_split(task_dir: Path, split: str, num_classes: int) -> list[tuple[Path, int]]:
-    list_file = task_dir / f"{split}.txt"
+    list_file = split_file("noah", task_dir, split)
     if not list_file.is_file():
         raise UserError(f"{list_file}: split file not found")
     items = []
@@ -73,16 +79,17 @@ def read_fgvc_json(json_file: Path) -> dict[str, int]:
 
 def fgvc_class_ids(task_dir: Path, task: Task) -> dict[int, int]:
     """Original class id -> contiguous label, from the ids of every split file of the task (sorted)."""
-    ids = set()
-    for json_file in sorted(task_dir.glob("*.json")):
+    ids, files = set(), sorted(task_dir.glob("*.json"))
+    for json_file in files:
         ids.update(read_fgvc_json(json_file).values())
     if len(ids) != task.classes:
-        raise UserError(f"{task_dir}: the split files hold {len(ids)} distinct class ids, expected {task.classes}")
+        raise UserError(f"{task_dir}: the split files ({', '.join(f.name for f in files)}) hold {len(ids)} "
+                        f"distinct class ids, expected {task.classes}")
     return {cid: i for i, cid in enumerate(sorted(ids))}
 
 
 def read_fgvc_split(task_dir: Path, split: str, task: Task) -> list[tuple[Path, int]]:
-    json_file = task_dir / f"{split}.json"
+    json_file = split_file("fgvc", task_dir, split)
     data = read_fgvc_json(json_file)
     remap = fgvc_class_ids(task_dir, task)
     root = task_dir / task.images
@@ -90,8 +97,17 @@ def read_fgvc_split(task_dir: Path, split: str, task: Task) -> list[tuple[Path, 
 
 
 def inside(task_dir: Path, base: Path, rel: str, where: str) -> Path:
-    """`base / rel`, resolved; an error if it leaves the task folder (a split file must not reach out)."""
-    resolved = (base / rel).resolve()
-    if not resolved.is_relative_to(task_dir.resolve()):
+    """`base / rel`, made absolute; an error if `..` or an absolute path leaves the task folder.
+
+    Normalised without following symlinks: a split file must not reach out, but an image folder
+    that is a symlink to another disk is the user's business.
+    """
+    path = Path(os.path.normpath(absolute(base) / rel))
+    if not path.is_relative_to(absolute(task_dir)):
         raise UserError(f"{where}: path {rel!r} escapes the task folder {task_dir}")
-    return resolved
+    return path
+
+
+def absolute(path: Path) -> Path:
+    """An absolute, normalised path (`..` folded) without resolving symlinks."""
+    return Path(os.path.normpath(Path(path).absolute()))

@@ -15,10 +15,11 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from petlbench.backbone import preprocessing
+from petlbench.backbone import file_sha256, preprocessing
+from petlbench.cache import resolve_cache_dir
 from petlbench.data import TensorData, load_images
 from petlbench.errors import UserError
-from petlbench.layouts import find_task_dir
+from petlbench.layouts import find_task_dir, split_file
 from petlbench.options import as_dict, build
 from petlbench.params import build_model
 from petlbench.plan import (RunPlan, method_label, plan_one, resolve_backbone, resolve_data_root)
@@ -71,10 +72,14 @@ def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, p
         pre = plan.suite.preprocessing
         prep = preprocessing(model, b, pre.crop_pct, pre.train, pre.eval)
         record["params"] = counts.as_dict()
-        record["data"].update(folder=str(find_task_dir(plan.data_root, plan.task)), preprocessing=prep)
+        record["data"].update(folder=str(find_task_dir(plan.data_root, plan.task)), preprocessing=prep,
+                              cache=str(cache.cache_dir) if cache.cache_dir else None)
         train = cache.get(plan, plan.protocol["train_splits"], prep, train=True)
         evaluation = cache.get(plan, plan.protocol["eval_splits"], prep, train=False)
-        record["data"].update(train_images=len(train), eval_images=len(evaluation))
+        task_dir = find_task_dir(plan.data_root, plan.task)
+        used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
+        record["data"].update(train_images=len(train), eval_images=len(evaluation), split_files_sha256={
+            split: file_sha256(split_file(plan.suite.layout, task_dir, split))[:16] for split in used})
         metrics = fit(model, train, evaluation, plan.train, device, plan.seed, progress)
         metrics["val_top1" if plan.is_search else "test_top1"] = metrics.pop("top1")
         record.update(metrics=metrics, status="success")
@@ -128,7 +133,7 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     selected = the_suite.select(tasks)
     seeds = list(seeds)
     out, dev = Path(out), pick_device(device)
-    cache = SplitCache(Path(cache_dir).expanduser() if cache_dir else None)
+    cache = SplitCache(resolve_cache_dir(cache_dir))
     if protocol == "tune":
         from petlbench.tune import run_tune
         return run_tune(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, root, out, dev,

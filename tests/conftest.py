@@ -17,6 +17,13 @@ TINY_ARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_
 TINY_BACKBONE_ARGS = ",".join(f"{k}={v}" for k, v in TINY_ARGS.items())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Runs in tests (and the CLI they start) decode into a cache of their own, never the user's."""
+    os.environ["PETLBENCH_CACHE"] = str(tmp_path_factory.mktemp("decoded-cache"))
+    yield
+
+
 @pytest.fixture
 def tiny_spec() -> BackboneSpec:
     return BackboneSpec("vit_tiny_patch16_224", dict(TINY_ARGS), pretrained=False)
