@@ -18,3 +18,9 @@ def register_method(cls):
     """Register a Method subclass at run time (notebooks, tests)."""
     from petlbench.registry import register_method as _register
     return _register(cls)
+
+
+def plot(results, **kwargs) -> list:
+    """Accuracy vs trainable parameters as PNG and SVG; see petlbench.plot."""
+    from petlbench import plot as _plot
+    return _plot.plot(results, **kwargs)

@@ -1,4 +1,4 @@
-"""The `petlbench` command: run, table, plot, params, ls. Bad input ends in one line and exit code 2."""
+"""The `petlbench` command: run, table, plot, params, data, profile, ls. Bad input: one line, exit code 2."""
 from __future__ import annotations
 
 import argparse

@@ -1,82 +1,170 @@
-"""Tables: run records -> pandas DataFrame -> method x task top-1 with mean and trainable params."""
+"""Tables: run records -> method x task top-1 with group and overall means, params, seeds, published rows.
+
+The numbers come from petlbench.summary (definitions there and in the notes under every table);
+this module only turns them into Markdown, CSV or booktabs LaTeX.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
-from tabulate import tabulate
+from tabulate import SEPARATING_LINE, tabulate
 
 from petlbench.errors import UserError
+from petlbench.published import MODES, compare
 from petlbench.records import load_records
+from petlbench.summary import KEYS, Stats, aggregate, records_frame, suite_info
 
 FORMATS = ("md", "csv", "latex")
+LATEX_SPECIAL = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
+                                                                   "^": r"\textasciicircum{}", "Δ": r"$\Delta$"})
 
 
-def records_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per successful run, the columns a table needs."""
-    rows = [{
-        "suite": r["suite"], "task": r["task"], "task_index": r.get("task_index", 0), "group": r.get("task_group", ""),
-        "method": r["method"]["label"], "backbone": f"{r['backbone']['name']} ({r['backbone']['weights']})",
-        "seed": r["seed"], "top1": 100.0 * r["metrics"]["test_top1"],
-        "trainable_excl_head": r["params"]["trainable_excl_head"], "backbone_params": r["params"]["backbone"],
-    } for r in records if r.get("status") == "success" and r.get("protocol", {}).get("stage") != "search"]
-    return pd.DataFrame(rows)
-
-
-def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Method (x backbone) rows, task columns (mean over seeds), then mean, params and seeds."""
-    tasks = list(dict.fromkeys(frame.sort_values("task_index", kind="stable")["task"]))  # the suite's order
-    keys = ["method", "backbone"]
-    per_task = frame.groupby(keys + ["task"], sort=False)["top1"]
-    mean, std = per_task.mean().unstack("task"), per_task.std().unstack("task")
-    table = mean.reindex(columns=tasks)
-    cells = table.copy().astype(object)
-    for row in table.index:
-        for task in tasks:
-            m, s = table.loc[row, task], std.loc[row, task] if task in std.columns else float("nan")
-            cells.loc[row, task] = "" if pd.isna(m) else (f"{m:.1f}" if pd.isna(s) else f"{m:.1f}±{s:.1f}")
-    complete = table.notna().all(axis=1)
-    cells["mean"] = [f"{v:.1f}" + ("" if ok else "*") for v, ok in zip(table.mean(axis=1), complete)]
-    by_row = frame.groupby(keys, sort=False)
-    params = by_row["trainable_excl_head"].mean()
-    cells["params (M)"] = (params / 1e6).map(lambda v: f"{v:.3f}")
-    cells["% backbone"] = (100 * params / by_row["backbone_params"].mean()).map(lambda v: f"{v:.3f}")
-    cells["seeds"] = by_row["seed"].nunique().astype(str)
-    cells = cells.reset_index()
-    if cells["backbone"].nunique() == 1:
-        cells = cells.drop(columns="backbone")
-    return cells
-
-
-def render(results: str | Path, fmt: str = "md", suite: str | None = None) -> str:
+def render(results: str | Path, fmt: str = "md", suite: str | None = None, published: str = "auto") -> str:
     """The table text for every suite under the folder `results` (or just `suite`)."""
+    records = load_results(results, suite)
+    return render_records(records, fmt, where=describe(results, suite), published=published)
+
+
+def load_results(results: str | Path, suite: str | None) -> list[dict]:
     if not Path(results).exists():
         raise UserError(f"{results}: no such results folder")
     records = load_records(results)
     if suite:
-        records = [r for r in records if r.get("suite") == suite]
-    return render_records(records, fmt, where=f"{results}" + (f" (suite {suite})" if suite else ""))
+        chosen = [r for r in records if r.get("suite") == suite]
+        if not chosen and records:
+            found = sorted({str(r.get("suite")) for r in records})
+            raise UserError(f"{results}: no records of suite {suite!r}; suites here: {', '.join(found)}")
+        records = chosen
+    return records
 
 
-def render_records(records: list[dict], fmt: str = "md", where: str = "these runs") -> str:
-    if fmt not in FORMATS:
-        raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+def describe(results: str | Path, suite: str | None) -> str:
+    return f"{results}" + (f" (suite {suite})" if suite else "")
+
+
+def suite_parts(records: list[dict], where: str, published: str = "auto", every_method: bool = False):
+    """(suite name, SuiteInfo, user Stats, published Comparison or None) per suite in the records."""
+    if published not in MODES:
+        raise UserError(f"--published: expected one of {', '.join(MODES)}, got {published!r}")
     frame = records_frame(records)
     failed = sum(r.get("status") != "success" for r in records)
     if frame.empty:
         raise UserError(f"{where}: no successful run records" + (f" ({failed} failed)" if failed else ""))
-    parts, partial = [], False
     for name, part in frame.groupby("suite", sort=False):
-        cells = summary(part)
-        partial |= any(v.endswith("*") for v in cells["mean"])
+        info = suite_info(name, [r for r in records if r.get("suite") == name])
+        stats = aggregate(part, info)
+        yield name, info, stats, compare(part, stats, info, published, every_method)
+
+
+def render_records(records: list[dict], fmt: str = "md", where: str = "these runs", published: str = "auto") -> str:
+    if fmt not in FORMATS:
+        raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    parts = []
+    for name, info, stats, comparison in suite_parts(records, where, published):
+        tasks = stats.tasks_present()  # published rows show the same task columns as yours
+        blocks = [cells(stats, tasks, fmt)]
+        if comparison is not None and comparison.stats is not None:
+            blocks += [cells(comparison.stats, tasks, fmt), delta_cells(comparison.delta, tasks, stats)]
+        if fmt == "latex":
+            embolden(blocks[:2], [stats] + ([comparison.stats] if len(blocks) > 1 else []))
+        blocks = [b for b in blocks if not b.empty]
+        several = stats.mean.index.get_level_values("backbone").nunique() > 1
+        blocks = [b if several else b.drop(columns="backbone") for b in blocks]
+        notes = table_notes(info, stats, comparison)
         if fmt == "csv":
-            parts.append(cells.assign(suite=name).to_csv(index=False))
+            parts.append(pd.concat(blocks).assign(suite=name).to_csv(index=False))
             continue
-        text = tabulate(cells, headers="keys", tablefmt="github" if fmt == "md" else "latex_booktabs",
-                        showindex=False, disable_numparse=True)
-        title = f"suite {name}: test top-1 (%), last epoch; params = trainable excluding the head, mean over tasks"
-        parts.append((f"### {title}\n\n" if fmt == "md" else f"% {title}\n") + text)
-    notes = ["* mean over the tasks that row has, not all of them"] if partial else []
-    if failed:
-        notes.append(f"{failed} failed run(s) are not shown; their records hold the error")
-    return "\n\n".join(parts) + ("\n\n" + "\n".join(notes) if notes and fmt != "csv" else "") + "\n"
+        title = f"suite {name}: test top-1 (%), last epoch, mean over seeds; params = trainable excluding the head"
+        if fmt == "md":
+            text = tabulate(pd.concat(blocks), headers="keys", tablefmt="github", showindex=False,
+                            disable_numparse=True)
+            parts.append(f"### {title}\n\n{text}\n\n" + "\n".join(notes))
+        else:
+            parts.append(f"% {title}\n" + latex(blocks) + "\n" + "\n".join(f"% {n}" for n in notes))
+    failed = sum(r.get("status") != "success" for r in records)
+    if failed and fmt != "csv":
+        note = f"{failed} failed run(s) are not shown; their records hold the error"
+        parts.append(f"% {note}" if fmt == "latex" else note)
+    return "\n\n".join(parts) + "\n"
+
+
+def number(mean: float, std: float, fmt: str) -> str:
+    if pd.isna(mean):
+        return ""
+    pm = "$\\pm$" if fmt == "latex" else "±"
+    return f"{mean:.1f}" if pd.isna(std) else f"{mean:.1f}{pm}{std:.1f}"
+
+
+def cells(stats: Stats, tasks: list[str], fmt: str) -> pd.DataFrame:
+    """Text cells: `tasks` (those your rows have, suite order), the means (`*`: incomplete), params, seeds."""
+    aggregates = stats.info.aggregates()
+    out = pd.DataFrame(index=stats.mean.index)
+    for col in tasks + aggregates:
+        marks = ["" if ok or col in tasks else "*" for ok in stats.complete[col]]
+        out[col] = [number(m, s, fmt) + (mark if number(m, s, fmt) else "")
+                    for m, s, mark in zip(stats.mean[col], stats.std[col], marks)]
+    out["params (M)"] = [f"{v:.3f}" if pd.notna(v) else "" for v in stats.params_m]
+    out["% backbone"] = [f"{v:.3f}" if pd.notna(v) else "" for v in stats.percent]
+    out["seeds"] = stats.seeds
+    return out.reset_index()
+
+
+def delta_cells(delta: pd.DataFrame, tasks: list[str], user: Stats) -> pd.DataFrame:
+    """Signed differences (yours minus published) for the task and mean columns; nothing for params."""
+    columns = tasks + user.info.aggregates()
+    out = pd.DataFrame({c: [f"{v:+.1f}" if pd.notna(v) else "" for v in delta[c]] for c in columns}, index=delta.index)
+    for col in ("params (M)", "% backbone", "seeds"):
+        out[col] = ""
+    return out.reset_index()
+
+
+def embolden(blocks: list[pd.DataFrame], stats: list[Stats]) -> None:
+    """LaTeX: the best value of each accuracy column (complete means only; ties all bold), in place."""
+    columns = stats[0].tasks_present() + stats[0].info.aggregates()
+    for col in columns:
+        values = [s.mean[col].where(s.complete[col]).round(1).to_numpy() for s in stats]
+        best = max((v for vs in values for v in vs if pd.notna(v)), default=None)
+        for block, vs in zip(blocks, values):
+            for i, v in enumerate(vs):
+                if best is not None and v == best:
+                    block.loc[i, col] = f"\\textbf{{{block.loc[i, col]}}}"
+
+
+def latex(blocks: list[pd.DataFrame]) -> str:
+    """booktabs tabular; blocks (yours, published, differences) separated by \\midrule."""
+    rows = []
+    for block in blocks:
+        if rows:
+            rows.append([SEPARATING_LINE])
+        rows += [[escape(v) if c in KEYS else str(v) for c, v in row.items()] for _, row in block.iterrows()]
+    columns = list(blocks[0].columns)
+    text = tabulate(rows, headers=[escape(c) for c in columns], tablefmt="latex_raw", disable_numparse=True,
+                    colalign=["left" if c in KEYS else "right" for c in columns])
+    lines = text.splitlines()
+    rules = [i for i, line in enumerate(lines) if line.strip() == "\\hline"]
+    for i in rules:
+        lines[i] = "\\midrule"
+    lines[rules[0]], lines[rules[-1]] = "\\toprule", "\\bottomrule"
+    return "\n".join(lines)
+
+
+def escape(text: str) -> str:
+    return str(text).translate(LATEX_SPECIAL)
+
+
+def table_notes(info, stats: Stats, comparison) -> list[str]:
+    notes = ["cells: mean over seeds; ± is the sample std over seeds (n-1) where a row has two or more"]
+    if info.grouped:
+        notes.append("mean <group>: mean of the per-task means of that group; mean (groups): mean of the "
+                     f"{len(info.groups)} group means; mean (tasks): mean of all per-task means; the ± of a mean "
+                     "is the std over seeds of that mean computed per seed")
+    aggregates = stats.complete[info.aggregates()]
+    if not aggregates.all().all():
+        notes.append(f"* the row lacks some of the suite's {len(info.tasks)} tasks: the mean over the tasks it "
+                     "has (empty: none of them), not comparable with complete means")
+    if info.note:
+        notes.append(info.note)
+    if comparison is not None:
+        notes += comparison.notes
+    return notes

@@ -1,0 +1,101 @@
+"""Accuracy vs trainable parameters (log x), the figure PETL papers open with; PNG and SVG.
+
+Uses the same numbers as `petlbench table` (petlbench.summary): y is the suite's headline mean (the
+mean of group means for grouped suites such as VTAB-1k, else the mean over tasks), x the trainable
+parameters excluding the head. A log axis has no zero, so zero-parameter methods (linear) are drawn
+at a floor value that the axis label states. Drawn on the Agg canvas, without pyplot's global state.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from petlbench.errors import UserError
+from petlbench.summary import Stats
+from petlbench.table import describe, load_results, suite_parts
+
+SUFFIXES = (".png", ".svg")
+
+
+def plot(results: str | Path, suite: str | None = None, out: str | Path | None = None,
+         published: str = "auto") -> list[Path]:
+    """Write <stem>.png and <stem>.svg per suite (default stem RESULTS/<suite>_accuracy_vs_params); return paths."""
+    records = load_results(results, suite)
+    parts = list(suite_parts(records, describe(results, suite), published, every_method=True))
+    if out is not None and len(parts) > 1:
+        names = ", ".join(name for name, *_ in parts)
+        raise UserError(f"--out: {results} holds several suites ({names}); pick one with --suite")
+    folder = Path(results) if Path(results).is_dir() else Path(results).parent
+    written = []
+    for name, info, stats, comparison in parts:
+        stem = Path(out) if out is not None else folder / f"{name}_accuracy_vs_params"
+        if stem.suffix.lower() in SUFFIXES:
+            stem = stem.with_suffix("")
+        figure = draw(name, stats, comparison.stats if comparison is not None else None)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in SUFFIXES:
+            path = stem.parent / (stem.name + suffix)
+            try:
+                with rc_context({"svg.fonttype": "none"}):  # SVG text stays text, editable for a paper
+                    figure.savefig(path, dpi=150, bbox_inches="tight")
+            except OSError as exc:
+                raise UserError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
+            written.append(path)
+    return written
+
+
+def points(stats: Stats) -> list[tuple[str, float, float, float, bool]]:
+    """(label, params M, headline mean, its std, complete) per row that has both numbers."""
+    column = stats.info.headline
+    several = stats.mean.index.get_level_values("backbone").nunique() > 1
+    found = []
+    for key in stats.mean.index:
+        x, y = stats.params_m[key], stats.mean.loc[key, column]
+        if not (math.isnan(x) or math.isnan(y)):
+            label = key[0].removeprefix("published: ") + (f" [{key[1].split(' (')[0]}]" if several else "")
+            found.append((label, x, y, stats.std.loc[key, column], bool(stats.complete.loc[key, column])))
+    return found
+
+
+def draw(name: str, stats: Stats, published: Stats | None) -> Figure:
+    ours, theirs = points(stats), points(published) if published is not None else []
+    positive = [x for _, x, *_ in ours + theirs if x > 0]
+    floor = 10 ** math.floor(math.log10(min(positive))) / 10 if positive else 1e-3
+    figure = Figure(figsize=(7, 4.8))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for series, style, gid in ((ours, dict(marker="o", color="C0", label="yours"), "your-points"),
+                               (theirs, dict(marker="s", markerfacecolor="none", color="C1",
+                                             label=f"published ({published_backbone(published)})"), "published-points")):
+        if not series:
+            continue
+        xs = [max(x, floor) for _, x, *_ in series]
+        ys = [y for *_, y, _, _ in series]
+        errors = [0.0 if math.isnan(s) else s for *_, s, _ in series]
+        drawn = ax.errorbar(xs, ys, yerr=errors if any(errors) else None, linestyle="none", markersize=7, capsize=2,
+                            **style)
+        drawn.lines[0].set_gid(gid)  # an id in the SVG
+        for (label, *_, complete), x, y in zip(series, xs, ys):
+            ax.annotate(label + ("" if complete else " *"), (x, y), xytext=(4, 3), textcoords="offset points",
+                        fontsize=8, color=style["color"])
+    ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)  # room for the text labels
+    ax.set_xlabel(f"trainable parameters excluding the head (M, log scale; 0 drawn at {floor:g})")
+    headline = stats.info.headline
+    ax.set_ylabel(f"test top-1 (%), {headline}")
+    ax.set_title(f"{name}: {headline} vs trainable parameters")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    if not all(complete for *_, complete in ours):
+        figure.text(0.01, 0.005, "* mean over the tasks that row has, not all the suite's tasks", fontsize=7)
+    return figure
+
+
+def published_backbone(published: Stats | None) -> str:
+    if published is None or published.mean.empty:
+        return ""
+    return published.mean.index[0][1].removesuffix(" (published)")
