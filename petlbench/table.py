@@ -104,8 +104,8 @@ def cells(stats: Stats, tasks: list[str], fmt: str) -> pd.DataFrame:
         marks = ["" if ok or col in tasks else "*" for ok in stats.complete[col]]
         out[col] = [number(m, s, fmt) + (mark if number(m, s, fmt) else "")
                     for m, s, mark in zip(stats.mean[col], stats.std[col], marks)]
-    out["params (M)"] = [f"{v:.3f}" if pd.notna(v) else "" for v in stats.params_m]
-    out["% backbone"] = [f"{v:.3f}" if pd.notna(v) else "" for v in stats.percent]
+    out["params (M)"] = [compact(v) for v in stats.params_m]
+    out["% backbone"] = [compact(v) for v in stats.percent]
     out["seeds"] = stats.seeds
     return out.reset_index()
 
@@ -168,3 +168,10 @@ def table_notes(info, stats: Stats, comparison) -> list[str]:
     if comparison is not None:
         notes += comparison.notes
     return notes
+
+
+def compact(value: float) -> str:
+    """3 decimals, but 2 significant digits below 0.01, so a tiny model's 0.00019M does not read as 0."""
+    if pd.isna(value):
+        return ""
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.2g}"
