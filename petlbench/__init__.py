@@ -1,4 +1,8 @@
-"""petlbench: compare parameter-efficient transfer learning methods for vision models, fairly and fast."""
+"""petlbench: compare parameter-efficient transfer learning methods for vision models, fairly and fast.
+
+The API mirrors the CLI: `run`, `table`, `plot`, `register_method` (modules are named apart from these
+functions, e.g. petlbench.tables and petlbench.plots, so importing one never shadows them).
+"""
 __version__ = "0.1.0"
 
 
@@ -9,8 +13,8 @@ def run(*args, **kwargs):
 
 
 def table(results, fmt: str = "md", **kwargs) -> str:
-    """Tabulate the records under `results`; see petlbench.table.render."""
-    from petlbench.table import render
+    """Tabulate the records under `results`; see petlbench.tables.render."""
+    from petlbench.tables import render
     return render(results, fmt, **kwargs)
 
 
@@ -21,6 +25,6 @@ def register_method(cls):
 
 
 def plot(results, **kwargs) -> list:
-    """Accuracy vs trainable parameters as PNG and SVG; see petlbench.plot."""
-    from petlbench import plot as _plot
-    return _plot.plot(results, **kwargs)
+    """Accuracy vs trainable parameters as PNG and SVG; see petlbench.plots.plot."""
+    from petlbench.plots import plot as _plot
+    return _plot(results, **kwargs)

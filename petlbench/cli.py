@@ -106,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from petlbench.runner import run
-    from petlbench.table import render_records
+    from petlbench.tables import render_records
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -159,13 +159,13 @@ def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 def cmd_table(args) -> int:
-    from petlbench.table import render
+    from petlbench.tables import render
     print(render(args.results, args.format, suite=args.suite, published=args.published), end="")
     return 0
 
 
 def cmd_plot(args) -> int:
-    from petlbench.plot import plot
+    from petlbench.plots import plot
     for path in plot(args.results, suite=args.suite, out=args.out, published=args.published):
         print(path)
     return 0

@@ -9,7 +9,7 @@ import pytest
 
 from petlbench.errors import UserError
 from petlbench.records import SCHEMA, write_atomic
-from petlbench.table import render
+from petlbench.tables import render
 
 
 def record(task, index, method, seed, top1, params, status="success"):
@@ -281,3 +281,13 @@ def test_own_suite_file_gives_order_and_groups(tmp_path):
     assert frame.loc["linear", "mean g2"] == "52.5", "(55 + 50) / 2; seed 1 lacks t_m, so no ±"
     assert parse(frame.loc["linear", "mean (groups)"])[0] == pytest.approx(53.75, abs=0.051)
     assert frame.loc["linear", "seeds"] == "1-2", "tasks with different numbers of seeds"
+
+
+def test_python_api_table_and_plot(results):
+    """petlbench.table / petlbench.plot stay callable after their modules are imported."""
+    import petlbench
+    import petlbench.plots  # noqa: F401
+    import petlbench.tables  # noqa: F401
+    assert "| linear" in petlbench.table(results, "md")
+    paths = petlbench.plot(results, suite="mini")
+    assert paths and all(Path(p).is_file() for p in paths)

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from petlbench.errors import UserError
 from petlbench.summary import Stats
-from petlbench.table import describe, load_results, suite_parts
+from petlbench.tables import describe, load_results, suite_parts
 
 SUFFIXES = (".png", ".svg")
 
