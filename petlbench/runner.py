@@ -22,7 +22,7 @@ from petlbench.errors import UserError
 from petlbench.layouts import find_task_dir, split_file
 from petlbench.options import as_dict, build
 from petlbench.params import build_model
-from petlbench.plan import (RunPlan, method_label, plan_one, resolve_backbone, resolve_data_root)
+from petlbench.plan import DATA_ROOT_ENV, RunPlan, method_label, plan_one, resolve_backbone, resolve_data_root
 from petlbench.records import SCHEMA, device_description, git_revision, package_versions, read_record, write_atomic
 from petlbench.registry import available_methods, parse_method_list
 from petlbench.suite import PROTOCOLS, load_suite
@@ -129,9 +129,13 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     if the_suite.prepare == "demo":
         from petlbench.demo import prepare
         prepare(root, the_suite, log=log)
+    if not root.is_dir():
+        raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")
     spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)
     selected = the_suite.select(tasks)
     seeds = list(seeds)
+    if not seeds:
+        raise UserError("--seeds: expected at least one seed, e.g. 0 or 0,1,2")
     out, dev = Path(out), pick_device(device)
     cache = SplitCache(resolve_cache_dir(cache_dir))
     if protocol == "tune":

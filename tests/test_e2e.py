@@ -142,3 +142,14 @@ def test_missing_checkpoint_is_one_line(tmp_path, tiny_tasks):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"petlbench: error: --checkpoint: {tmp_path / 'nope.safetensors'}: file not found"
     assert not (tmp_path / "results").exists()
+
+
+def test_missing_data_root_or_seeds_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "results"
+    for args, needle in ((["--data-root", str(tmp_path / "nope")], "folder not found"),
+                         (["--data-root", str(tmp_path), "--seeds", ","], "--seeds")):
+        result = petlbench_cli("run", "--suite", "vtab1k", "--methods", "linear", "--random-init", "--out", str(out),
+                               *args)
+        assert result.returncode == 2 and needle in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not out.exists()
