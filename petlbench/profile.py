@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import replace
 
 import torch
 

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 
-from petlbench.errors import UserError
 from petlbench.records import load_records
 from petlbench.tune import choose
 from tests.conftest import petlbench_cli, write_tiny_suite
