@@ -74,7 +74,8 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     order = torch.Generator().manual_seed(seed)
     step, seen, epoch_loss = 0, 0, float("nan")
     start = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", leave=False, disable=not progress if progress is not None else None)
+    quiet = None if progress is None else not progress  # None: tqdm shows the bar only on a terminal
+    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", leave=False, disable=quiet)
     for _ in bar:
         model.train()
         losses = []
@@ -99,8 +100,9 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
         torch.cuda.synchronize()
     train_time = time.perf_counter() - start
     top1 = evaluate(model, test, cfg, device)
-    return {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
-            "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1)}
+    return {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_last_epoch": epoch_loss,
+            "epochs": cfg.epochs, "steps": step, "train_time_s": round(train_time, 3),
+            "train_images_per_s": round(seen / max(train_time, 1e-9), 1)}
 
 
 @torch.no_grad()
