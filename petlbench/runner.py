@@ -72,11 +72,11 @@ def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, p
         pre = plan.suite.preprocessing
         prep = preprocessing(model, b, pre.crop_pct, pre.train, pre.eval)
         record["params"] = counts.as_dict()
-        record["data"].update(folder=str(find_task_dir(plan.data_root, plan.task)), preprocessing=prep,
+        task_dir = find_task_dir(plan.data_root, plan.task)
+        record["data"].update(folder=str(task_dir), preprocessing=prep,
                               cache=str(cache.cache_dir) if cache.cache_dir else None)
         train = cache.get(plan, plan.protocol["train_splits"], prep, train=True)
         evaluation = cache.get(plan, plan.protocol["eval_splits"], prep, train=False)
-        task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
         record["data"].update(train_images=len(train), eval_images=len(evaluation), split_files_sha256={
             split: file_sha256(split_file(plan.suite.layout, task_dir, split))[:16] for split in used})
