@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from petlbench.errors import UserError
-from petlbench.layouts import list_images, split_file
+from petlbench.layouts import find_task_dir, list_images, split_file
 
 INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
@@ -146,3 +146,19 @@ def load_split_arrays(layout: str, task_dir: Path, task, split: str, prep: dict,
     key = entry_key(task_dir, layout, split, stored_size(prep), prep["interpolation"], prep.get("crop_pct", 1.0) < 1.0)
     return cached_split(Path(cache_dir), key, split_file(layout, task_dir, split), items,
                         lambda out: decode_all(items, prep, out))
+
+
+class SplitCache:
+    """Keeps the decoded splits of the current task in memory across its methods, seeds and grid."""
+
+    def __init__(self, cache_dir: Path | None = None):
+        self.cache_dir, self.task, self.data = cache_dir, None, {}
+
+    def get(self, plan, splits: list[str], prep: dict, train: bool) -> TensorData:
+        task_dir = find_task_dir(plan.data_root, plan.task)
+        if task_dir != self.task:
+            self.task, self.data = task_dir, {}
+        key = (tuple(splits), repr(sorted(prep.items())), train)
+        if key not in self.data:
+            self.data[key] = load_images(plan.suite.layout, task_dir, plan.task, splits, prep, train, self.cache_dir)
+        return self.data[key]

@@ -17,7 +17,8 @@ from PIL import Image
 
 from petlbench.errors import UserError
 from petlbench.layouts import find_task_dir, list_images
-from petlbench.suite import Suite, Task, load_suite
+from petlbench.specs import Task
+from petlbench.suite import Suite, load_suite
 
 SHOWN = 5  # problems printed per task; the rest are counted
 

@@ -143,7 +143,8 @@ def pretrain_upstream(path: Path, backbone: dict, seconds_log: Callable[[str], N
     from petlbench.data import TensorData
     from petlbench.params import build_model
     from petlbench.registry import get_method
-    from petlbench.train import TrainConfig, fit
+    from petlbench.specs import TrainConfig
+    from petlbench.train import fit
 
     rng = np.random.default_rng(1234)
     samples = [upstream_sample(rng) for _ in range(UPSTREAM_IMAGES)]

@@ -13,12 +13,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from petlbench.errors import UserError
-
-if TYPE_CHECKING:
-    from petlbench.suite import Task
+from petlbench.specs import Task
 
 
 def find_task_dir(data_root: Path, task: Task) -> Path:

@@ -21,8 +21,8 @@ from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import as_dict, build
 from petlbench.recipes import RECIPES, Recipe
-from petlbench.suite import Suite, Task
-from petlbench.train import TrainConfig
+from petlbench.specs import Task, TrainConfig
+from petlbench.suite import Suite
 
 DATA_ROOT_ENV = "PETLBENCH_DATA_ROOT"
 

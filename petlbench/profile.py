@@ -16,7 +16,8 @@ from petlbench.data import TensorData
 from petlbench.params import build_model
 from petlbench.plan import method_label
 from petlbench.registry import parse_method_list
-from petlbench.train import TrainConfig, evaluate, fit, pick_device
+from petlbench.specs import TrainConfig
+from petlbench.train import evaluate, fit, pick_device
 
 
 def synthetic(n: int, classes: int, prep: dict, seed: int) -> TensorData:

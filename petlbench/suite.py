@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -16,37 +16,13 @@ from petlbench.errors import UserError
 from petlbench.options import build
 from petlbench.recipes import RECIPES
 from petlbench.registry import get_method
-from petlbench.train import TrainConfig
+from petlbench.specs import LAYOUT_SPLITS, Preprocessing, Task, TrainConfig
 
 TOP_KEYS = {"name", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
             "preprocessing", "recipe", "train", "method_options", "tasks"}
 TASK_KEYS = {"name", "classes", "group", "aliases", "images"}
 BACKBONE_KEYS = {"name", "args", "checkpoint", "pretrained", "mean", "std", "interpolation"}
 PREPARERS = {"demo"}
-# Which split files make up each role, per layout: `final` trains on trainval and tests on test;
-# `tune` trains on train and selects on val. A suite may override any role under `splits:`.
-LAYOUT_SPLITS = {
-    "noah": {"train": ["train800"], "val": ["val200"], "trainval": ["train800val200"], "test": ["test"]},
-    "fgvc": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
-}
-PROTOCOLS = ("final", "tune")
-
-
-@dataclass
-class Preprocessing:
-    """How images become tensors: resize to input/crop_pct, then crop to the input size."""
-    crop_pct: float = 1.0  # 1.0: resize straight to the input size (VTAB); 0.875: 256 -> 224 (FGVC)
-    train: Literal["none", "random_crop_flip"] = "none"
-    eval: Literal["none", "center_crop"] = "none"
-
-
-@dataclass
-class Task:
-    name: str
-    classes: int
-    group: str = ""
-    aliases: list[str] = field(default_factory=list)  # other folder names users have for it
-    images: str = ""  # fgvc: image root inside the task folder (e.g. "images" for CUB)
 
 
 @dataclass

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Literal, Optional
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -14,22 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from petlbench.data import TensorData
-
-
-@dataclass
-class TrainConfig:
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4  # not applied to biases, norms, tokens (timm's filter_bias_and_bn)
-    momentum: float = 0.9  # SGD only
-    epochs: int = 100
-    warmup_epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    label_smoothing: float = 0.0
-    grad_clip: Optional[float] = None
-    lr_scale_batch: Optional[int] = None  # VPT's rule: the optimizer's lr = lr * batch_size / lr_scale_batch
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+from petlbench.specs import TrainConfig
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from petlbench.errors import UserError
+from petlbench.execute import execute
 from petlbench.options import as_dict, build
 from petlbench.plan import RunPlan, method_label, plan_one
 from petlbench.records import write_atomic
-from petlbench.train import TrainConfig
+from petlbench.specs import TrainConfig
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -61,8 +62,6 @@ def choose(results: list[tuple[dict, dict]]) -> dict | None:
 
 def run_tune(suite, tasks, methods, seeds, spec, overrides, recipe, grid, root: Path, out: Path, device, cache,
              progress, log: Callable[[str], None]) -> list[dict]:
-    from petlbench.runner import execute
-
     finals = []
     for task in tasks:
         for method in methods:

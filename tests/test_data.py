@@ -11,7 +11,7 @@ from petlbench.backbone import BackboneSpec, create_backbone, file_sha256, read_
 from petlbench.data import TensorData, load_images
 from petlbench.errors import UserError
 from petlbench.layouts import read_noah_split
-from petlbench.suite import Task
+from petlbench.specs import Task
 from tests.conftest import TINY_ARGS
 
 PREP = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}

@@ -9,7 +9,8 @@ from torch import nn
 
 from petlbench.params import build_model
 from petlbench.registry import available_methods, get_method, parse_method_spec
-from petlbench.train import TrainConfig, make_optimizer
+from petlbench.specs import TrainConfig
+from petlbench.train import make_optimizer
 from tests.conftest import petlbench_cli
 
 NUM_CLASSES = 5

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from petlbench.errors import UserError
-from petlbench.suite import LAYOUT_SPLITS, Suite, load_suite, packaged_suites
+from petlbench.specs import LAYOUT_SPLITS
+from petlbench.suite import Suite, load_suite, packaged_suites
 from tests.conftest import assert_one_line_error, petlbench_cli
 
 GOOD = """\

@@ -7,7 +7,8 @@ from torch import nn
 from petlbench.data import TensorData
 from petlbench.params import build_model
 from petlbench.registry import parse_method_spec
-from petlbench.train import TrainConfig, evaluate, fit, make_optimizer, make_scheduler
+from petlbench.specs import TrainConfig
+from petlbench.train import evaluate, fit, make_optimizer, make_scheduler
 
 
 def tiny_data(n: int, classes: int, seed: int) -> TensorData:
