@@ -31,6 +31,7 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     lr_scale_batch: Optional[int] = None  # VPT's rule: the optimizer's lr = lr * batch_size / lr_scale_batch
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    eval_every: int = 0  # >0: also score the evaluation split every N epochs (a recorded curve, never a choice)
 
 
 @dataclass
