@@ -5,16 +5,19 @@ then lives as one uint8 tensor, on the GPU when there is one.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
+from petlbench.cache import cached_split, content_digest, entry_key
 from petlbench.errors import UserError
 from petlbench.layouts import find_task_dir, list_images, split_file
 
@@ -30,6 +33,7 @@ class TensorData:
     std: torch.Tensor
     crop: tuple[int, int] | None = None  # model input size when the stored images are larger
     augment: str = "none"  # "random_crop_flip" for training; else a centre crop to `crop`
+    digest: str | None = None  # sha256 of the splits' content digests, in order: the data's part of a run's identity
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,22 +88,49 @@ def stored_size(prep: dict) -> tuple[int, int]:
     return (h, w) if pct >= 1.0 else (round(h / pct), round(w / pct))
 
 
-def decode(path: Path, size: tuple[int, int], interpolation: str, keep_aspect: bool) -> np.ndarray:
-    """Resize straight to `size` (VTAB), or the shorter side to size then a centre square (FGVC)."""
+def to_rgb(im: Image.Image, path: Path) -> Image.Image:
+    """8-bit RGB. PIL's convert clips: a 16-bit PNG comes out white, a [0, 1] float TIFF black; these are scaled."""
+    if im.mode == "F" or im.mode.startswith("I"):  # F, I (32-bit), I;16, I;16B, I;16L, I;16N
+        a = np.asarray(im)
+        lo, hi, expected = (0, 1, "[0, 1]") if im.mode == "F" else (0, 65535, "[0, 65535] (16 bits)")
+        if not (a.size and np.isfinite(a).all() and lo <= a.min() and a.max() <= hi):
+            found = f"[{a.min():g}, {a.max():g}]" if a.size and np.isfinite(a).all() else "NaN or infinity"
+            raise UserError(f"{path}: cannot scale mode {im.mode!r} pixels to 8 bits: values {found}, expected "
+                            f"{expected}; save it as an 8-bit image")
+        grey = np.round(a * 255) if im.mode == "F" else (a.astype(np.uint32) + 128) // 257
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")  # 1, L, P, RGB(A/X), LA, PA, CMYK, YCbCr, ...
+
+
+def open_rgb(path: Path, draft: tuple[int, int] | None = None) -> Image.Image:
+    """The image as 8-bit RGB; the one decode `run` and `data check` share, so they refuse the same files.
+
+    `draft` (data check) lets JPEGs decode at reduced scale; every block is still read.
+    """
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if keep_aspect:
-                scale = max(size[0] / im.height, size[1] / im.width)
-                im = im.resize((max(size[1], round(im.width * scale)), max(size[0], round(im.height * scale))),
-                               INTERPOLATION[interpolation])
-                left, top = (im.width - size[1]) // 2, (im.height - size[0]) // 2
-                im = im.crop((left, top, left + size[1], top + size[0]))
-            else:
-                im = im.resize((size[1], size[0]), INTERPOLATION[interpolation])
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-    except (OSError, ValueError) as exc:
+            if draft:
+                im.draft("RGB", draft)
+            im.load()
+            return to_rgb(im, path)
+    except UserError:
+        raise
+    except Exception as exc:  # OSError, SyntaxError, struct.error, DecompressionBombError (not an OSError), ...
         raise UserError(f"{path}: unreadable image ({exc})") from None
+
+
+def decode(path: Path, size: tuple[int, int], interpolation: str, keep_aspect: bool) -> np.ndarray:
+    """Resize straight to `size` (VTAB), or the shorter side to size then a centre square (FGVC)."""
+    im = open_rgb(path)
+    if keep_aspect:
+        scale = max(size[0] / im.height, size[1] / im.width)
+        im = im.resize((max(size[1], round(im.width * scale)), max(size[0], round(im.height * scale))),
+                       INTERPOLATION[interpolation])
+        left, top = (im.width - size[1]) // 2, (im.height - size[0]) // 2
+        im = im.crop((left, top, left + size[1], top + size[0]))
+    else:
+        im = im.resize((size[1], size[0]), INTERPOLATION[interpolation])
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def decode_all(items: list[tuple[Path, int]], prep: dict,
@@ -125,27 +156,34 @@ def load_images(layout: str, task_dir: Path, task, splits: list[str], prep: dict
     if len(parts) == 1:  # keep a cached split memory-mapped; batches index it, nothing writes to it
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            images, labels = torch.from_numpy(parts[0][0]), torch.from_numpy(np.array(parts[0][1]))
+            images, labels = torch.from_numpy(parts[0].images), torch.from_numpy(np.array(parts[0].labels))
     else:
-        images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-        labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        images = torch.from_numpy(np.concatenate([p.images for p in parts]))
+        labels = torch.from_numpy(np.concatenate([p.labels for p in parts]))
+    digest = hashlib.sha256(" ".join(p.digest for p in parts).encode()).hexdigest()
     mean = torch.tensor(prep["mean"], dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(prep["std"], dtype=torch.float32).view(1, 3, 1, 1)
     crop = tuple(prep["input_size"][-2:])
     augment = prep.get("train_augment", "none") if train else "none"
-    return TensorData(images, labels, mean, std, crop=crop, augment=augment)
+    return TensorData(images, labels, mean, std, crop=crop, augment=augment, digest=digest)
+
+
+class SplitArrays(NamedTuple):
+    images: np.ndarray  # uint8, N x 3 x H x W
+    labels: np.ndarray  # int64, N
+    digest: str  # cache.content_digest of both: the cache entry's verified checksum, or computed after decoding
 
 
 def load_split_arrays(layout: str, task_dir: Path, task, split: str, prep: dict,
-                      cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      cache_dir: Path | None = None) -> SplitArrays:
     """Decoded uint8 images and labels of one split file, from the on-disk cache when there is one."""
     items = list_images(layout, task_dir, task, split)
     if cache_dir is None:
-        return decode_all(items, prep)
-    from petlbench.cache import cached_split, entry_key
+        images, labels = decode_all(items, prep)
+        return SplitArrays(images, labels, content_digest(images, labels))
     key = entry_key(task_dir, layout, split, stored_size(prep), prep["interpolation"], prep.get("crop_pct", 1.0) < 1.0)
-    return cached_split(Path(cache_dir), key, split_file(layout, task_dir, split), items,
-                        lambda out: decode_all(items, prep, out))
+    return SplitArrays(*cached_split(Path(cache_dir), key, task_dir, split_file(layout, task_dir, split), items,
+                                     lambda out: decode_all(items, prep, out)))
 
 
 class SplitCache:

@@ -2,8 +2,9 @@
 
 Per task: the folder (under its name or an alias), the images listed per split of the suite's
 protocol roles, classes seen vs expected, and every problem with the exact file: a missing folder
-or split file, a bad line or label, a path leaving the task folder, a missing or undecodable image.
-Problems are collected, not raised, so one pass shows all of them.
+or split file, a bad line or label, an image listed twice in a split, a path leaving the task folder,
+a missing or undecodable image. Images go through the decode `run` uses (`data.open_rgb`), so data
+check refuses what a run would. Problems are collected, not raised, so one pass shows all of them.
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
+from petlbench.data import open_rgb
 from petlbench.errors import UserError
-from petlbench.layouts import find_task_dir, list_images
+from petlbench.layouts import find_task_dir, list_images, split_duplicates
 from petlbench.specs import Task
 from petlbench.suite import Suite, load_suite
 
@@ -42,17 +42,13 @@ def split_names(suite: Suite) -> list[str]:
 
 
 def verify_image(path: Path) -> str | None:
-    """None when the file decodes; else why not. verify() checks the container, a draft load the pixels."""
+    """None when `run` would decode the file; else what it would say, without the path."""
     if not path.is_file():
         return "listed image not found"
     try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
-            im.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale; every block is still read
-            im.load()
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
-        return f"unreadable image ({exc})"
+        open_rgb(path, draft=(1, 1))  # JPEG: decode at 1/8 scale; every block is still read
+    except UserError as exc:
+        return str(exc).removeprefix(f"{path}: ")
     return None
 
 
@@ -90,6 +86,7 @@ def list_task(suite: Suite, data_root: Path, task: Task) -> tuple[TaskCheck, lis
                 break
             continue
         check.counts[split] = len(items)
+        check.problems += split_duplicates(suite.layout, task_dir, task, split)
         labels.update(label for _, label in items)
         paths.update(dict.fromkeys(path for path, _ in items))
     check.classes_seen = len(labels)

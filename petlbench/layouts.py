@@ -6,15 +6,21 @@ noah (VTAB-1k as NOAH, FacT, SSF and V-PETL ship it):
 fgvc (as VPT ships CUB, NABirds, Oxford Flowers, Stanford Dogs and Cars):
     <root>/<task>/<split>.json, a flat {"<path relative to the image root>": <class id>}; class ids
     are remapped to 0..C-1 by sorting the ids found in all of the task's split files.
-Every path must stay inside the task folder, every label inside [0, classes).
+Every path must stay inside the task folder, every label inside [0, classes). Split files are UTF-8 (a BOM at
+the start is fine); a label is ASCII digits with at most one leading minus.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from typing import Any
+
 from petlbench.errors import UserError
 from petlbench.specs import Task
+
+LABEL = re.compile(r"-?[0-9]+")  # not str.isdigit: it (and int()) also accept '²', '٣' or '１'
 
 
 def find_task_dir(data_root: Path, task: Task) -> Path:
@@ -40,37 +46,81 @@ def split_file(layout: str, task_dir: Path, split: str) -> Path:
     return task_dir / f"{split}.{'txt' if layout == 'noah' else 'json'}"
 
 
+def read_text(path: Path) -> str:
+    """A split file's text: UTF-8, a BOM at the start dropped (Windows editors write one); else file and line."""
+    if not path.is_file():
+        raise UserError(f"{path}: split file not found")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the split file ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the split file as UTF-8"
+                        ) from None
+
+
 def read_noah_split(task_dir: Path, split: str, num_classes: int) -> list[tuple[Path, int]]:
+    return [(path, label) for _, _, path, label in noah_entries(task_dir, split, num_classes)]
+
+
+def noah_entries(task_dir: Path, split: str, num_classes: int) -> list[tuple[int, str, Path, int]]:
+    """(line number, path as written, path, label) of every non-blank line of a NOAH split file, checked."""
     list_file = split_file("noah", task_dir, split)
-    if not list_file.is_file():
-        raise UserError(f"{list_file}: split file not found")
-    items = []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), 1):
+    entries = []
+    for lineno, line in enumerate(read_text(list_file).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2 or not LABEL.fullmatch(parts[1]):
             raise UserError(f"{list_file}:{lineno}: expected '<relative image path> <int label>', got {line!r}")
         label = int(parts[1])
         if not 0 <= label < num_classes:
             raise UserError(f"{list_file}:{lineno}: label {label} outside [0, {num_classes})")
-        items.append((inside(task_dir, task_dir, parts[0], f"{list_file}:{lineno}"), label))
-    return items
+        entries.append((lineno, parts[0], inside(task_dir, task_dir, parts[0], f"{list_file}:{lineno}"), label))
+    return entries
 
 
-def read_fgvc_json(json_file: Path) -> dict[str, int]:
-    if not json_file.is_file():
-        raise UserError(f"{json_file}: split file not found")
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs in file order: json.loads would silently drop repeated keys."""
+
+
+def fgvc_pairs(json_file: Path) -> list[tuple[str, Any]]:
+    """The (relative path, class id) entries of an FGVC split file, in order, repeats kept; ids checked."""
     try:
-        data = json.loads(json_file.read_text())
+        data = json.loads(read_text(json_file), object_pairs_hook=_Pairs)
     except ValueError as exc:
         raise UserError(f"{json_file}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, _Pairs):
         raise UserError(f"{json_file}: expected a flat {{\"relative/path.jpg\": class_id}} mapping")
-    for rel, label in data.items():
+    for rel, label in data:
         if not isinstance(label, int) or isinstance(label, bool):
             raise UserError(f"{json_file}: entry {rel!r}: class id must be an integer, got {label!r}")
     return data
+
+
+def read_fgvc_json(json_file: Path) -> dict[str, int]:
+    return dict(fgvc_pairs(json_file))
+
+
+def split_duplicates(layout: str, task_dir: Path, task: Task, split: str) -> list[str]:
+    """One line per image listed again in the same split file (paths compared after `./` and `..` are folded)."""
+    listed = split_file(layout, task_dir, split)
+    if layout == "noah":
+        entries = [(f"{listed}:{n}", rel, path, n) for n, rel, path, _ in noah_entries(task_dir, split, task.classes)]
+    else:
+        root = task_dir / task.images
+        entries = [(str(listed), rel, inside(task_dir, root, rel, str(listed)), n)
+                   for n, (rel, _) in enumerate(fgvc_pairs(listed), 1)]
+    unit = "lines" if layout == "noah" else "entries"
+    first, problems = {}, []
+    for where, rel, path, n in entries:
+        if path in first:
+            problems.append(f"{where}: image {rel!r} listed twice in one split ({unit} {first[path]} and {n})")
+        first.setdefault(path, n)
+    return problems
 
 
 def fgvc_class_ids(task_dir: Path, task: Task) -> dict[int, int]:

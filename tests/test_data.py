@@ -139,6 +139,35 @@ def test_malformed_line(tmp_path, line):
     assert repr(line) in msg
 
 
+@pytest.mark.parametrize("label", ["--2", "\u00b2", "\u0663", "+1", "1_0", "\uff11"],
+                         ids=["double-minus", "superscript", "arabic-indic", "plus", "underscore", "fullwidth"])
+def test_label_must_be_a_plain_ascii_integer(tmp_path, label):
+    """str.isdigit and int() accept superscripts and other scripts' digits; a label is ASCII digits, one minus."""
+    task = make_task(tmp_path)
+    split, msg = split_error(task, f"images/train800/000001.jpg 0\nimages/train800/000002.jpg {label}\n")
+    assert msg.startswith(f"{split}:2: ") and "expected '<relative image path> <int label>'" in msg, msg
+    assert "\n" not in msg
+
+
+def test_non_utf8_split_file_names_file_and_line(tmp_path):
+    task = make_task(tmp_path)
+    split = task / "test.txt"
+    split.write_bytes(b"images/train800/000000.jpg 0\nimages/train800/000001.jpg 1\nimages/caf\xe9.jpg 2\n")
+    with pytest.raises(UserError) as err:
+        load_split(task, "test", 3, PREP)
+    msg = str(err.value)
+    assert msg.startswith(f"{split}:3: ") and "UTF-8" in msg and "\n" not in msg, msg
+
+
+def test_utf8_bom_at_the_start_is_accepted(tmp_path):
+    task = make_task(tmp_path)
+    write_split(task, "test", "\ufeffimages/train800/000002.jpg 1\nimages/train800/000000.jpg 0\n")
+    (task / "test.txt").write_bytes((task / "test.txt").read_text().encode("utf-8"))
+    assert (task / "test.txt").read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_noah_split(task, "test", 3) == [(task / "images/train800/000002.jpg", 1),
+                                                (task / "images/train800/000000.jpg", 0)]
+
+
 @pytest.mark.parametrize("rel", ["../../etc/passwd", "/etc/passwd", "images/../../task2/x.jpg"])
 def test_path_escaping_task_folder(tmp_path, rel):
     task = make_task(tmp_path)

@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+from PIL import Image
+
 from petlbench.cli import main
 from tests.conftest import assert_one_line_error, petlbench_cli
 from tests.fixtures import write_fgvc_tree, write_vtab_tree
+from tests.test_data_pixels import bomb_png
 
 
 def check(capsys, *args: str) -> tuple[int, dict[str, list[str]], str]:
@@ -104,6 +108,17 @@ def append(path: Path, line: str) -> Path:
     return path
 
 
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def float_tiff(path: Path) -> Path:
+    """A float image with values outside [0, 1]: PIL decodes it; nothing says how to scale it to 8 bits."""
+    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(path, format="TIFF")
+    return path
+
+
 VTAB_BREAKS = {
     "missing task folder": ("dtd", lambda r: shutil.rmtree(r / "dtd") or r / "dtd", "task folder not found"),
     "missing split file": ("svhn", lambda r: (r / "svhn/test.txt").unlink() or r / "svhn/test.txt",
@@ -118,6 +133,15 @@ VTAB_BREAKS = {
                                     "path '../../outside.jpg' escapes the task folder"),
     "path into another task": ("resisc45", lambda r: append(r / "resisc45/test.txt",
                                                             "../cifar/images/test/000000.jpg 0"), "escapes"),
+    "split file not UTF-8": ("svhn", lambda r: write_bytes(r / "svhn/val200.txt",
+                                                           b"images/val200/000000.jpg 0\nimages/\xff.jpg 1\n"),
+                             ":2: not UTF-8"),
+    "superscript label": ("eurosat", lambda r: append(r / "eurosat/val200.txt", "images/val200/000000.jpg \u00b2"),
+                          ":3: expected '<relative image path> <int label>'"),
+    "same image twice in a split": ("dtd", lambda r: append(r / "dtd/test.txt", "images/test/000000.jpg 1"),
+                                    ":4: image 'images/test/000000.jpg' listed twice in one split (lines 1 and 4)"),
+    "float image out of [0, 1]": ("kitti", lambda r: float_tiff(r / "kitti/images/test/000001.jpg"), "mode 'F'"),
+    "decompression bomb": ("kitti", lambda r: bomb_png(r / "kitti/images/val200/000000.jpg"), "decompression bomb"),
 }
 
 
@@ -143,6 +167,31 @@ def test_many_broken_images_are_counted(tmp_path, capsys):
     assert code == 1 and len(lines) == 6 and lines[-1] == "svhn: ... and 3 more"
     assert lines[0] == f"svhn: {tmp_path / 'svhn/images/train800/000000.jpg'}: unreadable image " \
                        f"(cannot identify image file '{tmp_path / 'svhn/images/train800/000000.jpg'}')"
+
+
+def test_16_bit_png_and_bom_split_files_are_fine(tmp_path, capsys):
+    """What run decodes correctly, data check passes: a 16-bit PNG, split files saved with a UTF-8 BOM."""
+    write_vtab_tree(tmp_path, tasks=["kitti", "dsprites_loc"])
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "kitti/images/test/000000.jpg", format="PNG")
+    for split in tmp_path.glob("dsprites_loc/*.txt"):
+        split.write_bytes(b"\xef\xbb\xbf" + split.read_bytes())
+    code, rows, out = check(capsys, "--suite", "vtab1k", "--data-root", str(tmp_path), "--tasks",
+                            "kitti,dsprites_loc")
+    assert code == 0 and "problems:" not in out, out
+    assert rows["dsprites_loc"][1:5] == ["4", "2", "6", "3"]
+
+
+def test_fgvc_image_listed_twice(tmp_path, capsys):
+    """JSON keeps the last of two equal keys: the split silently loses an image, so data check says so."""
+    write_fgvc_tree(tmp_path, tasks=["OxfordFlowers"])
+    val = tmp_path / "OxfordFlowers/val.json"
+    (first, cid), (second, _) = json.loads(val.read_text()).items()
+    val.write_text(f'{{"{first}": {cid}, "{second}": {cid}, "./{first}": 1, "{second}": {cid}}}')
+    code, _, out = check(capsys, "--suite", "fgvc", "--data-root", str(tmp_path), "--tasks", "OxfordFlowers")
+    assert code == 1
+    twice = f"OxfordFlowers: {val}: image"
+    assert problem_lines(out) == [f"{twice} './{first}' listed twice in one split (entries 1 and 3)",
+                                  f"{twice} '{second}' listed twice in one split (entries 2 and 4)"]
 
 
 def drop_class(task_dir: Path, cid: int) -> Path:

@@ -137,3 +137,23 @@ def test_symlinked_image_folder_is_accepted_but_dotdot_is_not(tmp_path):
     (info.dir / "test.txt").write_text("../other_disk/images/test/000000.jpg 0\n")
     with pytest.raises(UserError, match="escapes the task folder"):
         list_images("noah", info.dir, task, "test")
+
+
+def test_fgvc_json_with_utf8_bom_is_accepted(tmp_path):
+    task = FGVC.tasks[2]
+    info = write_fgvc_tree(tmp_path, tasks=[task.name])[task.name]
+    for name in ("train.json", "val.json", "test.json"):
+        (info.dir / name).write_bytes(b"\xef\xbb\xbf" + (info.dir / name).read_bytes())
+    items = list_images("fgvc", info.dir, task, "test")
+    assert [p for p, _ in items] == [info.image_root / rel for rel, _ in info.splits["test"]]
+
+
+def test_fgvc_json_not_utf8_names_file_and_line(tmp_path):
+    task = FGVC.tasks[2]
+    info = write_fgvc_tree(tmp_path, tasks=[task.name])[task.name]
+    bad = info.dir / "val.json"
+    bad.write_bytes(b'{\n  "a.jpg": 1,\n  "caf\xe9.jpg": 2\n}\n')
+    with pytest.raises(UserError) as err:
+        list_images("fgvc", info.dir, task, "test")  # every split file is read for the class ids
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}:3: ") and "UTF-8" in msg and "\n" not in msg, msg
