@@ -5,17 +5,18 @@ Default: bottleneck 8 after the MLP of each block, the 0.16M-parameter adapter o
 and starts near the identity.
 """
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from torch import nn
 
 from petlbench.method import Method
+from petlbench.options import Range
 from petlbench.vit import vit_parts
 
 
 @dataclass
 class AdapterConfig:
-    bottleneck: int = 8
+    bottleneck: Annotated[int, Range(min=1)] = 8
     placement: Literal["mlp", "attn", "both"] = "mlp"  # which sub-layer outputs get an adapter
     scale: float = 1.0
     init: Literal["houlsby", "zeros"] = "houlsby"  # houlsby: N(0, 0.01); zeros: up-projection zero

@@ -4,17 +4,19 @@ The prompts are inserted after the class token, travel through every block, and 
 after the last one: tokens x embed_dim parameters (50 x 768 = 38,400 on ViT-B/16).
 """
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import nn
 
 from petlbench.method import Method
+from petlbench.options import Range
 from petlbench.prompts import InsertPrompts, PromptConfig, StripPrompts, make_prompts
 from petlbench.vit import vit_parts
 
 
 @dataclass
 class VPTShallowConfig(PromptConfig):
-    dropout: float = 0.0
+    dropout: Annotated[float, Range(min=0, lt=1)] = 0.0  # VPT-shallow: no prompt dropout
 
 
 class VPTShallow(Method):

@@ -2,7 +2,10 @@
 preprocessing (input size, mean/std, interpolation) that goes with them."""
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,22 +36,71 @@ class BackboneSpec:
         return "timm-pretrained" if self.pretrained else "random-init"
 
 
+HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")  # timm loads these itself; no registry name to check
+
+
+def check_model_name(name: str) -> None:
+    """An unknown name or pretrained tag is refused before anything is built or fetched, with close names."""
+    if not isinstance(name, str) or not name:
+        raise UserError(f"backbone: expected a timm model name, got {name!r}")
+    if name.startswith(HUB_PREFIXES):
+        return
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(name, timm.list_models() + (timm.list_pretrained() if tag else []), n=3)
+        raise UserError(f"backbone {name!r}: the model name is unknown to timm"
+                        + (f"; close names: {', '.join(close)}" if close else "; `timm.list_models()` lists them"))
+    if tag and name not in timm.list_pretrained(f"{arch}.*"):
+        close = difflib.get_close_matches(name, timm.list_pretrained(f"{arch}.*"), n=3, cutoff=0.5)
+        raise UserError(f"backbone {name!r}: timm has no pretrained tag {tag!r} for {arch}"
+                        + (f"; close names: {', '.join(close)}" if close else ""))
+
+
 def create_backbone(spec: BackboneSpec, num_classes: int) -> nn.Module:
     """A timm model with a fresh `num_classes` head and the weights the spec asks for."""
+    check_model_name(spec.name)
     fetch = spec.pretrained and not spec.checkpoint
     try:
         model = timm.create_model(spec.name, pretrained=fetch, num_classes=num_classes, **spec.args)
     except (RuntimeError, OSError) as exc:
-        if fetch:
-            raise UserError(
-                f"backbone {spec.name!r}: could not fetch pretrained weights ({type(exc).__name__}); "
-                "pass --checkpoint PATH for local weights or --random-init") from None
-        raise UserError(f"backbone {spec.name!r}: {exc}") from None
-    except TypeError as exc:
-        raise UserError(f"--backbone-args for {spec.name!r}: {exc}") from None
+        fetching_failed = fetch and (isinstance(exc, OSError) or "pretrained" in str(exc).lower())
+        if not fetching_failed:  # e.g. a shape that does not work out
+            raise UserError(bad_args_message(spec, exc)) from None
+        raise UserError(
+            f"backbone {spec.name!r}: could not fetch pretrained weights ({type(exc).__name__}); "
+            "pass --checkpoint PATH for local weights or --random-init") from None
+    except (TypeError, ValueError, AssertionError, ArithmeticError) as exc:  # timm fails deep inside on bad args
+        raise UserError(bad_args_message(spec, exc)) from None
     if spec.checkpoint:
         load_checkpoint(model, Path(spec.checkpoint).expanduser())
     return model
+
+
+def bad_args_message(spec: BackboneSpec, exc: Exception) -> str:
+    """Name the argument timm tripped over: one of the wrong type, or one the model does not take."""
+    try:
+        with torch.device("meta"):  # the model's class, built without the user's args: no memory, no weights
+            cls = type(timm.create_model(spec.name, pretrained=False))
+        params = inspect.signature(cls.__init__).parameters
+    except Exception:  # noqa: BLE001 -- diagnosis only; fall back to timm's own words
+        cls, params = None, {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in spec.args.items():
+        if key not in params:
+            if cls is not None and not takes_any:
+                valid = ", ".join(k for k in params if k not in ("self", "num_classes"))
+                return f"--backbone-args: {cls.__name__} has no argument {key!r}; valid: {valid}"
+            continue
+        default = params[key].default
+        expected = next((t for t in (bool, int, float) if type(default) is t), None)
+        fits = (expected is None or type(value) is expected or (expected is float and type(value) is int)
+                or isinstance(value, (list, tuple)))  # sizes may be pairs; never blame what may be right
+        if not fits:
+            return (f"--backbone-args: {key!r} of {spec.name} expects {expected.__name__} "
+                    f"(default {default!r}), got {value!r}")
+    shown = ",".join(f"{k}={v}" for k, v in spec.args.items())
+    return (f"--backbone-args: timm cannot build {spec.name!r} with {shown or 'its defaults'} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no message'})")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -59,13 +111,22 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message runs to a page; the cause is what the file holds
+        raise UserError(f"--checkpoint {path}: holds pickled objects that torch.load(weights_only=True) refuses; "
+                        "expected a state dict of tensors (torch.save(model.state_dict(), ...)) or .safetensors"
+                        ) from None
     except Exception as exc:  # corrupt or foreign file: one line, not a traceback
-        raise UserError(f"--checkpoint {path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        first = str(exc).splitlines()[0][:160] if str(exc) else "no message"
+        raise UserError(f"--checkpoint {path}: cannot read weights ({type(exc).__name__}: {first})") from None
     for key in ("state_dict", "model", "module"):  # common wrappers of training checkpoints
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise UserError(f"--checkpoint {path}: expected a state dict of tensors, got {type(state).__name__}")
+    for key, value in state.items():
+        if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
+            raise UserError(f"--checkpoint {path}: expected a state dict of tensors, but key {key!r} holds "
+                            f"{type(value).__name__}")
     return state
 
 

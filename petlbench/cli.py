@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from petlbench.errors import UserError
@@ -21,8 +22,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's own errors (a missing flag, `--num-classes abc`) are one line and exit 2, as ours are."""
+
+    def error(self, message: str):
+        self.exit(2, f"petlbench: error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="petlbench", description="Compare parameter-efficient transfer learning methods.")
+    p = Parser(prog="petlbench", description="Compare parameter-efficient transfer learning methods.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run methods x tasks x seeds of a suite; one JSON record per run")
@@ -105,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from petlbench.device import pick_device
     from petlbench.runner import run
     from petlbench.tables import render_records
 
@@ -112,13 +121,15 @@ def cmd_run(args) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    pick_device(args.device)  # a missing GPU is refused now, not after preparing data
+    grid = parse_grid(args.grid)
     records = run(suite=args.suite, methods=args.methods, seeds=seeds,
                   tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
                   backbone=args.backbone, backbone_args=parse_pairs(args.backbone_args, ",", "--backbone-args"),
                   checkpoint=args.checkpoint, random_init=args.random_init, mean=numbers(args.mean, "--mean"),
                   std=numbers(args.std, "--std"), data_root=args.data_root,
                   out=args.out, train=parse_pairs(args.train, ",", "--train"), device=args.device,
-                  protocol=args.protocol, recipe=args.recipe, grid=parse_grid(args.grid), cache_dir=args.cache_dir,
+                  protocol=args.protocol, recipe=args.recipe, grid=grid, cache_dir=args.cache_dir,
                   progress=False if args.quiet else None)
     failed = [r for r in records if r["status"] != "success"]
     if len(failed) < len(records):
@@ -136,25 +147,25 @@ def cmd_run(args) -> int:
 def parse_grid(text: str | None) -> dict | None:
     if text is None:
         return None
-    import yaml
-    try:
-        grid = yaml.safe_load(text)
-    except yaml.YAMLError:
-        grid = None
+    from petlbench.options import load_yaml
+    grid = load_yaml(text, "--grid")  # 1e-4 is a float; a key given twice is refused
     if not isinstance(grid, dict) or not grid:
         raise UserError(f"--grid: expected a YAML mapping of lists, e.g. '{{lr: [0.1, 0.01]}}', got {text!r}")
     return grid
 
 
 def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """--mean/--std: three finite numbers (R,G,B); a std must be positive (images are divided by it)."""
     if text is None:
         return None
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise UserError(f"{flag}: expected three comma-separated numbers (R,G,B), got {text!r}")
+    positive = flag == "--std"
+    if len(values) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+        raise UserError(f"{flag}: expected three comma-separated {'positive ' if positive else ''}finite numbers "
+                        f"(R,G,B), got {text!r}")
     return values
 
 
@@ -210,7 +221,8 @@ def cmd_ls(args) -> int:
         from petlbench.suite import load_suite, packaged_suites
         for name, path in sorted(packaged_suites().items()):
             suite = load_suite(str(path))
-            print(f"{name}: {len(suite.tasks)} tasks ({', '.join(t.name for t in suite.tasks)})")
+            aliases = f" (aliases: {', '.join(suite.aliases)})" if suite.aliases else ""
+            print(f"{name}{aliases}: {len(suite.tasks)} tasks ({', '.join(t.name for t in suite.tasks)})")
         return 0
     from petlbench.registry import available_methods, method_options_help
     for name, entry in sorted(available_methods().items()):

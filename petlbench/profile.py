@@ -13,11 +13,14 @@ import torch
 
 from petlbench.backbone import BackboneSpec, preprocessing
 from petlbench.data import TensorData
+from petlbench.device import pick_device
+from petlbench.errors import UserError
+from petlbench.options import build
 from petlbench.params import build_model
 from petlbench.plan import method_label
 from petlbench.registry import parse_method_list
 from petlbench.specs import TrainConfig
-from petlbench.train import evaluate, fit, pick_device
+from petlbench.train import evaluate, fit
 
 
 def synthetic(n: int, classes: int, prep: dict, seed: int) -> TensorData:
@@ -31,12 +34,16 @@ def synthetic(n: int, classes: int, prep: dict, seed: int) -> TensorData:
 def profile(methods: str, backbone: str = "vit_base_patch16_224", backbone_args: dict | None = None,
             images: int = 1000, eval_images: int = 2000, classes: int = 100, epochs: int = 2,
             train: dict | None = None, device: str = "auto") -> list[dict]:
+    for flag, value in (("--images", images), ("--eval-images", eval_images), ("--epochs", epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{flag}: expected a positive integer, got {value!r}")
     dev = pick_device(device)
     spec = BackboneSpec(backbone, backbone_args or {}, pretrained=False)
-    cfg = TrainConfig(**{"epochs": epochs, "warmup_epochs": 0, "batch_size": 128, "eval_batch_size": 512,
-                         **(train or {})})
-    rows = []
-    for method in parse_method_list(methods):
+    # --train is checked exactly as `run` checks it (names, types, ranges), over profile's own defaults
+    cfg = build(TrainConfig, {"epochs": epochs, "warmup_epochs": 0, "batch_size": 128, "eval_batch_size": 512,
+                              **(train or {})}, "--train")
+    rows, method_list = [], parse_method_list(methods)  # every method checked before the first is profiled
+    for method in method_list:
         model, counts = build_model(spec, method, classes, seed=0)
         prep = preprocessing(model, spec)
         train_data, eval_data = synthetic(images, classes, prep, 0), synthetic(eval_images, classes, prep, 1)

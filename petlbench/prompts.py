@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
+
+from petlbench.options import Range
 
 
 @dataclass
 class PromptConfig:
     """Options of both VPT variants."""
-    tokens: int = 50
-    dropout: float = 0.1  # VPT's prompt dropout (deep)
+    tokens: Annotated[int, Range(min=1)] = 50
+    dropout: Annotated[float, Range(min=0, lt=1)] = 0.1  # VPT's prompt dropout (deep)
     init: Literal["xavier", "normal", "zeros"] = "xavier"  # xavier: VPT's uniform init
 
 

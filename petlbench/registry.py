@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 from dataclasses import dataclass
@@ -117,3 +118,9 @@ def _check_class(cls, name, origin: str) -> None:
         raise UserError(f"method {name!r} ({origin}): {cls!r} is not a petlbench.method.Method subclass")
     if getattr(cls, "name", None) != name:
         raise UserError(f"method {name!r} ({origin}): class {cls.__name__} has name {getattr(cls, 'name', None)!r}")
+    if not dataclasses.is_dataclass(cls.Config):
+        raise UserError(f"method {name!r} ({origin}): {cls.__name__}.Config must be a dataclass of its options")
+    try:
+        describe_fields(cls.Config)  # a misdeclared Range shows when the method loads, not mid-sweep
+    except UserError as exc:
+        raise UserError(f"method {name!r} ({origin}): {exc}") from None

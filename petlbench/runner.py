@@ -6,6 +6,7 @@ from typing import Callable, Iterable
 
 from petlbench.cache import resolve_cache_dir
 from petlbench.data import SplitCache
+from petlbench.device import pick_device
 from petlbench.errors import UserError
 from petlbench.execute import execute
 from petlbench.options import build
@@ -13,7 +14,6 @@ from petlbench.plan import DATA_ROOT_ENV, method_label, plan_one, resolve_backbo
 from petlbench.registry import parse_method_list
 from petlbench.specs import PROTOCOLS, TrainConfig
 from petlbench.suite import load_suite
-from petlbench.train import pick_device
 
 
 def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterable[int] = (0,),

@@ -1,28 +1,34 @@
 """Suites: YAML data naming the tasks, their layout, the protocol and the training recipe.
 
-A suite is a packaged name (`benchmarks/<name>.yaml`) or a path to the user's own YAML file.
-Everything is validated on load; errors name the file and the key.
+A suite is a packaged name (`benchmarks/<name>.yaml`, or one of its `aliases:`) or a path to the
+user's own YAML file. Everything is validated on load; errors name the file and the key. Names that
+become folders and files (suite, tasks, aliases, splits) must be plain names, never paths.
 """
 from __future__ import annotations
 
 import importlib.resources
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from petlbench.data import INTERPOLATION
 from petlbench.errors import UserError
-from petlbench.options import build
+from petlbench.options import build, load_yaml
 from petlbench.recipes import RECIPES
 from petlbench.registry import get_method
 from petlbench.specs import LAYOUT_SPLITS, Preprocessing, Task, TrainConfig
 
-TOP_KEYS = {"name", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
+TOP_KEYS = {"name", "aliases", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
             "preprocessing", "recipe", "train", "method_options", "tasks"}
 TASK_KEYS = {"name", "classes", "group", "aliases", "images"}
 BACKBONE_KEYS = {"name", "args", "checkpoint", "pretrained", "mean", "std", "interpolation"}
 PREPARERS = {"demo"}
+# A name that becomes a folder or file: never a path, never hidden, nothing that leaves the data root or --out.
+PLAIN_NAME = re.compile(r"[\w+-][\w.+-]*\Z")
+PLAIN_NAME_RULE = "a plain name (letters, digits, _ - . +, not starting with '.'; no / or \\)"
+KIND = {str: "string", dict: "mapping", list: "list"}
 
 
 @dataclass
@@ -31,6 +37,7 @@ class Suite:
     path: str
     tasks: list[Task]
     layout: str = "noah"
+    aliases: list[str] = field(default_factory=list)  # other names of a packaged suite for --suite
     description: str = ""
     data_root: str | None = None
     prepare: str | None = None
@@ -72,36 +79,54 @@ def packaged_suites() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
+def packaged_aliases() -> dict[str, list[str]]:
+    """Each packaged suite's `aliases:` (`vtab1k`: vtab, vtab-1k), read without validating the whole file."""
+    found = {}
+    for name, path in packaged_suites().items():
+        raw = read_yaml(path)
+        found[name] = list(raw.get("aliases") or []) if isinstance(raw, dict) else []
+    return found
+
+
 def load_suite(name_or_path: str) -> Suite:
     path = Path(name_or_path).expanduser()
     if not (path.suffix in (".yaml", ".yml") or path.is_file()):
-        suites = packaged_suites()
-        if name_or_path not in suites:
-            raise UserError(f"--suite: unknown suite {name_or_path!r}; packaged: {', '.join(sorted(suites))} "
+        suites, aliases = packaged_suites(), packaged_aliases()
+        name = next((n for n in sorted(suites) if name_or_path in (n, *aliases[n])), None)
+        if name is None:
+            shown = ", ".join(f"{n} (also {', '.join(aliases[n])})" if aliases[n] else n for n in sorted(suites))
+            raise UserError(f"--suite: unknown suite {name_or_path!r}; packaged: {shown} "
                             "(or give the path of a YAML file)")
-        path = suites[name_or_path]
+        path = suites[name]
     if not path.is_file():
         raise UserError(f"{path}: suite file not found")
+    return parse_suite(read_yaml(path), str(path))
+
+
+def read_yaml(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_suite(raw, str(path))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        "save the suite as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the suite file ({exc.strerror or exc})") from None
+    return load_yaml(text, str(path))
 
 
 def parse_suite(raw: Any, where: str) -> Suite:
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a mapping at the top level")
     _no_unknown(raw, TOP_KEYS, where, "")
-    name = _get(raw, "name", str, where, required=True)
+    name = _plain(_get(raw, "name", str, where, required=True), where, "name")
+    aliases = [_plain(a, where, "aliases") for a in _get(raw, "aliases", list, where) or []]
     layout = _get(raw, "layout", str, where) or "noah"
     if layout not in LAYOUT_SPLITS:
         raise UserError(f"{where}: key 'layout' must be one of {sorted(LAYOUT_SPLITS)}, got {layout!r}")
     prepare = _get(raw, "prepare", str, where)
     if prepare is not None and prepare not in PREPARERS:
         raise UserError(f"{where}: key 'prepare' must be one of {sorted(PREPARERS)}, got {prepare!r}")
-    backbone = _get(raw, "backbone", dict, where) or {}
-    _no_unknown(backbone, BACKBONE_KEYS, where, "backbone.")
+    backbone = _backbone(_get(raw, "backbone", dict, where) or {}, where)
     splits = dict(LAYOUT_SPLITS[layout])
     for role, files in (_get(raw, "splits", dict, where) or {}).items():
         if role not in splits:
@@ -109,7 +134,7 @@ def parse_suite(raw: Any, where: str) -> Suite:
         files = [files] if isinstance(files, str) else files
         if not (isinstance(files, list) and files and all(isinstance(f, str) for f in files)):
             raise UserError(f"{where}: key 'splits.{role}' must be a split name or a list of them, got {files!r}")
-        splits[role] = files
+        splits[role] = [_plain(f, where, f"splits.{role}") for f in files]
     tasks_raw = _get(raw, "tasks", list, where, required=True)
     if not tasks_raw:
         raise UserError(f"{where}: key 'tasks' must list at least one task")
@@ -119,6 +144,8 @@ def parse_suite(raw: Any, where: str) -> Suite:
         dup = next(n for n in names if names.count(n) > 1)
         raise UserError(f"{where}: key 'tasks': name or alias {dup!r} is listed twice")
     groups = _get(raw, "groups", list, where) or list(dict.fromkeys(t.group for t in tasks if t.group))
+    if not all(isinstance(g, str) and g for g in groups):
+        raise UserError(f"{where}: key 'groups' must be a list of group names (strings), got {groups!r}")
     stray = sorted({t.group for t in tasks if t.group} - set(groups))
     if stray:
         raise UserError(f"{where}: key 'groups' lacks the group {stray[0]!r} that a task names")
@@ -138,7 +165,8 @@ def parse_suite(raw: Any, where: str) -> Suite:
             build(get_method(method).Config, opts, key)
         except UserError as exc:  # name the suite file and key, whatever the registry said
             raise UserError(str(exc) if str(exc).startswith(where) else f"{key}: {exc}") from None
-    return Suite(name=name, path=where, tasks=tasks, layout=layout, description=_get(raw, "description", str, where) or "",
+    return Suite(name=name, path=where, tasks=tasks, layout=layout, aliases=aliases,
+                 description=_get(raw, "description", str, where) or "",
                  data_root=_get(raw, "data_root", str, where), prepare=prepare, backbone=backbone, splits=splits,
                  groups=groups, preprocessing=preprocessing, recipe=recipe, train=train, method_options=method_options)
 
@@ -151,15 +179,21 @@ def _task(raw: Any, where: str, index: int) -> Task:
     name, classes = raw.get("name"), raw.get("classes")
     if not isinstance(name, str) or not name:
         raise UserError(f"{where}: key '{key}.name' must be a task folder name, got {name!r}")
+    _plain(name, where, f"{key}.name")
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise UserError(f"{where}: key '{key}.classes' must be a positive integer, got {classes!r}")
     aliases = raw.get("aliases") or []
     if not (isinstance(aliases, list) and all(isinstance(a, str) and a for a in aliases)):
         raise UserError(f"{where}: key '{key}.aliases' must be a list of folder names, got {aliases!r}")
+    for alias in aliases:
+        _plain(alias, where, f"{key}.aliases")
+    group = raw.get("group", "")
+    if not isinstance(group, str):
+        raise UserError(f"{where}: key '{key}.group' must be a group name (a string), got {group!r}")
     images = raw.get("images", "")
     if not isinstance(images, str) or Path(images).is_absolute() or ".." in Path(images).parts:
         raise UserError(f"{where}: key '{key}.images' must be a folder inside the task folder, got {images!r}")
-    return Task(name, classes, str(raw.get("group", "")), aliases, images.strip("/") if images != "." else "")
+    return Task(name, classes, group, aliases, images.strip("/") if images != "." else "")
 
 
 def _get(raw: dict, key: str, kind: type, where: str, required: bool = False):
@@ -169,8 +203,44 @@ def _get(raw: dict, key: str, kind: type, where: str, required: bool = False):
             raise UserError(f"{where}: key {key!r} is required")
         return None
     if not isinstance(value, kind):
-        raise UserError(f"{where}: key {key!r} must be a {kind.__name__}, got {type(value).__name__}")
+        got = f"a {KIND.get(type(value), type(value).__name__)}" if isinstance(value, (dict, list)) else repr(value)
+        raise UserError(f"{where}: key {key!r} must be a {KIND.get(kind, kind.__name__)}, got {got}")
     return value
+
+
+def _plain(value: Any, where: str, key: str) -> str:
+    """A name that becomes a folder or a file name; `../x`, `/abs` or `a/b` would leave the data root or --out."""
+    if not (isinstance(value, str) and PLAIN_NAME.match(value)):
+        raise UserError(f"{where}: key '{key}' must be {PLAIN_NAME_RULE}, got {value!r}")
+    return value
+
+
+def _backbone(backbone: dict, where: str) -> dict:
+    """The suite's backbone keys, each checked for the type it needs (null: not set, except name and pretrained)."""
+    _no_unknown(backbone, BACKBONE_KEYS, where, "backbone.")
+    backbone = {k: v for k, v in backbone.items() if v is not None or k in ("name", "pretrained")}
+
+    def bad(key: str, expected: str):
+        return UserError(f"{where}: key 'backbone.{key}' must be {expected}, got {backbone[key]!r}")
+    if "name" in backbone and not (isinstance(backbone["name"], str) and backbone["name"]):
+        raise bad("name", "a timm model name (a string)")
+    args = backbone.get("args", {})
+    if not (isinstance(args, dict) and all(isinstance(k, str) for k in args)):
+        raise bad("args", "a mapping of timm.create_model arguments, e.g. {drop_path_rate: 0.1}")
+    if "checkpoint" in backbone and not (isinstance(backbone["checkpoint"], str) and backbone["checkpoint"]):
+        raise bad("checkpoint", "a path (a string) to .safetensors or torch weights")
+    if "pretrained" in backbone and not isinstance(backbone["pretrained"], bool):
+        raise bad("pretrained", "true or false (a YAML boolean, unquoted)")
+    for key, least in (("mean", -math.inf), ("std", 0.0)):
+        value = backbone.get(key, [1.0, 1.0, 1.0])
+        numbers = isinstance(value, list) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > least for v in value)
+        if not numbers:
+            raise bad(key, "three numbers, one per RGB channel" if key == "mean"
+                      else "three positive numbers, one per RGB channel")
+    if "interpolation" in backbone and backbone["interpolation"] not in INTERPOLATION:
+        raise bad("interpolation", f"one of {', '.join(INTERPOLATION)}")
+    return backbone
 
 
 def _no_unknown(raw: dict, allowed: set[str], where: str, prefix: str) -> None:

@@ -5,13 +5,14 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 from torch import nn
 
 from petlbench.errors import UserError
 from petlbench.method import Method, unfreeze
+from petlbench.options import Range
 from petlbench.params import build_model
 from petlbench.registry import (
     BUILTIN,
@@ -139,6 +140,24 @@ def test_register_rejects_method_without_name():
 
     with pytest.raises(UserError, match="Nameless"):
         register_method(Nameless)
+
+
+def test_register_checks_the_config_declaration():
+    @dataclass
+    class BadRange:
+        mode: Annotated[str, Range(min=1)] = "a"
+
+    bad = type("BadRangeMethod", (Method,), {"name": "test_bad_range", "Config": BadRange,
+                                             "apply": lambda self, model: model})
+    with pytest.raises(UserError) as err:
+        register_method(bad)
+    msg = str(err.value)
+    assert "'test_bad_range'" in msg and "BadRange.mode" in msg and "int or float" in msg
+    not_dataclass = type("Plain", (Method,), {"name": "test_plain_config", "Config": dict,
+                                              "apply": lambda self, model: model})
+    with pytest.raises(UserError, match="Config must be a dataclass"):
+        register_method(not_dataclass)
+    assert "test_bad_range" not in available_methods() and "test_plain_config" not in available_methods()
 
 
 def test_unregister_leaves_builtins_alone():

@@ -70,6 +70,27 @@ def test_unknown_packaged_suite():
         load_suite("nosuch")
     msg = str(err.value)
     assert "'nosuch'" in msg and "demo" in msg
+    assert "vtab1k (also vtab, vtab-1k)" in msg, "the aliases are offered too"
+
+
+@pytest.mark.parametrize("alias", ["vtab", "vtab-1k", "vtab1k"])
+def test_packaged_suite_by_alias(alias):
+    suite = load_suite(alias)
+    assert suite.name == "vtab1k", "records go under the suite's own name, whatever alias was typed"
+    assert Path(suite.path).name == "vtab1k.yaml" and suite.aliases == ["vtab", "vtab-1k"]
+
+
+def test_packaged_aliases_are_unique():
+    suites = packaged_suites()
+    names = [n for name in suites for n in (name, *load_suite(name).aliases)]
+    assert len(names) == len(set(names)), names
+
+
+def test_ls_suites_shows_aliases(capsys):
+    from petlbench.cli import main
+    assert main(["ls", "suites"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("vtab1k (aliases: vtab, vtab-1k): 19 tasks (cifar, ") for line in lines), lines
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,7 +160,7 @@ BAD = {
     "unknown layout": ("name: x\nlayout: vtab\n" + TASKS, ["'layout'", "noah", "'vtab'"]),
     "unknown prepare": ("name: x\nprepare: download\n" + TASKS, ["'prepare'", "demo", "'download'"]),
     "backbone unknown key": ("name: x\nbackbone: {nam: vit}\n" + TASKS, ["backbone.nam", "valid:"]),
-    "backbone not a mapping": ("name: x\nbackbone: vit\n" + TASKS, ["'backbone'", "dict"]),
+    "backbone not a mapping": ("name: x\nbackbone: vit\n" + TASKS, ["'backbone'", "mapping"]),
     "bad train key": ("name: x\ntrain: {lrr: 1}\n" + TASKS, ["'train'", "unknown option 'lrr'", "lr=", "epochs="]),
     "bad train type": ("name: x\ntrain: {epochs: many}\n" + TASKS, ["'train'", "'epochs'", "int", "'many'"]),
     "bad train choice": ("name: x\ntrain: {optimizer: adam}\n" + TASKS, ["'train'", "'optimizer'", "adamw|sgd"]),
