@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results", help="folder for run records (default: results)")
     r.add_argument("--cache-dir", help="decoded-image cache (default: $PETLBENCH_CACHE or ~/.cache/petlbench/decoded)")
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    r.add_argument("--eval-every", type=int, metavar="N",
+                   help="also score the test split every N epochs: a recorded curve, never used for any choice "
+                        "(`table --report max-test` shows its max, labelled as selected on test)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -61,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
     t.add_argument("--format", default="md", help="md, csv or latex (booktabs, best per column in bold)")
     t.add_argument("--suite", help="only this suite's records")
+    t.add_argument("--report", default="last", choices=["last", "max-test"],
+                   help="last: the last-epoch test top-1 (the protocol's number); max-test: the max over the "
+                        "recorded test curve (--eval-every), selection on the test set, labelled as such")
     t.add_argument("--published", default="auto",
                    help="published rows and differences: auto (when the backbone matches), always, never")
     t.set_defaults(func=cmd_table)
@@ -128,7 +134,7 @@ def cmd_run(args) -> int:
                   backbone=args.backbone, backbone_args=parse_pairs(args.backbone_args, ",", "--backbone-args"),
                   checkpoint=args.checkpoint, random_init=args.random_init, mean=numbers(args.mean, "--mean"),
                   std=numbers(args.std, "--std"), data_root=args.data_root,
-                  out=args.out, train=parse_pairs(args.train, ",", "--train"), device=args.device,
+                  out=args.out, train=train_overrides(args), device=args.device,
                   protocol=args.protocol, recipe=args.recipe, grid=grid, cache_dir=args.cache_dir,
                   progress=False if args.quiet else None)
     failed = [r for r in records if r["status"] != "success"]
@@ -142,6 +148,12 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def train_overrides(args) -> dict:
+    """--train pairs, and --eval-every N as the training setting eval_every (checked like the others)."""
+    train = parse_pairs(args.train, ",", "--train")
+    return train if args.eval_every is None else {**train, "eval_every": args.eval_every}
 
 
 def parse_grid(text: str | None) -> dict | None:
@@ -171,7 +183,7 @@ def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 def cmd_table(args) -> int:
     from petlbench.tables import render
-    print(render(args.results, args.format, suite=args.suite, published=args.published), end="")
+    print(render(args.results, args.format, suite=args.suite, published=args.published, report=args.report), end="")
     return 0
 
 

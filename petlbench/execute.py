@@ -1,12 +1,17 @@
-"""Execute one planned run: build, load, train, evaluate, and write its record atomically.
+"""Execute one planned run: load its data, build, train, evaluate, and write its record atomically.
 
-`execute` skips a run whose successful record exists (re-running a finished command takes seconds)
-and tries failed ones again; `run_one` does the work and records success or failure, so a sweep
-goes on after one run fails.
+A run's identity is its resolved configuration plus the digest of the decoded data it sees, so
+`execute` loads (and verifies) the data first: a successful record of that identity is skipped (a
+finished command re-runs in seconds), a failed one is tried again, and a task whose labels or images
+changed trains again beside the old record, which is kept.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import resource
+import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict
@@ -16,77 +21,129 @@ from typing import Any, Callable
 
 import torch
 
-from petlbench.backbone import file_sha256, preprocessing
-from petlbench.data import SplitCache
+from petlbench.backbone import file_sha256
+from petlbench.data import SplitCache, TensorData
 from petlbench.errors import UserError
 from petlbench.layouts import find_task_dir, split_file
 from petlbench.options import as_dict
 from petlbench.params import build_model
 from petlbench.plan import RunPlan, method_label
-from petlbench.records import SCHEMA, device_description, git_revision, package_versions, read_record, write_atomic
+from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
+                               write_atomic)
 from petlbench.registry import available_methods
-from petlbench.train import fit
+from petlbench.train import Diverged, fit
 
 
-def run_one(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, progress: bool | None,
-            extra: dict[str, Any] | None = None) -> dict:
-    """Build, load, train, evaluate, and write the record (success or failure) atomically."""
+def execute(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, progress: bool | None,
+            log: Callable[[str], None], where: str, extra: dict | None = None) -> dict:
+    """Run a plan unless a successful record of it (same config, same data) exists; say what happened in one line."""
+    record = new_record(plan, device, extra)
+    start = time.perf_counter()
+    try:
+        prep = plan.preprocessing()
+        train = cache.get(plan, plan.protocol["train_splits"], prep, train=True)
+        evaluation = cache.get(plan, plan.protocol["eval_splits"], prep, train=False)
+    except UserError as exc:  # no data, no data id: the record is named by the config alone
+        record.update(status="failed", error=str(exc))
+        return report(finish(record, plan, out, device, start), log, where)
+    plan = dataclasses.replace(plan, data_id=data_identity(train, evaluation))
+    existing = read_record(plan.record_path(out))
+    if is_finished(existing, plan.metric):
+        log(f"{where}: done before, skipped ({existing['metrics'][plan.metric]:.1%})")
+        return existing
+    changed = superseded(plan, out)
+    if changed:
+        log(f"{where}: the data changed since {changed.name} (kept); training again")
+    record.update(run_id=plan.run_id(), data_id=plan.data_id)
+    record["data"].update(preprocessing=prep, train_images=len(train), eval_images=len(evaluation))
+    run_one(plan, record, train, evaluation, device, progress)
+    return report(finish(record, plan, out, device, start), log, where)
+
+
+def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything known before the run: identity, suite, task, method, backbone, protocol, recipe, environment."""
     origin = available_methods()[plan.method.name].origin
     b = plan.backbone
-    record: dict[str, Any] = {
-        "schema": SCHEMA, "run_id": plan.run_id(), "status": "running", "error": None,
-        "suite": plan.suite.name, "suite_file": plan.suite.path, "task": plan.task.name,
+    return {
+        "schema": SCHEMA, "run_id": plan.run_id(), "config_id": plan.config_id(), "data_id": plan.data_id,
+        "status": "running", "error": None,
+        "suite": plan.suite.name, "suite_file": str(Path(plan.suite.path).resolve()), "task": plan.task.name,
         "task_group": plan.task.group, "task_index": plan.suite.tasks.index(plan.task),
         "num_classes": plan.task.classes, "seed": plan.seed,
         "method": {"name": plan.method.name, "label": method_label(plan.method), "origin": origin,
                    "options": as_dict(plan.method.config)},
         "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "checkpoint": b.checkpoint,
                      "checkpoint_sha256": b.checkpoint_sha256},
-        "protocol": plan.protocol, "recipe": plan.recipe.describe(), "train": asdict(plan.train),
+        "protocol": plan.protocol, "recipe": plan.recipe.describe(plan.method.name), "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
     }
-    start = time.perf_counter()
+
+
+def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation: TensorData,
+            device: torch.device, progress: bool | None) -> None:
+    """Build, train and evaluate on loaded data; the outcome (success or failure) goes into `record`."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        model, counts = build_model(b, plan.method, plan.task.classes, plan.seed)
-        pre = plan.suite.preprocessing
-        prep = preprocessing(model, b, pre.crop_pct, pre.train, pre.eval)
+        model, counts = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed)
         record["params"] = counts.as_dict()
         task_dir = find_task_dir(plan.data_root, plan.task)
-        record["data"].update(folder=str(task_dir), preprocessing=prep,
-                              cache=str(cache.cache_dir) if cache.cache_dir else None)
-        train = cache.get(plan, plan.protocol["train_splits"], prep, train=True)
-        evaluation = cache.get(plan, plan.protocol["eval_splits"], prep, train=False)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
-        record["data"].update(train_images=len(train), eval_images=len(evaluation), split_files_sha256={
+        record["data"].update(folder=str(task_dir), split_files_sha256={
             split: file_sha256(split_file(plan.suite.layout, task_dir, split))[:16] for split in used})
         metrics = fit(model, train, evaluation, plan.train, device, plan.seed, progress)
-        metrics["val_top1" if plan.is_search else "test_top1"] = metrics.pop("top1")
+        metrics[plan.metric] = metrics.pop("top1")
+        if "eval_curve" in metrics:
+            metrics["val_curve" if plan.is_search else "test_curve"] = metrics.pop("eval_curve")
         record.update(metrics=metrics, status="success")
-    except UserError as exc:
+    except (UserError, Diverged) as exc:
         record.update(status="failed", error=str(exc))
     except Exception as exc:  # a crashed run is recorded and retried next time; the sweep goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+
+
+def data_identity(train: TensorData, evaluation: TensorData) -> str:
+    """One digest of the decoded images and labels a run trains and evaluates on."""
+    return hashlib.sha256(f"{train.digest}\n{evaluation.digest}".encode()).hexdigest()[:16]
+
+
+def superseded(plan: RunPlan, out: Path) -> Path | None:
+    """A successful record of the same config on other data (the task's files changed since), if any."""
+    for path in sorted(plan.record_dir(out).glob(f"{plan.record_stem()}__{plan.config_id()}-*.json")):
+        if path != plan.record_path(out) and is_finished(read_record(path), plan.metric):
+            return path
+    return None
+
+
+def finish(record: dict[str, Any], plan: RunPlan, out: Path, device: torch.device, start: float) -> dict[str, Any]:
     record["wall_time_s"] = round(time.perf_counter() - start, 3)
     record["peak_memory"] = peak_memory(device)
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_atomic(plan.record_path(out), record)
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    path = plan.record_path(out)
+    save(record, path)
+    for sibling in plan.record_dir(out).glob(f"{plan.record_stem()}__{plan.config_id()}*.json"):
+        earlier = read_record(sibling)  # an earlier failed attempt of this config is superseded by this one
+        if sibling != path and earlier is not None and earlier.get("status") == "failed":
+            sibling.unlink(missing_ok=True)
     return record
 
 
-def execute(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, progress: bool | None,
-            log: Callable[[str], None], where: str, extra: dict | None = None) -> dict:
-    """Run a plan unless its successful record exists; say what happened in one line."""
-    existing = read_record(plan.record_path(out))
-    metric = "val_top1" if plan.is_search else "test_top1"
-    if existing and existing.get("status") == "success":
-        log(f"{where}: done before, skipped ({existing['metrics'][metric]:.1%})")
-        return existing
-    record = run_one(plan, out, device, cache, progress, extra)
+def save(record: dict[str, Any], path: Path) -> None:
+    """Write the record; if its folder became unwritable during the run, keep it in a temp folder and say where."""
+    try:
+        write_atomic(path, record)
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / "petlbench-unsaved" / path.relative_to(path.parents[2])
+        write_atomic(rescue, record)
+        print(f"petlbench: warning: {path}: cannot write the record ({exc.strerror or exc}); saved as {rescue}",
+              file=sys.stderr, flush=True)
+
+
+def report(record: dict[str, Any], log: Callable[[str], None], where: str) -> dict[str, Any]:
     if record["status"] == "success":
+        metric = "val_top1" if record["protocol"].get("stage") == "search" else "test_top1"
         log(f"{where}: {metric.replace('_', ' ')} {record['metrics'][metric]:.1%} in {record['wall_time_s']:.1f}s")
     else:
         log(f"{where}: FAILED: {record['error']}")

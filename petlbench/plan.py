@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from petlbench.backbone import BackboneSpec, file_sha256
+import torch
+
+from petlbench.backbone import BackboneSpec, create_backbone, file_sha256, preprocessing
 from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import as_dict, build
@@ -45,9 +47,10 @@ class RunPlan:
     recipe: Recipe
     protocol: dict[str, Any]
     data_root: Path
+    data_id: str | None = None  # digest of the decoded images and labels the run sees; set once they are loaded
 
     def config(self) -> dict[str, Any]:
-        """The fully resolved configuration; its hash names the record."""
+        """The fully resolved configuration without the data; its hash is the config id."""
         b = self.backbone
         return {
             "suite": self.suite.name, "task": self.task.name, "seed": self.seed,
@@ -58,22 +61,43 @@ class RunPlan:
             "train": asdict(self.train), "protocol": self.protocol,
         }
 
-    def run_id(self) -> str:
+    def config_id(self) -> str:
         return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def run_id(self) -> str:
+        """config id + data id: the same command on changed data (same paths) is a new run, never a skip."""
+        return f"{self.config_id()}-{self.data_id[:8]}" if self.data_id else self.config_id()
 
     @property
     def is_search(self) -> bool:
         return self.protocol.get("stage") == "search"
 
-    def record_path(self, out: Path) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", method_label(self.method))
-        folder = out / self.suite.name / self.task.name
-        if self.is_search:
-            return folder / "search" / f"{slug}__lr{self.train.lr:g}_wd{self.train.weight_decay:g}__{self.run_id()}.json"
-        return folder / f"{slug}__seed{self.seed}__{self.run_id()}.json"
+    @property
+    def metric(self) -> str:
+        return "val_top1" if self.is_search else "test_top1"
 
-    def with_train(self, **changes) -> "RunPlan":
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
+    def record_stem(self) -> str:
+        """The record's file name without the run id: method label and seed (search: the grid point)."""
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", method_label(self.method))
+        if self.is_search:
+            return f"{slug}__lr{self.train.lr:g}_wd{self.train.weight_decay:g}"
+        return f"{slug}__seed{self.seed}"
+
+    def record_dir(self, out: Path) -> Path:
+        folder = out / self.suite.name / self.task.name
+        return folder / "search" if self.is_search else folder
+
+    def record_path(self, out: Path) -> Path:
+        return self.record_dir(out) / f"{self.record_stem()}__{self.run_id()}.json"
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How the task's files become inputs: the backbone's config (built on the meta device: no weights,
+        no memory, nothing fetched) and the suite's crop and augmentation."""
+        with torch.device("meta"):
+            model = create_backbone(dataclasses.replace(self.backbone, pretrained=False, checkpoint=None),
+                                    self.task.classes)
+        pre = self.suite.preprocessing
+        return preprocessing(model, self.backbone, pre.crop_pct, pre.train, pre.eval)
 
 
 def recipe_for(method: Method, suite: Suite, recipe: str | None) -> tuple[Recipe, bool]:

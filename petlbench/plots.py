@@ -8,6 +8,7 @@ at a floor value that the axis label states. Drawn on the Agg canvas, without py
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from matplotlib import rc_context
@@ -32,7 +33,7 @@ def plot(results: str | Path, suite: str | None = None, out: str | Path | None =
     folder = Path(results) if Path(results).is_dir() else Path(results).parent
     written = []
     for name, info, stats, comparison in parts:
-        stem = Path(out) if out is not None else folder / f"{name}_accuracy_vs_params"
+        stem = Path(out) if out is not None else folder / f"{slug(name)}_accuracy_vs_params"
         if stem.suffix.lower() in SUFFIXES:
             stem = stem.with_suffix("")
         figure = draw(name, stats, comparison.stats if comparison is not None else None)
@@ -46,6 +47,11 @@ def plot(results: str | Path, suite: str | None = None, out: str | Path | None =
                 raise UserError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
             written.append(path)
     return written
+
+
+def slug(name: str) -> str:
+    """A suite name as a file name: a record's `suite` field never chooses a folder (`../x`, `/tmp/x`)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(name)).lstrip(".") or "suite"
 
 
 def points(stats: Stats) -> list[tuple[str, float, float, float, bool]]:

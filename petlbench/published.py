@@ -17,7 +17,8 @@ from petlbench.errors import UserError
 from petlbench.summary import KEYS, Stats, SuiteInfo, aggregate
 
 MODES = ("auto", "always", "never")
-META = ("method", "backbone", "trainable_params_M", "source")
+META = ("method", "backbone", "trainable_params_M", "source", "test_selected")
+TEST_SELECTED = "†"  # marks published rows whose source kept the best test accuracy over epochs
 SHARE = Path("share") / "petlbench" / "published"
 
 
@@ -89,7 +90,7 @@ def published_frame(table: pd.DataFrame, info: SuiteInfo, methods: list[str],
         if found.empty:
             continue
         entry = found.iloc[0]
-        label = published_label(method)
+        label = published_label(method, table)
         params = pd.to_numeric(entry["trainable_params_M"], errors="coerce") * 1e6
         for column, task in columns.items():
             value = pd.to_numeric(entry[column], errors="coerce")
@@ -102,8 +103,11 @@ def published_frame(table: pd.DataFrame, info: SuiteInfo, methods: list[str],
     return pd.DataFrame(rows)
 
 
-def published_label(method: str) -> str:
-    return f"published: {method}"
+def published_label(method: str, table: pd.DataFrame) -> str:
+    """'published: noah †' when the source selected on the test set (its `test_selected` column says yes)."""
+    flags = table.loc[table["method"] == method, "test_selected"] if "test_selected" in table else pd.Series()
+    selected = not flags.empty and str(flags.iloc[0]).strip().lower() == "yes"
+    return f"published: {method}" + (f" {TEST_SELECTED}" if selected else "")
 
 
 @dataclass
@@ -154,7 +158,7 @@ def compare(frame: pd.DataFrame, user: Stats, info: SuiteInfo, mode: str = "auto
     pstats.seeds[:] = ""
     delta = {}
     for key, level in pairs:
-        partner = (published_label(rows.loc[key, "method_name"]), f"{reference} (published)")
+        partner = (published_label(rows.loc[key, "method_name"], table), f"{reference} (published)")
         if partner not in pstats.mean.index:
             continue
         both = user.complete.loc[key] & pstats.complete.loc[partner]
@@ -163,6 +167,9 @@ def compare(frame: pd.DataFrame, user: Stats, info: SuiteInfo, mode: str = "auto
     sources = table[table["method"].isin(pframe["method_name"])].groupby("source", sort=False)["method"]
     notes = [f"published ({path.name}; {reference}; top-1 %, params as the source gives them): "
              + "; ".join(f"{source} ({', '.join(names)})" for source, names in sources)]
+    if pframe["method"].str.endswith(TEST_SELECTED).any():
+        notes.append(f"{TEST_SELECTED} the source reports the best test accuracy over epochs, i.e. selected on the "
+                     "test set; compare with `petlbench table --report max-test` rows, not with last-epoch ones")
     if delta:
         notes.append("Δ rows: your row minus the published row, in points; a mean only when both rows have all its tasks")
     near = sorted({rows.loc[k, "backbone_name"] for k, level in pairs if level == "near"})

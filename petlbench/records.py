@@ -9,9 +9,9 @@ import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-SCHEMA = 1
+SCHEMA = 2  # 2: run_id = config id + data id (records of schema 1 lack the data's identity)
 PACKAGES = ("petlbench", "torch", "torchvision", "timm", "peft", "numpy", "pillow")
 
 
@@ -20,6 +20,7 @@ def write_atomic(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared results folder needs the umask's
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
@@ -31,19 +32,104 @@ def write_atomic(path: Path, record: dict[str, Any]) -> None:
         raise
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
+    """The record at `path`, or None when there is none or the file is not a record of this petlbench."""
     try:
-        record = json.loads(path.read_text())
+        return parse_record(path)
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("schema") == SCHEMA else None
 
 
-def load_records(root: str | Path) -> list[dict[str, Any]]:
-    """Every record under `root` (recursively); files that are not petlbench records are ignored."""
+def parse_record(path: Path) -> dict[str, Any] | None:
+    """The record, None for petlbench's other JSON (selection files); ValueError naming what is wrong."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if isinstance(record, dict) and record.get("kind") == "selection":
+        return None
+    if not isinstance(record, dict) or "run_id" not in record or "schema" not in record:
+        raise ValueError("not a petlbench run record")
+    if record["schema"] != SCHEMA:
+        raise ValueError(f"a record of schema {record['schema']!r}, this petlbench reads {SCHEMA}; "
+                         "run the command again to make a new one")
+    return record
+
+
+def is_finished(record: dict[str, Any] | None, metric: str) -> bool:
+    """A successful record that holds its metric: only such a record lets `run` skip the run."""
+    return (isinstance(record, dict) and record.get("status") == "success"
+            and isinstance(record.get("metrics"), dict) and isinstance(record["metrics"].get(metric), (int, float)))
+
+
+def load_records(root: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Every record under `root` (recursively). A JSON file that is not a readable record is skipped,
+    and `warn` (if given) hears its name and why."""
     root = Path(root)
-    paths = [root] if root.is_file() else sorted(root.rglob("*.json"))
-    return [r for r in map(read_record, paths) if r is not None and "run_id" in r]
+    records = []
+    for path in [root] if root.is_file() else sorted(root.rglob("*.json")):
+        try:
+            record = parse_record(path)
+        except (OSError, ValueError) as exc:
+            if warn is not None:
+                warn(f"{path}: skipped, {exc.strerror if isinstance(exc, OSError) else exc}")
+            continue
+        if record is not None:
+            records.append(record)
+    return records
+
+
+TABLE_FIELDS = (("suite",), ("task",), ("seed",), ("method", "name"), ("method", "label"), ("backbone", "name"),
+                ("backbone", "weights"), ("params", "trainable_excl_head"), ("params", "backbone"))
+
+
+def lacks(record: dict[str, Any]) -> str | None:
+    """What a successful record lacks that tables need (its metric, its params, ...), or None."""
+    if not is_finished(record, metric_of(record)):
+        return f"its metric {metric_of(record)}"
+    for path in TABLE_FIELDS:
+        value: Any = record
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            return f"the key {'.'.join(path)}"
+    return None
+
+
+def metric_of(record: dict[str, Any]) -> str:
+    return "val_top1" if (record.get("protocol") or {}).get("stage") == "search" else "test_top1"
+
+
+def current(records: list[dict[str, Any]], warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """What a table shows: per config, its newest successful record (an older one ran on data that has changed
+    since); failed records only for configs that never succeeded; a "success" without its metric is skipped."""
+    newest: dict[str, dict[str, Any]] = {}
+    failed, superseded = [], 0
+    for r in records:
+        key = str(r.get("config_id") or r.get("run_id"))
+        lacking = lacks(r) if r.get("status") == "success" else None
+        if lacking:
+            if warn is not None:
+                warn(f"record {r.get('run_id')} ({r.get('suite')}/{r.get('task')}): marked success but lacks "
+                     f"{lacking}; skipped")
+        elif r.get("status") == "success":
+            if key in newest:
+                superseded += 1
+            if key not in newest or str(r.get("finished_at")) > str(newest[key].get("finished_at")):
+                newest[key] = r
+        else:
+            failed.append((key, r))
+    if superseded and warn is not None:
+        warn(f"{superseded} older record(s) of runs whose data changed since are not shown (the newest is)")
+    return list(newest.values()) + [r for key, r in failed if key not in newest]
 
 
 def package_versions() -> dict[str, str | None]:

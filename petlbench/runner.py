@@ -1,6 +1,8 @@
 """The `run` entry point (CLI and API): a command -> RunPlans -> execute each, one JSON record per run."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -22,8 +24,9 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
         std: tuple | None = None, data_root: str | None = None, out: str | Path = "results",
         train: dict | None = None, recipe: str | None = None, protocol: str = "final", grid: dict | None = None,
         device: str = "auto", cache_dir: str | Path | None = None, progress: bool | None = None,
-        log: Callable[[str], None] = print) -> list[dict]:
+        log: Callable[[str], None] | None = None) -> list[dict]:
     """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns the final records."""
+    log = log or say
     the_suite = load_suite(suite)
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -43,6 +46,7 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     if not seeds:
         raise UserError("--seeds: expected at least one seed, e.g. 0 or 0,1,2")
     out, dev = Path(out), pick_device(device)
+    check_writable(out)
     cache = SplitCache(resolve_cache_dir(cache_dir))
     if protocol == "tune":
         from petlbench.tune import run_tune
@@ -53,3 +57,20 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     return [execute(p, out, dev, cache, progress, log,
                     f"[{i}/{len(plans)}] {p.suite.name}/{p.task.name} {method_label(p.method)} seed {p.seed}")
             for i, p in enumerate(plans, 1)]
+
+
+def say(line: str) -> None:
+    """Progress lines reach a log file as each run ends (nohup, `| tee`, Slurm logs), not minutes later."""
+    print(line, flush=True)
+
+
+def check_writable(out: Path) -> None:
+    """Find an unwritable --out (a file, read-only, full) before hours of training, not when the record is due."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".petlbench-write-check-") as probe:
+            probe.write(b"\0" * (1 << 20))  # a record is a few KB; a disk without 1 MB to spare is full
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write records there ({exc.strerror or exc})") from None

@@ -5,6 +5,7 @@ this module only turns them into Markdown, CSV or booktabs LaTeX.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,24 +13,27 @@ from tabulate import SEPARATING_LINE, tabulate
 
 from petlbench.errors import UserError
 from petlbench.published import MODES, compare
-from petlbench.records import load_records
+from petlbench.records import current, load_records
 from petlbench.summary import KEYS, Stats, aggregate, records_frame, suite_info
 
 FORMATS = ("md", "csv", "latex")
+REPORT_TITLE = {"last": "last epoch",
+                "max-test": "MAX OVER EPOCHS, SELECTED ON THE TEST SET (only to compare with papers that report it)"}
 LATEX_SPECIAL = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
                                                                    "^": r"\textasciicircum{}", "Δ": r"$\Delta$"})
 
 
-def render(results: str | Path, fmt: str = "md", suite: str | None = None, published: str = "auto") -> str:
+def render(results: str | Path, fmt: str = "md", suite: str | None = None, published: str = "auto",
+           report: str = "last") -> str:
     """The table text for every suite under the folder `results` (or just `suite`)."""
     records = load_results(results, suite)
-    return render_records(records, fmt, where=describe(results, suite), published=published)
+    return render_records(records, fmt, where=describe(results, suite), published=published, report=report)
 
 
 def load_results(results: str | Path, suite: str | None) -> list[dict]:
     if not Path(results).exists():
         raise UserError(f"{results}: no such results folder")
-    records = load_records(results)
+    records = current(load_records(results, warn), warn)
     if suite:
         chosen = [r for r in records if r.get("suite") == suite]
         if not chosen and records:
@@ -39,16 +43,23 @@ def load_results(results: str | Path, suite: str | None) -> list[dict]:
     return records
 
 
+def warn(message: str) -> None:
+    print(f"petlbench: warning: {message}", file=sys.stderr, flush=True)
+
+
 def describe(results: str | Path, suite: str | None) -> str:
     return f"{results}" + (f" (suite {suite})" if suite else "")
 
 
-def suite_parts(records: list[dict], where: str, published: str = "auto", every_method: bool = False):
+def suite_parts(records: list[dict], where: str, published: str = "auto", every_method: bool = False,
+                report: str = "last"):
     """(suite name, SuiteInfo, user Stats, published Comparison or None) per suite in the records."""
     if published not in MODES:
         raise UserError(f"--published: expected one of {', '.join(MODES)}, got {published!r}")
-    frame = records_frame(records)
+    frame = records_frame(records, report)
     failed = sum(r.get("status") != "success" for r in records)
+    if frame.empty and report == "max-test":
+        raise UserError(f"{where}: no run records a test curve; run with --train eval_every=N to record one")
     if frame.empty:
         raise UserError(f"{where}: no successful run records" + (f" ({failed} failed)" if failed else ""))
     for name, part in frame.groupby("suite", sort=False):
@@ -57,11 +68,12 @@ def suite_parts(records: list[dict], where: str, published: str = "auto", every_
         yield name, info, stats, compare(part, stats, info, published, every_method)
 
 
-def render_records(records: list[dict], fmt: str = "md", where: str = "these runs", published: str = "auto") -> str:
+def render_records(records: list[dict], fmt: str = "md", where: str = "these runs", published: str = "auto",
+                   report: str = "last") -> str:
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     parts = []
-    for name, info, stats, comparison in suite_parts(records, where, published):
+    for name, info, stats, comparison in suite_parts(records, where, published, report=report):
         tasks = stats.tasks_present()  # published rows show the same task columns as yours
         blocks = [cells(stats, tasks, fmt)]
         if comparison is not None and comparison.stats is not None:
@@ -75,7 +87,7 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
         if fmt == "csv":
             parts.append(pd.concat(blocks).assign(suite=name).to_csv(index=False))
             continue
-        title = f"suite {name}: test top-1 (%), last epoch, mean over seeds; params = trainable excluding the head"
+        title = f"suite {name}: test top-1 (%), {REPORT_TITLE[report]}, mean over seeds; params = trainable excluding the head"
         if fmt == "md":
             text = tabulate(pd.concat(blocks), headers="keys", tablefmt="github", showindex=False,
                             disable_numparse=True)
@@ -83,9 +95,12 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
         else:
             parts.append(f"% {title}\n" + latex(blocks) + "\n" + "\n".join(f"% {n}" for n in notes))
     failed = sum(r.get("status") != "success" for r in records)
-    if failed and fmt != "csv":
-        note = f"{failed} failed run(s) are not shown; their records hold the error"
-        parts.append(f"% {note}" if fmt == "latex" else note)
+    no_curve = sum(r.get("status") == "success" and "test_curve" not in r["metrics"] for r in records
+                   if r.get("protocol", {}).get("stage") != "search") if report == "max-test" else 0
+    for count, note in ((failed, "failed run(s) are not shown; their records hold the error"),
+                        (no_curve, "run(s) without a test curve (--train eval_every=N) are not shown")):
+        if count and fmt != "csv":
+            parts.append(f"% {count} {note}" if fmt == "latex" else f"{count} {note}")
     return "\n\n".join(parts) + "\n"
 
 

@@ -39,9 +39,21 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineL
                              warmup_prefix=True, lr_min=0.0, t_in_epochs=False)
 
 
+class Diverged(RuntimeError):
+    """The training loss blew up: the run is recorded as failed with this reason, and the sweep goes on."""
+
+
+DIVERGED = 3.0  # last-epoch loss above this many times the first step's (an untrained head's ~ln C): diverged
+EXPLODED = 100.0  # an epoch's loss this far above it: stop now rather than train on to the last epoch
+
+
 def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
         seed: int, progress: bool | None = None) -> dict:
-    """Train for cfg.epochs and evaluate once at the end (the number reported; no test-set selection)."""
+    """Train for cfg.epochs and evaluate at the end (the number reported; no test-set selection).
+
+    With cfg.eval_every = N the evaluation split is also scored every N epochs; that curve is recorded
+    for comparison with papers that report the best epoch, and never used to choose anything.
+    """
     model.to(device)
     train, test = train.to(device), test.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -49,11 +61,11 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp = autocast_dtype(cfg, device)
     order = torch.Generator().manual_seed(seed)
-    step, seen, epoch_loss = 0, 0, float("nan")
+    step, seen, epoch_loss, first_loss, curve, eval_time = 0, 0, float("nan"), None, [], 0.0
     start = time.perf_counter()
     quiet = None if progress is None else not progress  # None: tqdm shows the bar only on a terminal
-    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", leave=False, disable=quiet)
-    for _ in bar:
+    bar = tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", leave=False, disable=quiet)
+    for epoch in bar:
         model.train()
         losses = []
         for idx in torch.randperm(len(train), generator=order).split(cfg.batch_size):
@@ -61,7 +73,8 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss = loss_fn(model(images), labels)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+                raise Diverged(f"training loss became {loss.item()} at step {step}; lower the learning rate")
+            first_loss = first_loss if first_loss is not None else max(loss.item(), 1e-3)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -73,13 +86,29 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
             seen += len(idx)
         epoch_loss = torch.stack(losses).float().mean().item()
         bar.set_postfix(loss=f"{epoch_loss:.3f}")
+        if epoch_loss > EXPLODED * first_loss:
+            raise Diverged(diverged(epoch_loss, epoch, first_loss))
+        if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < cfg.epochs:
+            tick = time.perf_counter()
+            curve.append([epoch, evaluate(model, test, cfg, device)])
+            eval_time += time.perf_counter() - tick
+    if epoch_loss > DIVERGED * first_loss:
+        raise Diverged(diverged(epoch_loss, cfg.epochs, first_loss))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    train_time = time.perf_counter() - start
+    train_time = time.perf_counter() - start - eval_time
     top1 = evaluate(model, test, cfg, device)
-    return {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_last_epoch": epoch_loss,
-            "epochs": cfg.epochs, "steps": step, "train_time_s": round(train_time, 3),
-            "train_images_per_s": round(seen / max(train_time, 1e-9), 1)}
+    metrics = {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_first_step": first_loss,
+               "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
+               "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1)}
+    if cfg.eval_every:
+        metrics["eval_curve"] = curve + [[cfg.epochs, top1]]
+    return metrics
+
+
+def diverged(loss: float, epoch: int, first: float) -> str:
+    return (f"training diverged: loss {loss:.4g} at epoch {epoch}, {loss / first:.3g}x the first step's {first:.4g}; "
+            "lower the learning rate")
 
 
 @torch.no_grad()

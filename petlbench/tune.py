@@ -93,7 +93,8 @@ def run_tune(suite, tasks, methods, seeds, spec, overrides, recipe, grid, root: 
 
 def write_selection(base: RunPlan, grid: dict, results: list[tuple[dict, dict]], chosen: dict | None,
                     out: Path) -> Path:
-    key = json.dumps({"base": base.config(), "grid": grid}, sort_keys=True, default=str)
+    data = sorted({str(r.get("data_id")) for _, r in results})  # the same search on changed data is another
+    key = json.dumps({"base": base.config(), "grid": grid, "data": data}, sort_keys=True, default=str)
     selection_id = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = base.record_path(out).parent / f"{method_label(base.method)}__selection__{selection_id}.json"
     write_atomic(path, {

@@ -24,6 +24,16 @@ def private_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The demo's data and its pre-trained tiny ViT, made once per test session (about 40 s)."""
+    from petlbench.demo import prepare
+    from petlbench.suite import load_suite
+    root = tmp_path_factory.mktemp("demo-data")
+    prepare(root, load_suite("demo"), log=lambda line: None)
+    return root
+
+
 @pytest.fixture
 def tiny_spec() -> BackboneSpec:
     return BackboneSpec("vit_tiny_patch16_224", dict(TINY_ARGS), pretrained=False)

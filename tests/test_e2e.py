@@ -17,11 +17,11 @@ REQUIRED = {"schema", "run_id", "status", "error", "suite", "task", "seed", "met
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, demo_root):
     """The README's demo command, once: `petlbench run --methods vpt_deep,linear --suite demo`."""
     root = tmp_path_factory.mktemp("demo")
     result = petlbench_cli("run", "--methods", "vpt_deep,linear", "--suite", "demo", "--data-root",
-                           str(root / "data"), "--out", str(root / "results"), "--quiet")
+                           str(demo_root), "--out", str(root / "results"), "--quiet")
     return root, result
 
 
@@ -49,11 +49,11 @@ def test_demo_writes_records_and_table(demo_run):
     assert "records:" in result.stdout
 
 
-def test_second_run_skips_finished_runs(demo_run):
+def test_second_run_skips_finished_runs(demo_run, demo_root):
     root, _ = demo_run
     before = {p: p.read_bytes() for p in (root / "results").rglob("*.json")}
     again = petlbench_cli("run", "--methods", "vpt_deep,linear", "--suite", "demo", "--data-root",
-                          str(root / "data"), "--out", str(root / "results"), "--quiet")
+                          str(demo_root), "--out", str(root / "results"), "--quiet")
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("done before, skipped") == 6
     assert {p: p.read_bytes() for p in (root / "results").rglob("*.json")} == before

@@ -177,7 +177,8 @@ def test_published_group_means_reproduce_the_papers(tmp_path):
     frame = csv_rows(render(tmp_path, "csv"))
     columns = ["mean natural", "mean specialized", "mean structured", "mean (groups)"]
     for method, means in expected.items():
-        got = [parse(frame.loc[f"published: {method}", c]) for c in columns]
+        mark = " †" if method in ("lora", "ssf") else ""  # NOAH and SSF keep the best test epoch; VPT does not
+        got = [parse(frame.loc[f"published: {method}{mark}", c]) for c in columns]
         assert all(not marked for _, _, marked in got), method
         assert [m for m, _, _ in got] == pytest.approx(means, abs=0.051), method
     # linear, all 19 tasks: 1005.9 / 19 = 52.94 -- not the mean of the group means
