@@ -2,6 +2,7 @@
 preprocessing (input size, mean/std, interpolation) that goes with them."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import inspect
@@ -130,8 +131,26 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def meta_model(spec: BackboneSpec, num_classes: int) -> nn.Module:
+    """The backbone's architecture on the meta device: no weights, no memory, nothing fetched."""
+    with torch.device("meta"):
+        return create_backbone(dataclasses.replace(spec, pretrained=False, checkpoint=None), num_classes)
+
+
+def check_backbone(spec: BackboneSpec) -> None:
+    """Bad input about the backbone (name, args, a checkpoint that does not fit) before any run starts."""
+    model = meta_model(spec, num_classes=2)
+    if spec.checkpoint:
+        fitting_state(model, Path(spec.checkpoint).expanduser())
+
+
 def load_checkpoint(model: nn.Module, path: Path) -> None:
     """Load backbone weights; the classifier head of the checkpoint is dropped (the task has its own)."""
+    model.load_state_dict(fitting_state(model, path), strict=False)
+
+
+def fitting_state(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors without the head, checked against the model's keys and shapes."""
     state = read_state_dict(path)
     head = model.get_classifier()
     head_keys = {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
@@ -145,7 +164,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
         what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
                 else f"shape {wrong[0]}")
         raise UserError(f"--checkpoint {path}: does not fit {type(model).__name__} ({what}); check --backbone-args")
-    model.load_state_dict(state, strict=False)
+    return state
 
 
 def file_sha256(path: str | Path) -> str:

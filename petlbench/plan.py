@@ -16,9 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from petlbench.backbone import BackboneSpec, create_backbone, file_sha256, preprocessing
+from petlbench.backbone import BackboneSpec, file_sha256, meta_model, preprocessing
 from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import as_dict, build
@@ -93,10 +91,8 @@ class RunPlan:
     def preprocessing(self) -> dict[str, Any]:
         """How the task's files become inputs: the backbone's config (built on the meta device: no weights,
         no memory, nothing fetched) and the suite's crop and augmentation."""
-        with torch.device("meta"):
-            model = create_backbone(dataclasses.replace(self.backbone, pretrained=False, checkpoint=None),
-                                    self.task.classes)
         pre = self.suite.preprocessing
+        model = meta_model(self.backbone, self.task.classes)
         return preprocessing(model, self.backbone, pre.crop_pct, pre.train, pre.eval)
 
 

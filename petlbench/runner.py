@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
+from petlbench.backbone import check_backbone
 from petlbench.cache import resolve_cache_dir
 from petlbench.data import SplitCache
 from petlbench.device import pick_device
@@ -16,6 +17,7 @@ from petlbench.plan import DATA_ROOT_ENV, method_label, plan_one, resolve_backbo
 from petlbench.registry import parse_method_list
 from petlbench.specs import PROTOCOLS, TrainConfig
 from petlbench.suite import load_suite
+from petlbench.tune import check_grid, run_tune
 
 
 def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterable[int] = (0,),
@@ -34,6 +36,13 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
                                     the_suite.method_options)
     overrides = dict(train or {})
     build(TrainConfig, overrides, "--train")
+    for method in method_list if grid is not None else []:
+        check_grid(grid, method, "--grid")
+    selected = the_suite.select(tasks)
+    seeds = list(seeds)
+    if not seeds:
+        raise UserError("--seeds: expected at least one seed, e.g. 0 or 0,1,2")
+    out, dev = Path(out), pick_device(device)
     root = resolve_data_root(the_suite, data_root)
     if the_suite.prepare == "demo":
         from petlbench.demo import prepare
@@ -41,15 +50,10 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")
     spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)
-    selected = the_suite.select(tasks)
-    seeds = list(seeds)
-    if not seeds:
-        raise UserError("--seeds: expected at least one seed, e.g. 0 or 0,1,2")
-    out, dev = Path(out), pick_device(device)
+    check_backbone(spec)
     check_writable(out)
     cache = SplitCache(resolve_cache_dir(cache_dir))
     if protocol == "tune":
-        from petlbench.tune import run_tune
         return run_tune(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, root, out, dev,
                         cache, progress, log)
     plans = [plan_one(the_suite, task, m, spec, seed, overrides, recipe, the_suite.protocol("final"), root)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from petlbench.errors import UserError
 from petlbench.execute import execute
+from petlbench.method import Method
 from petlbench.options import as_dict, build
 from petlbench.plan import RunPlan, method_label, plan_one
 from petlbench.records import write_atomic
@@ -25,18 +26,25 @@ from petlbench.specs import TrainConfig
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def grid_points(grid: dict[str, list], plan: RunPlan, where: str) -> list[dict[str, Any]]:
-    """Every combination of the grid, each checked against TrainConfig and the method's options."""
-    option_keys = {f.name for f in dataclasses.fields(plan.method.Config)}
+def check_grid(grid: dict[str, list], method: Method, where: str) -> None:
+    """Every key a training setting or an option of the method, every value valid for it (range included)."""
+    option_keys = {f.name for f in dataclasses.fields(method.Config)}
     for key, values in grid.items():
         if key not in TRAIN_KEYS | option_keys:
             raise UserError(f"{where}: grid key {key!r} is neither a training setting nor an option of "
-                            f"{plan.method.name}; training settings: {', '.join(sorted(TRAIN_KEYS))}")
+                            f"{method.name}; training settings: {', '.join(sorted(TRAIN_KEYS))}")
         if not isinstance(values, list) or not values:
             raise UserError(f"{where}: grid key {key!r} needs a non-empty list of values, got {values!r}")
+        for value in values:
+            build(TrainConfig if key in TRAIN_KEYS else method.Config, {key: value}, where)
+
+
+def grid_points(grid: dict[str, list], plan: RunPlan, where: str) -> list[dict[str, Any]]:
+    """Every combination of the grid, each checked against TrainConfig and the method's options."""
+    check_grid(grid, plan.method, where)
     points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     for point in points:
-        apply_point(plan, point, where)  # type errors now, before any training
+        apply_point(plan, point, where)  # combinations too, before any training
     return points
 
 

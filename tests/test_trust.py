@@ -197,3 +197,30 @@ def test_published_rows_carry_the_test_selection_mark(tmp_path):
     assert "published: adapter †" in text, "NOAH's adapter numbers are the best test epoch"
     assert "published: linear |" in text or "published: linear " in text and "published: linear †" not in text
     assert "selected on the test set" in text
+
+
+def test_bad_backbone_input_is_refused_before_any_run(tmp_path, tiny_tasks):
+    """A wrong model name or a checkpoint that does not fit is bad input (exit 2), not N failed records."""
+    from safetensors.torch import save_file
+    from tests.conftest import TINY_ARGS
+    suite = write_tiny_suite(tmp_path / "tiny.yaml", {"count": 6, "position": 9})
+    out = tmp_path / "results"
+    proc = petlbench_cli("run", "--suite", str(suite), "--methods", "linear", "--data-root", str(tiny_tasks),
+                         "--out", str(out), "--backbone", "vit_tiny_patch16_22")
+    assert_one_line_error(proc, "vit_tiny_patch16_22", "unknown to timm", "vit_tiny_patch16_224")
+    import timm
+    other = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**TINY_ARGS, "depth": 3})
+    save_file(other.state_dict(), str(tmp_path / "deeper.safetensors"))
+    proc = petlbench_cli("run", "--suite", str(suite), "--methods", "linear", "--data-root", str(tiny_tasks),
+                         "--out", str(out), "--checkpoint", str(tmp_path / "deeper.safetensors"))
+    assert_one_line_error(proc, "deeper.safetensors", "does not fit")
+    assert not list(out.rglob("*.json")), "no failed records for bad input"
+
+
+def test_a_bad_grid_is_refused_before_data_or_training(tmp_path):
+    proc = petlbench_cli("run", "--suite", "vtab", "--methods", "vpt_deep", "--protocol", "tune",
+                         "--data-root", str(tmp_path / "nowhere"), "--grid", "{lr: [1e-3, 0], tokens: [10]}")
+    assert_one_line_error(proc, "--grid", "'lr'", "0")
+    proc = petlbench_cli("run", "--suite", "vtab", "--methods", "vpt_deep", "--protocol", "tune",
+                         "--data-root", str(tmp_path / "nowhere"), "--grid", "{tokens: [0]}")
+    assert_one_line_error(proc, "--grid", "'tokens'", ">= 1")
