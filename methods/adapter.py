@@ -11,7 +11,7 @@ from torch import nn
 
 from petlbench.method import Method
 from petlbench.options import Range
-from petlbench.vit import vit_parts
+from petlbench.backbones import anatomy
 
 
 @dataclass
@@ -44,15 +44,16 @@ class Bottleneck(nn.Module):
 class Adapter(Method):
     name = "adapter"
     description = "residual bottleneck adapters after the MLP and/or attention of each block"
+    paper = "Houlsby et al., ICML 2019; VTAB-1k numbers and recipe from NOAH (Zhang et al., 2022)"
     Config = AdapterConfig
+    families = ("vit", "swin")  # needs each block's attention and MLP outputs (last dim = width)
     recipe = "noah"  # the 0.16M adapter numbers come from NOAH
 
     def apply(self, model):
         cfg = self.config
-        vit = vit_parts(model, self.name)
-        for block in vit.blocks:
+        for block in anatomy(model, self.name).blocks:
             if cfg.placement in ("attn", "both"):
-                block.attn = nn.Sequential(block.attn, Bottleneck(vit.embed_dim, cfg.bottleneck, cfg.scale, cfg.init))
+                block.set_part("attn", nn.Sequential(block.attn, Bottleneck(block.dim, cfg.bottleneck, cfg.scale, cfg.init)))
             if cfg.placement in ("mlp", "both"):
-                block.mlp = nn.Sequential(block.mlp, Bottleneck(vit.embed_dim, cfg.bottleneck, cfg.scale, cfg.init))
+                block.set_part("mlp", nn.Sequential(block.mlp, Bottleneck(block.dim, cfg.bottleneck, cfg.scale, cfg.init)))
         return model

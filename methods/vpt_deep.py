@@ -7,21 +7,23 @@ from torch import nn
 
 from petlbench.method import Method
 from petlbench.prompts import InsertPrompts, PromptConfig, StripPrompts, make_prompts
-from petlbench.vit import vit_parts
+from petlbench.backbones import anatomy
 
 
 class VPTDeep(Method):
     name = "vpt_deep"
     description = "prompt tokens replaced at the input of every block"
     Config = PromptConfig
+    paper = "VPT (Jia et al., ECCV 2022)"
+    families = ("vit",)  # prompts are tokens of a ViT's sequence
     recipe = "vpt"
 
     def apply(self, model):
         cfg = self.config
-        vit = vit_parts(model, self.name)
+        vit = anatomy(model, self.name)
         where = vit.num_prefix_tokens
-        for i, block in enumerate(vit.blocks):
+        for block in vit.blocks:
             prompts = make_prompts(cfg.tokens, vit.embed_dim, cfg.init, vit.patch_size)
-            vit.blocks[i] = nn.Sequential(
-                InsertPrompts(prompts, where, cfg.dropout), block, StripPrompts(cfg.tokens, where))
+            block.replace(nn.Sequential(
+                InsertPrompts(prompts, where, cfg.dropout), block.module, StripPrompts(cfg.tokens, where)))
         return model

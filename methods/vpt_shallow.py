@@ -11,7 +11,7 @@ from torch import nn
 from petlbench.method import Method
 from petlbench.options import Range
 from petlbench.prompts import InsertPrompts, PromptConfig, StripPrompts, make_prompts
-from petlbench.vit import vit_parts
+from petlbench.backbones import anatomy
 
 
 @dataclass
@@ -23,13 +23,17 @@ class VPTShallow(Method):
     name = "vpt_shallow"
     description = "prompt tokens inserted before the first block"
     Config = VPTShallowConfig
+    paper = "VPT (Jia et al., ECCV 2022)"
+    families = ("vit",)  # prompts are tokens of a ViT's sequence
     recipe = "vpt"
 
     def apply(self, model):
         cfg = self.config
-        vit = vit_parts(model, self.name)
+        vit = anatomy(model, self.name)
         prompts = make_prompts(cfg.tokens, vit.embed_dim, cfg.init, vit.patch_size)
         where = vit.num_prefix_tokens
-        vit.blocks[0] = nn.Sequential(InsertPrompts(prompts, where, cfg.dropout), vit.blocks[0])
-        vit.blocks[-1] = nn.Sequential(vit.blocks[-1], StripPrompts(cfg.tokens, where))
+        first, last = vit.blocks[0], vit.blocks[-1]
+        first.replace(nn.Sequential(InsertPrompts(prompts, where, cfg.dropout), first.module))
+        current = getattr(last.container, last.key)  # the wrapper above when the model has one block
+        last.replace(nn.Sequential(current, StripPrompts(cfg.tokens, where)))
         return model

@@ -137,11 +137,14 @@ def meta_model(spec: BackboneSpec, num_classes: int) -> nn.Module:
         return create_backbone(dataclasses.replace(spec, pretrained=False, checkpoint=None), num_classes)
 
 
-def check_backbone(spec: BackboneSpec) -> None:
-    """Bad input about the backbone (name, args, a checkpoint that does not fit) before any run starts."""
+def check_backbone(spec: BackboneSpec) -> str | None:
+    """Bad input about the backbone (name, args, a checkpoint that does not fit) before any run starts;
+    returns the backbone's anatomy family (None: no family reads it)."""
+    from petlbench.backbones import family_of
     model = meta_model(spec, num_classes=2)
     if spec.checkpoint:
         fitting_state(model, Path(spec.checkpoint).expanduser())
+    return family_of(model)
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:

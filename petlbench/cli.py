@@ -195,17 +195,18 @@ def cmd_plot(args) -> int:
 
 
 def cmd_params(args) -> int:
-    from petlbench.backbone import BackboneSpec
+    from petlbench.backbone import BackboneSpec, check_backbone
     from petlbench.params import build_model
-    from petlbench.registry import parse_method_list
     from petlbench.plan import method_label
+    from petlbench.registry import parse_method_list, refuse_unsupported
 
     if args.num_classes < 1:
         raise UserError(f"--num-classes: expected a positive integer, got {args.num_classes}")
     spec = BackboneSpec(args.backbone, parse_pairs(args.backbone_args, ",", "--backbone-args"), pretrained=False)
-    rows = []
-    for method in parse_method_list(args.methods):
-        _, counts = build_model(spec, method, args.num_classes, seed=0)
+    rows, methods = [], parse_method_list(args.methods)
+    refuse_unsupported(methods, check_backbone(spec), spec.name)
+    for method in methods:
+        _, counts, _ = build_model(spec, method, args.num_classes, seed=0)
         rows.append({"method": method_label(method), **counts.as_dict()})
     if args.format == "json":
         print(json.dumps(rows, indent=2))

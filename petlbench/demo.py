@@ -152,7 +152,7 @@ def pretrain_upstream(path: Path, backbone: dict, seconds_log: Callable[[str], N
     labels = torch.tensor([label for _, label in samples])
     spec = BackboneSpec(backbone["name"], backbone.get("args", {}), pretrained=False,
                         mean=backbone.get("mean"), std=backbone.get("std"))
-    model, _ = build_model(spec, get_method("full")(), len(SHAPES) * len(COLOURS), seed=0)
+    model, _, _ = build_model(spec, get_method("full")(), len(SHAPES) * len(COLOURS), seed=0)
     prep = preprocessing(model, spec)
     mean, std = (torch.tensor(prep[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
     n_val = 1000

@@ -27,7 +27,7 @@ from petlbench.errors import UserError
 from petlbench.layouts import find_task_dir, split_file
 from petlbench.options import as_dict
 from petlbench.params import build_model
-from petlbench.plan import RunPlan, method_label
+from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
                                write_atomic)
 from petlbench.registry import available_methods
@@ -74,7 +74,7 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
                    "options": as_dict(plan.method.config)},
         "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "checkpoint": b.checkpoint,
                      "checkpoint_sha256": b.checkpoint_sha256},
-        "protocol": plan.protocol, "recipe": plan.recipe.describe(plan.method.name), "train": asdict(plan.train),
+        "protocol": plan.protocol, "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)}, "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
@@ -87,7 +87,7 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        model, counts = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed)
+        model, counts, task_keys = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed)
         record["params"] = counts.as_dict()
         task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]

@@ -1,11 +1,14 @@
 """The method plugin contract: every PETL method is a `Method` subclass.
 
-A method has a `name`, a dataclass `Config` of its hyper-parameters (with defaults), the training
-recipe of its paper (`recipe`, a name in petlbench.recipes, plus `train_defaults` for departures
-from it) and `apply(model)`.
-The runner freezes the whole backbone before `apply` and trains the classifier head after it, so
-`apply` only adds modules (new parameters train by default) or switches `requires_grad` on existing
-ones. Methods wrap or replace submodules; they never rebind `forward`.
+A method has a `name`, a dataclass `Config` of its hyper-parameters (with defaults), the backbone
+families it supports (`families`, read by petlbench.backbones), the training recipe of its paper
+(`recipe`, a name in petlbench.recipes) with its departures from it (`train_defaults`, `tune_grid`,
+both used only under that recipe) and where its untuned defaults come from (`defaults_source`), and
+`apply(model)`. The runner freezes the whole backbone before `apply` and trains the classifier head
+after it, so `apply` only adds modules (new parameters train by default) or switches `requires_grad`
+on existing ones; it may replace the head (a method that changes the head's input). Methods wrap or
+replace submodules; they never rebind `forward`. Methods that can fold into the backbone's own
+weights (`petlbench export --merged`) implement `merge`.
 """
 from __future__ import annotations
 
@@ -14,16 +17,25 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from petlbench.backbones import ALL_FAMILIES
+from petlbench.errors import UserError
+
 
 class Method:
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # the paper the method and its defaults come from
     # Hyper-parameters of the method itself; replace with a dataclass in subclasses.
     Config: ClassVar[type] = dataclasses.make_dataclass("Config", [])
+    # Backbone families the method knows how to adapt (petlbench.backbones.ALL_FAMILIES).
+    families: ClassVar[tuple[str, ...]] = ("vit",)
     # The named recipe (petlbench.recipes) of the paper whose numbers the method is compared with.
     recipe: ClassVar[str] = "noah"
-    # Where the method's paper departed from that recipe (TrainConfig keys); unused under a forced recipe.
+    # Where the method's paper departed from that recipe (TrainConfig keys) and its own tune grid;
+    # both apply only when the method trains under that recipe.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    tune_grid: ClassVar[dict[str, list] | None] = None
+    defaults_source: ClassVar[str] = ""  # where the untuned defaults come from (else the recipe's source)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -32,8 +44,21 @@ class Method:
         """Add modules and/or mark parameters trainable on a frozen timm model; return the model."""
         raise NotImplementedError
 
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold the trained method into the backbone's own weights: a plain timm model of the original
+        architecture with the same outputs. Methods that cannot are refused in one line."""
+        raise UserError(f"method {self.name!r} cannot be merged into the backbone's weights "
+                        "(it adds computation that no weight of the original architecture holds)")
+
+    @classmethod
+    def supports(cls, family: str | None) -> bool:
+        return family in cls.families
+
     def __repr__(self) -> str:
         return f"{self.name}({dataclasses.asdict(self.config)})"
+
+
+ANY_FAMILY = ALL_FAMILIES  # for methods that only touch the head or every parameter (linear, full, bitfit)
 
 
 def freeze(model: nn.Module) -> None:

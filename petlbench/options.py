@@ -128,7 +128,9 @@ def describe_fields(cls: type) -> str:
         tp, bounds = field_spec(cls, f.name)
         choices = _choices(tp)
         shown = "|".join(map(str, choices)) if choices else _type_name(tp)
-        parts.append(f"{f.name}={_default(f)} ({shown}{f' {bounds}' if bounds else ''})")
+        default = _default(f)
+        default = "+".join(map(str, default)) if isinstance(default, list) else default
+        parts.append(f"{f.name}={default} ({shown}{f' {bounds}' if bounds else ''})")
     return ", ".join(parts) if parts else "(no options)"
 
 
@@ -184,6 +186,10 @@ def _choices(tp) -> tuple | None:
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}, a+b"
+    if _choices(tp):
+        return "|".join(map(str, _choices(tp)))
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if args:
         return "|".join(_type_name(a) for a in args)
@@ -191,6 +197,13 @@ def _type_name(tp) -> str:
 
 
 def _coerce(value: Any, tp, bounds: Range | None, where: str, cls: type) -> Any:
+    if typing.get_origin(tp) is list:  # a YAML list, or 'q+v' on the command line (where ',' and ':' are taken)
+        (item,) = typing.get_args(tp)
+        items = [parse_scalar(v.strip()) for v in value.split("+")] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise UserError(f"{where} expects a non-empty list of {_type_name(item)} (a+b on the command line, "
+                            f"[a, b] in YAML), got {value!r}")
+        return [_coerce(v, item, bounds, where, cls) for v in items]
     choices = _choices(tp)
     if choices is not None:
         if value not in choices:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -18,29 +19,73 @@ class ParamCounts:
     trainable_excl_head: int  # what papers' "trainable params" columns count
     head: int
     backbone: int  # the backbone alone, without head, before the method
-    added: int  # parameters the method added to the model
+    added: int  # parameters the method added to the model (a bigger head included)
     total: int  # the whole adapted model
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
+class Built(NamedTuple):
+    model: nn.Module
+    counts: ParamCounts
+    task_keys: list[str]  # state-dict names that define the trained task: what trains + buffers the method added
+
+
 def numel(params) -> int:
     return sum(p.numel() for p in params)
 
 
-def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int) -> tuple[nn.Module, ParamCounts]:
-    """Backbone (fixed init seed) -> fresh head (run seed) -> freeze -> method.apply -> head trains."""
+def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int) -> Built:
+    """Backbone (fixed init seed) -> fresh head (run seed) -> freeze -> method.apply -> head trains ->
+    frozen BatchNorms keep their running statistics."""
     torch.manual_seed(BACKBONE_INIT_SEED)
     model = create_backbone(spec, num_classes)
     torch.manual_seed(seed)
     model.reset_classifier(num_classes)
-    head_size = numel(model.get_classifier().parameters())
     before = numel(model.parameters())
+    backbone = before - numel(model.get_classifier().parameters())
+    known = {id(t) for t in (*model.parameters(), *model.buffers())}
     freeze(model)
     model = method.apply(model)
     unfreeze(model.get_classifier())
+    head = numel(model.get_classifier().parameters())  # after apply: a method may widen the head (VQT)
+    freeze_batch_norms(model)
+    task_keys = task_state_keys(model, known)
     total = numel(model.parameters())
     trainable = numel(p for p in model.parameters() if p.requires_grad)
-    counts = ParamCounts(trainable, trainable - head_size, head_size, before - head_size, total - before, total)
-    return model, counts
+    counts = ParamCounts(trainable, trainable - head, head, backbone, total - backbone - head, total)
+    return Built(model, counts, task_keys)
+
+
+def task_state_keys(model: nn.Module, known: set[int]) -> list[str]:
+    """What defines a trained task: the parameters that train, the buffers the method added, and the buffers
+    of modules that train (a fine-tuned BatchNorm's running statistics)."""
+    keys = [name for name, p in model.named_parameters() if p.requires_grad]
+    for prefix, module in model.named_modules():
+        trains = isinstance(module, nn.BatchNorm2d) and not isinstance(module, FrozenStatsBatchNorm2d) and any(
+            p.requires_grad for p in module.parameters(recurse=False))
+        keys += [f"{prefix}.{name}" if prefix else name for name, b in module.named_buffers(recurse=False)
+                 if trains or id(b) not in known]
+    return list(dict.fromkeys(keys))
+
+
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm that always normalises with its running statistics and never updates them; its weight and
+    bias stay parameters (BitFit may train the bias). The same tensors, so saved names and identities hold."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                        self.eps)
+
+
+def freeze_batch_norms(model: nn.Module) -> None:
+    """A BatchNorm whose scale does not train is frozen, statistics included: model.train() would otherwise
+    update the running statistics of a frozen backbone (a ResNet's linear probe, BitFit)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d and child.track_running_stats and not (
+                    child.weight is not None and child.weight.requires_grad):
+                frozen = FrozenStatsBatchNorm2d.__new__(FrozenStatsBatchNorm2d)
+                frozen.__dict__.update(child.__dict__)  # the same parameters and buffers, another forward
+                setattr(parent, name, frozen)

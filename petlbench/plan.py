@@ -30,7 +30,8 @@ DATA_ROOT_ENV = "PETLBENCH_DATA_ROOT"
 def method_label(method: Method) -> str:
     """'vpt_deep' or 'vpt_deep:tokens=10' (only options that differ from the defaults)."""
     default = as_dict(method.Config())
-    changed = [f"{k}={v}" for k, v in as_dict(method.config).items() if default.get(k) != v]
+    changed = [f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}"
+               for k, v in as_dict(method.config).items() if default.get(k) != v]
     return ":".join([method.name, *changed])
 
 
@@ -104,9 +105,23 @@ def recipe_for(method: Method, suite: Suite, recipe: str | None) -> tuple[Recipe
     return RECIPES[name or method.recipe], name is not None
 
 
+def departures(method: Method, recipe: Recipe) -> dict[str, Any]:
+    """The method's departures from its paper's recipe: only when it trains under that recipe."""
+    return dict(method.train_defaults) if recipe.name == method.recipe else {}
+
+
+def tune_grid(method: Method, recipe: Recipe) -> dict[str, list]:
+    """The tune protocol's default grid: the method's own under its paper's recipe, else the recipe's."""
+    return dict(method.tune_grid) if method.tune_grid and recipe.name == method.recipe else dict(recipe.grid)
+
+
+def defaults_source(method: Method, recipe: Recipe) -> str:
+    return method.defaults_source if method.defaults_source and recipe.name == method.recipe else recipe.defaults_source
+
+
 def resolve_train(method: Method, suite: Suite, overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:
     chosen, forced = recipe_for(method, suite, recipe)
-    values = {**chosen.train_for(method.name), **({} if forced else method.train_defaults), **suite.train, **overrides}
+    values = {**chosen.train, **departures(method, chosen), **suite.train, **overrides}
     return build(TrainConfig, values, f"training config of {method.name}")
 
 

@@ -11,14 +11,14 @@ import time
 
 import torch
 
-from petlbench.backbone import BackboneSpec, preprocessing
+from petlbench.backbone import BackboneSpec, check_backbone, preprocessing
 from petlbench.data import TensorData
 from petlbench.device import pick_device
 from petlbench.errors import UserError
 from petlbench.options import build
 from petlbench.params import build_model
 from petlbench.plan import method_label
-from petlbench.registry import parse_method_list
+from petlbench.registry import parse_method_list, refuse_unsupported
 from petlbench.specs import TrainConfig
 from petlbench.train import evaluate, fit
 
@@ -43,8 +43,9 @@ def profile(methods: str, backbone: str = "vit_base_patch16_224", backbone_args:
     cfg = build(TrainConfig, {"epochs": epochs, "warmup_epochs": 0, "batch_size": 128, "eval_batch_size": 512,
                               **(train or {})}, "--train")
     rows, method_list = [], parse_method_list(methods)  # every method checked before the first is profiled
+    refuse_unsupported(method_list, check_backbone(spec), spec.name)
     for method in method_list:
-        model, counts = build_model(spec, method, classes, seed=0)
+        model, counts, _ = build_model(spec, method, classes, seed=0)
         prep = preprocessing(model, spec)
         train_data, eval_data = synthetic(images, classes, prep, 0), synthetic(eval_images, classes, prep, 1)
         if dev.type == "cuda":

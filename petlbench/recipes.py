@@ -20,32 +20,24 @@ class Recipe:
     source: str
     train: dict[str, Any]  # TrainConfig values for every method
     grid: dict[str, list]  # tune protocol: every combination is tried on train, selected on val
-    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. full fine-tuning's optimizer
-    per_method_grid: dict[str, dict[str, list]] = field(default_factory=dict)
     backbone_args: dict[str, Any] = field(default_factory=dict)  # e.g. drop-path
     preprocessing: dict[str, Any] = field(default_factory=dict)  # mean, std, interpolation
-    defaults_source: dict[str, str] = field(default_factory=dict)  # method (or "*") -> where its defaults come from
+    defaults_source: str = ""  # where a method's untuned defaults come from when it departs from nothing
 
-    def train_for(self, method: str) -> dict[str, Any]:
-        return {**self.train, **self.per_method.get(method, {})}
-
-    def grid_for(self, method: str) -> dict[str, list]:
-        return {**self.grid, **self.per_method_grid.get(method, {})}
-
-    def defaults_for(self, method: str) -> str:
-        return self.defaults_source.get(method, self.defaults_source.get("*", ""))
-
-    def describe(self, method: str | None = None) -> dict[str, Any]:
-        found = {"name": self.name, "source": self.source}
-        return {**found, "defaults": self.defaults_for(method)} if method else found
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source}
 
 
 # Untuned defaults: a value the method's paper used or its tune grid most often selects, with the source.
 VPT_PROMPT_DEFAULT = ("base lr 1.0, wd 1e-3: VPT's released values for VPT-deep on VTAB-1k (demo.ipynb of "
                       "KMnP/vpt, 'the same hyper-parameters as our paper': dmlab and eurosat); VPT published "
                       "no per-task values for linear or VPT-shallow, which share its SGD recipe and grid")
-VPT_FINETUNE_DEFAULT = ("AdamW, 5 warm-up epochs, wd 1e-4: VPT's fine-tuning config (configs/base-finetune.yaml), "
-                        "which VPT's code also uses for bias tuning (demo.ipynb: 'tinytl-bias' on configs/finetune)")
+# VPT's fine-tuning config (configs/base-finetune.yaml), which its code also uses for bias tuning
+# (demo.ipynb: 'tinytl-bias' on configs/finetune): full fine-tuning and BitFit depart from the SGD recipe so.
+VPT_FINETUNE = {"optimizer": "adamw", "weight_decay": 0.0001, "warmup_epochs": 5}
+VPT_FINETUNE_GRID = {"lr": [0.001, 0.0005, 0.0001, 0.005], "weight_decay": WEIGHT_DECAYS}
+VPT_FINETUNE_SOURCE = ("AdamW, 5 warm-up epochs, wd 1e-4: VPT's fine-tuning config (configs/base-finetune.yaml), "
+                       "which VPT's code also uses for bias tuning (demo.ipynb: 'tinytl-bias' on configs/finetune)")
 
 RECIPES: dict[str, Recipe] = {
     "vpt": Recipe(
@@ -54,21 +46,8 @@ RECIPES: dict[str, Recipe] = {
         train={"optimizer": "sgd", "momentum": 0.9, "lr": 1.0, "weight_decay": 0.001, "epochs": 100,
                "warmup_epochs": 10, "batch_size": 128, "lr_scale_batch": 256},
         grid={"lr": [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05], "weight_decay": WEIGHT_DECAYS},
-        per_method={
-            # base 5e-4 (2.5e-4 at batch 128): in VPT's fine-tuning grid; V-PETL Bench fine-tunes cifar and
-            # caltech101 at 5e-4. The 1e-4 used before gave 5e-5 and was far from converged.
-            "full": {"optimizer": "adamw", "lr": 0.0005, "weight_decay": 0.0001, "warmup_epochs": 5},
-            # base 5e-3 (2.5e-3 at batch 128): the top of VPT's fine-tuning grid; PETL_Vision's val-selected
-            # BitFit lr is 1e-2 (AdamW, batch 64) on 12 of 19 VTAB-1k tasks. SGD at base 0.5 collapsed (14%).
-            "bitfit": {"optimizer": "adamw", "lr": 0.005, "weight_decay": 0.0001, "warmup_epochs": 5},
-        },
-        per_method_grid={"full": {"lr": [0.001, 0.0005, 0.0001, 0.005], "weight_decay": WEIGHT_DECAYS},
-                         "bitfit": {"lr": [0.001, 0.0005, 0.0001, 0.005], "weight_decay": WEIGHT_DECAYS}},
         preprocessing={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"},
-        defaults_source={"*": VPT_PROMPT_DEFAULT,
-                         "full": VPT_FINETUNE_DEFAULT + "; base lr 5e-4 from its grid (V-PETL Bench: 5e-4)",
-                         "bitfit": VPT_FINETUNE_DEFAULT + "; base lr 5e-3, the grid value nearest PETL_Vision's "
-                                   "val-selected 1e-2 (12 of 19 tasks)"},
+        defaults_source=VPT_PROMPT_DEFAULT,
     ),
     "noah": Recipe(
         name="noah", source="NOAH (Zhang et al., 2022) configs, followed by most later VTAB-1k papers",
@@ -77,7 +56,7 @@ RECIPES: dict[str, Recipe] = {
         grid={"lr": [0.005, 0.001, 0.0005, 0.0001], "weight_decay": [0.0001]},
         backbone_args={"drop_path_rate": 0.1},
         preprocessing={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic"},
-        defaults_source={"*": "lr 1e-3, wd 1e-4, batch 64: NOAH's VTAB-1k scripts "
-                              "(configs/Adapter/VTAB/slurm_train_adapter_vtab.sh: LR 0.001, WEIGHT_DECAY 0.0001)"},
+        defaults_source=("lr 1e-3, wd 1e-4, batch 64: NOAH's VTAB-1k scripts "
+                         "(configs/Adapter/VTAB/slurm_train_adapter_vtab.sh: LR 0.001, WEIGHT_DECAY 0.0001)"),
     ),
 }

@@ -8,6 +8,7 @@ import importlib
 import importlib.metadata
 from dataclasses import dataclass
 
+from petlbench.backbones import ALL_FAMILIES
 from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import build, describe_fields, parse_pairs
@@ -101,6 +102,15 @@ def parse_method_list(text: str, defaults: dict[str, dict] | None = None) -> lis
     return [parse_method_spec(s, defaults) for s in specs]
 
 
+def refuse_unsupported(methods: list[Method], family: str | None, backbone: str) -> None:
+    """An unsupported method/backbone pair is bad input, found before any run (no failed record to retry)."""
+    for method in methods:
+        if not method.supports(family):
+            what = f"a {family} backbone" if family else "of no family petlbench reads"
+            raise UserError(f"method {method.name!r} supports {', '.join(method.families)} backbones; "
+                            f"{backbone} is {what}")
+
+
 def method_options_help(cls: type[Method]) -> str:
     return describe_fields(cls.Config)
 
@@ -116,6 +126,10 @@ def _add(entries: dict[str, MethodEntry], entry: MethodEntry) -> None:
 def _check_class(cls, name, origin: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise UserError(f"method {name!r} ({origin}): {cls!r} is not a petlbench.method.Method subclass")
+    unknown = [f for f in getattr(cls, "families", ()) if f not in ALL_FAMILIES]
+    if unknown or not isinstance(getattr(cls, "families", None), tuple):
+        raise UserError(f"method {name!r} ({origin}): `families` must be a tuple of {', '.join(ALL_FAMILIES)}, "
+                        f"got {getattr(cls, 'families', None)!r}")
     if getattr(cls, "name", None) != name:
         raise UserError(f"method {name!r} ({origin}): class {cls.__name__} has name {getattr(cls, 'name', None)!r}")
     if not dataclasses.is_dataclass(cls.Config):

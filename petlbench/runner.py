@@ -14,7 +14,7 @@ from petlbench.errors import UserError
 from petlbench.execute import execute
 from petlbench.options import build
 from petlbench.plan import DATA_ROOT_ENV, method_label, plan_one, resolve_backbone, resolve_data_root
-from petlbench.registry import parse_method_list
+from petlbench.registry import parse_method_list, refuse_unsupported
 from petlbench.specs import PROTOCOLS, TrainConfig
 from petlbench.suite import load_suite
 from petlbench.tune import check_grid, run_tune
@@ -50,7 +50,7 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")
     spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)
-    check_backbone(spec)
+    refuse_unsupported(method_list, check_backbone(spec), spec.name)
     check_writable(out)
     cache = SplitCache(resolve_cache_dir(cache_dir))
     if protocol == "tune":

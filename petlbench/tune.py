@@ -19,7 +19,7 @@ from petlbench.errors import UserError
 from petlbench.execute import execute
 from petlbench.method import Method
 from petlbench.options import as_dict, build
-from petlbench.plan import RunPlan, method_label, plan_one
+from petlbench.plan import RunPlan, method_label, plan_one, tune_grid
 from petlbench.records import write_atomic
 from petlbench.specs import TrainConfig
 
@@ -75,7 +75,7 @@ def run_tune(suite, tasks, methods, seeds, spec, overrides, recipe, grid, root: 
         for method in methods:
             base = plan_one(suite, task, method, spec, seeds[0], overrides, recipe,
                             suite.protocol("tune", "search"), root)
-            space = grid or base.recipe.grid_for(method.name)
+            space = grid or tune_grid(method, base.recipe)
             where = f"{suite.name}/{task.name} {method_label(method)}"
             points = grid_points(space, base, "--grid" if grid else f"recipe {base.recipe.name}")
             results = []

@@ -1,4 +1,4 @@
-"""Every registered method on a tiny ViT: shapes, what trains, what stays frozen, closed-form counts."""
+"""Method by method: what each one adds and trains, closed-form counts (the shared contract: test_contract.py)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from petlbench.params import build_model
 from petlbench.registry import available_methods, get_method, parse_method_spec
 from petlbench.specs import TrainConfig
 from petlbench.train import make_optimizer
-from tests.conftest import petlbench_cli
+from tests.conftest import assert_one_line_error, petlbench_cli
 
 NUM_CLASSES = 5
 
@@ -20,42 +20,14 @@ def build(spec, method_spec: str):
     return build_model(spec, parse_method_spec(method_spec), NUM_CLASSES, seed=0)
 
 
-@pytest.mark.parametrize("name", sorted(available_methods()))
-def test_output_shape_step_and_gradients(tiny_spec, name):
-    model, counts = build(tiny_spec, name)
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, NUM_CLASSES, (4,))
-    model.train()
-    logits = model(x)
-    assert logits.shape == (4, NUM_CLASSES)
-
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) == counts.trainable
-    head = {n for n, p in model.named_parameters() if any(p is q for q in model.get_classifier().parameters())}
-    assert head <= trainable, "the head always trains"
-
-    nn.functional.cross_entropy(logits, y).backward()
-    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert with_grad == trainable, "gradients reach exactly the trainable set"
-    assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in trainable)
-
-    optimizer = make_optimizer(model, TrainConfig(optimizer="sgd", lr=0.5, weight_decay=0.0))
-    optimizer.step()
-    for n, p in model.named_parameters():
-        if n in trainable:
-            assert not torch.equal(p, before[n]), f"trainable {n} did not move"
-        else:
-            assert torch.equal(p, before[n]), f"frozen {n} changed"
-
-
 def test_linear_trains_only_the_head(tiny_spec):
-    model, counts = build(tiny_spec, "linear")
+    model, counts, _ = build(tiny_spec, "linear")
     assert counts.trainable_excl_head == 0 and counts.added == 0
     assert counts.trainable == counts.head == (48 + 1) * NUM_CLASSES
 
 
 def test_bitfit_trains_every_bias_and_nothing_else(tiny_spec):
-    model, counts = build(tiny_spec, "bitfit")
+    model, counts, _ = build(tiny_spec, "bitfit")
     head = model.get_classifier()
     biases = {id(m.bias) for m in model.modules() if isinstance(getattr(m, "bias", None), nn.Parameter)}
     for p in model.parameters():
@@ -65,7 +37,7 @@ def test_bitfit_trains_every_bias_and_nothing_else(tiny_spec):
 
 
 def test_full_trains_everything(tiny_spec):
-    model, counts = build(tiny_spec, "full")
+    model, counts, _ = build(tiny_spec, "full")
     assert all(p.requires_grad for p in model.parameters())
     assert counts.trainable == counts.total == counts.backbone + counts.head
 
@@ -74,21 +46,21 @@ def test_adapter_placement_and_size(tiny_spec):
     d, r, depth = 48, 4, 2
     per_adapter = d * r + r + r * d + d
     for placement, per_block in (("mlp", 1), ("attn", 1), ("both", 2)):
-        _, counts = build(tiny_spec, f"adapter:bottleneck={r}:placement={placement}")
+        _, counts, _ = build(tiny_spec, f"adapter:bottleneck={r}:placement={placement}")
         assert counts.added == counts.trainable_excl_head == depth * per_block * per_adapter
 
 
 def test_adapter_zero_init_starts_as_identity(tiny_spec):
     x = torch.randn(2, 3, 32, 32)
-    plain, _ = build(tiny_spec, "linear")
-    adapted, _ = build(tiny_spec, "adapter:init=zeros")
+    plain, _, _ = build(tiny_spec, "linear")
+    adapted, _, _ = build(tiny_spec, "adapter:init=zeros")
     plain.eval(), adapted.eval()
     torch.testing.assert_close(adapted(x), plain(x))
 
 
 @pytest.mark.parametrize("name,depth_factor", [("vpt_shallow", 1), ("vpt_deep", 2)])
 def test_prompt_counts_and_sequence_restored(tiny_spec, name, depth_factor):
-    model, counts = build(tiny_spec, f"{name}:tokens=3")
+    model, counts, _ = build(tiny_spec, f"{name}:tokens=3")
     assert counts.added == counts.trainable_excl_head == depth_factor * 3 * 48
     assert model.num_prefix_tokens == 1, "timm's prefix count is never changed"
     feats = model.forward_features(torch.randn(2, 3, 32, 32))
@@ -97,7 +69,7 @@ def test_prompt_counts_and_sequence_restored(tiny_spec, name, depth_factor):
 
 def test_vpt_shallow_class_token_ignores_prompt_position(tiny_spec):
     """Prompts carry no position embedding, so attention cannot tell where they sit (VPT paper)."""
-    model, _ = build(tiny_spec, "vpt_shallow:tokens=4")
+    model, _, _ = build(tiny_spec, "vpt_shallow:tokens=4")
     model.eval()
     x = torch.randn(3, 3, 32, 32)
     insert = model.blocks[0][0]
@@ -116,7 +88,7 @@ def test_vpt_shallow_class_token_ignores_prompt_position(tiny_spec):
 
 def test_vpt_deep_replaces_prompts_in_every_block(tiny_spec):
     """Changing block 1's prompts changes the output; the prompt outputs of block 0 never reach block 1."""
-    model, _ = build(tiny_spec, "vpt_deep:tokens=2:dropout=0.0")
+    model, _, _ = build(tiny_spec, "vpt_deep:tokens=2:dropout=0.0")
     model.eval()
     x = torch.randn(2, 3, 32, 32)
     seen = []
@@ -144,9 +116,6 @@ def test_closed_form_counts_on_vit_base():
     assert rows["full"]["total"] == 85_875_556
 
 
-def test_method_needs_a_vit(tmp_path):
-    from petlbench.backbone import BackboneSpec
-    from petlbench.errors import UserError
-    spec = BackboneSpec("resnet18", pretrained=False)
-    with pytest.raises(UserError, match="vpt_deep.*VisionTransformer"):
-        build_model(spec, get_method("vpt_deep")(), 3, seed=0)
+def test_unsupported_pair_is_refused_before_any_run():
+    proc = petlbench_cli("params", "--backbone", "resnet18", "--num-classes", "3", "--methods", "linear,vpt_deep")
+    assert_one_line_error(proc, "vpt_deep", "supports vit", "resnet18 is a resnet backbone")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from petlbench.errors import UserError
-from petlbench.plan import plan_one, resolve_backbone
+from petlbench.plan import plan_one, resolve_backbone, tune_grid
 from petlbench.recipes import IMAGENET_MEAN, RECIPES
 from petlbench.registry import parse_method_spec
 from petlbench.suite import load_suite
@@ -56,6 +56,9 @@ def test_suite_and_command_line_win(tmp_path):
 
 
 def test_recipe_grids_are_the_papers():
-    assert RECIPES["vpt"].grid_for("linear")["lr"] == [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05]
-    assert RECIPES["vpt"].grid_for("full")["lr"] == [0.001, 0.0005, 0.0001, 0.005]
-    assert RECIPES["vpt"].grid_for("vpt_deep")["weight_decay"] == [0.01, 0.001, 0.0001, 0.0]
+    vpt = RECIPES["vpt"]
+    assert tune_grid(parse_method_spec("linear"), vpt)["lr"] == [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05]
+    assert tune_grid(parse_method_spec("full"), vpt)["lr"] == [0.001, 0.0005, 0.0001, 0.005]
+    assert tune_grid(parse_method_spec("bitfit"), vpt)["lr"] == [0.001, 0.0005, 0.0001, 0.005]
+    assert tune_grid(parse_method_spec("vpt_deep"), vpt)["weight_decay"] == [0.01, 0.001, 0.0001, 0.0]
+    assert tune_grid(parse_method_spec("full"), RECIPES["noah"]) == RECIPES["noah"].grid, "own grid: own recipe only"

@@ -97,10 +97,10 @@ def test_runtime_method_spec_builds_typed_config(final_norm):
 
 
 def test_runtime_method_trains_what_it_says(final_norm, tiny_spec):
-    _, last = build_model(tiny_spec, parse_method_spec("test_final_norm"), 5, seed=0)
+    _, last, _ = build_model(tiny_spec, parse_method_spec("test_final_norm"), 5, seed=0)
     assert last.trainable_excl_head == 2 * EMBED  # final norm: weight + bias
     assert last.head == HEAD_5 and last.added == 0
-    _, every = build_model(tiny_spec, parse_method_spec("test_final_norm:which=all"), 5, seed=0)
+    _, every, _ = build_model(tiny_spec, parse_method_spec("test_final_norm:which=all"), 5, seed=0)
     # 2 blocks x (norm1, norm2) + final norm
     assert every.trainable_excl_head == 5 * 2 * EMBED
 
@@ -341,7 +341,7 @@ def test_entry_point_plugin_in_process(tmp_path, monkeypatch, clean_modules, tin
     assert cls.__name__ == "ToyMethod" and issubclass(cls, Method)
     method = parse_method_spec("toy_prompt:tokens=4")
     assert isinstance(method, cls) and method.config.tokens == 4
-    _, counts = build_model(tiny_spec, method, 5, seed=0)
+    _, counts, _ = build_model(tiny_spec, method, 5, seed=0)
     assert counts.added == 4 * EMBED and counts.trainable_excl_head == 4 * EMBED
 
 

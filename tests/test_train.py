@@ -20,7 +20,7 @@ def tiny_data(n: int, classes: int, seed: int) -> TensorData:
 
 
 def trained(spec, seed: int):
-    model, _ = build_model(spec, parse_method_spec("vpt_deep:tokens=2"), 4, seed=seed)
+    model, _, _ = build_model(spec, parse_method_spec("vpt_deep:tokens=2"), 4, seed=seed)
     cfg = TrainConfig(optimizer="adamw", lr=1e-2, epochs=2, warmup_epochs=1, batch_size=8)
     metrics = fit(model, tiny_data(24, 4, 0), tiny_data(16, 4, 1), cfg, torch.device("cpu"), seed=seed, progress=False)
     return model, metrics

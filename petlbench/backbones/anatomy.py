@@ -1,0 +1,66 @@
+"""The shared vocabulary of backbone anatomy: a Block (one residual block and its parts) and the Anatomy."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+ALL_FAMILIES = ("vit", "swin", "convnext", "resnet")
+NORMS = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
+
+
+@dataclass
+class Block:
+    """One residual block, in depth order, with the parts methods adapt.
+
+    Parts a family lacks are None (a ResNet block has no attention). `container[key]` holds the block,
+    so a method can wrap it (`replace`); `module.<attr>` holds each part, so a method can wrap a part
+    (`set_part("mlp", nn.Sequential(block.mlp, adapter))`).
+    """
+    container: nn.Module
+    key: str
+    module: nn.Module
+    in_dim: int  # width (channels) of the block's input
+    dim: int  # width of its output
+    stage: int = 0
+    attn: nn.Module | None = None  # token mixer: attention (transformers) or depth-wise conv (ConvNeXt)
+    qkv: nn.Linear | None = None  # fused q, k, v projection: out rows are [q; k; v], each `dim` wide
+    attn_proj: nn.Linear | None = None  # attention output projection
+    mlp: nn.Module | None = None
+    fc1: nn.Linear | None = None
+    fc2: nn.Linear | None = None
+    norms: tuple[nn.Module, ...] = ()
+    convs: tuple[nn.Conv2d, ...] = ()  # ConvNets: the block's convolutions in order
+
+    def replace(self, new: nn.Module) -> None:
+        """Put `new` where the block was (it should call the old block)."""
+        setattr(self.container, self.key, new)
+
+    def set_part(self, name: str, new: nn.Module) -> None:
+        """Replace the block's attribute `name` ('attn', 'mlp', ...) by `new`."""
+        setattr(self.module, name, new)
+
+
+@dataclass
+class Anatomy:
+    family: str
+    blocks: list[Block]
+    layout: Literal["tokens", "nhwc", "nchw"]  # vit: (B, prefix + H*W, C); swin: (B, H, W, C); ConvNets: (B, C, H, W)
+    embed: nn.Module  # patch embedding or stem
+    embed_dim: int  # width after the embedding
+    input_size: tuple[int, int]
+    num_prefix_tokens: int = 0  # vit: class (and register) tokens before the patch tokens
+    patch_size: tuple[int, int] | None = None
+    final_norm: nn.Module | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def norm_layers(self, model: nn.Module) -> list[nn.Module]:
+        """Every norm layer of the backbone (LayerNorm, BatchNorm, GroupNorm and their timm subclasses),
+        the head's excluded."""
+        head = set(map(id, model.get_classifier().modules()))
+        return [m for m in model.modules() if isinstance(m, NORMS) and id(m) not in head]

@@ -1,0 +1,51 @@
+"""The method contract, for every registered method on a tiny model of every family it supports:
+output shape; one training step moves exactly the trainable set and leaves every other parameter and
+buffer bit-identical (BatchNorm statistics included); gradients reach exactly the trainable set."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from petlbench.backbones import ALL_FAMILIES, family_of
+from petlbench.params import build_model
+from petlbench.registry import available_methods, parse_method_spec
+from petlbench.specs import TrainConfig
+from petlbench.train import make_optimizer
+from tests.families import tiny
+
+NUM_CLASSES = 5
+PAIRS = [(name, family) for name in sorted(available_methods()) for family in ALL_FAMILIES
+         if available_methods()[name].load().supports(family)]
+
+
+@pytest.mark.parametrize("name,family", PAIRS)
+def test_one_step_moves_exactly_what_trains(name, family):
+    torch.manual_seed(0)
+    model, counts, task_keys = build_model(tiny(family), parse_method_spec(name), NUM_CLASSES, seed=0)
+    assert family_of(model) == family or name in ("vpt_deep", "vpt_shallow"), "methods keep the timm model"
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, NUM_CLASSES, (4,))
+    model.train()
+    logits = model(x)
+    assert logits.shape == (4, NUM_CLASSES)
+
+    state_before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) == counts.trainable
+    head = {n for n, p in model.named_parameters() if any(p is q for q in model.get_classifier().parameters())}
+    assert head <= trainable, "the head always trains"
+    assert trainable <= set(task_keys), "what trains is part of the saved task"
+
+    nn.functional.cross_entropy(logits, y).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == trainable, "gradients reach exactly the trainable set"
+    assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in trainable), "every trainable tensor gets a gradient"
+
+    make_optimizer(model, TrainConfig(optimizer="sgd", lr=0.5, weight_decay=0.0)).step()
+    model(x)  # a second forward in train mode: BatchNorm would update its running statistics here
+    after = model.state_dict()
+    for key, value in state_before.items():
+        if key in trainable:
+            assert not torch.equal(after[key], value), f"trainable {key} did not move"
+        elif key not in task_keys:
+            assert torch.equal(after[key], value), f"frozen {key} changed"
