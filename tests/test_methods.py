@@ -8,9 +8,7 @@ import torch
 from torch import nn
 
 from petlbench.params import build_model
-from petlbench.registry import available_methods, get_method, parse_method_spec
-from petlbench.specs import TrainConfig
-from petlbench.train import make_optimizer
+from petlbench.registry import parse_method_spec
 from tests.conftest import assert_one_line_error, petlbench_cli
 
 NUM_CLASSES = 5
