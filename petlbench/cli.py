@@ -1,4 +1,4 @@
-"""The `petlbench` command: run, table, plot, params, data, profile, ls. Bad input: one line, exit code 2."""
+"""The `petlbench` command: run, table, plot, params, data, profile, eval, predict, export, ls. Bad input: one line, exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-every", type=int, metavar="N",
                    help="also score the test split every N epochs: a recorded curve, never used for any choice "
                         "(`table --report max-test` shows its max, labelled as selected on test)")
+    r.add_argument("--no-weights", action="store_true",
+                   help="do not save each run's task weights (trained tensors + head, safetensors beside the record)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -64,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
     t.add_argument("--format", default="md", help="md, csv or latex (booktabs, best per column in bold)")
     t.add_argument("--suite", help="only this suite's records")
+    t.add_argument("--storage", action="store_true",
+                   help="add the size of the saved task weights (trainable tensors + head), KB per task")
     t.add_argument("--report", default="last", choices=["last", "max-test"],
                    help="last: the last-epoch test top-1 (the protocol's number); max-test: the max over the "
                         "recorded test curve (--eval-every), selection on the test set, labelled as such")
@@ -98,6 +102,28 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--format", default="md", choices=["md", "json"])
     pr.set_defaults(func=cmd_profile)
+
+    ev = sub.add_parser("eval", help="rebuild a run from its record and saved weights; reproduce its test accuracy")
+    ev.add_argument("record", help="a run record (.json) whose task weights (.safetensors) sit beside it")
+    ev.add_argument("--data-root", help="where the task folders are now (default: the record's data root)")
+    ev.add_argument("--cache-dir", help="decoded-image cache (as for run)")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=cmd_eval)
+
+    pd = sub.add_parser("predict", help="top classes of image files with a trained task (record + weights)")
+    pd.add_argument("record", help="a run record (.json) whose task weights sit beside it")
+    pd.add_argument("images", nargs="+", help="image files")
+    pd.add_argument("--top", type=int, default=5, help="classes shown per image (default: 5)")
+    pd.add_argument("--device", default="auto")
+    pd.add_argument("--format", default="text", choices=["text", "json"])
+    pd.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="a plain timm state dict of a trained task, for methods that merge")
+    ex.add_argument("record", help="a run record (.json) whose task weights sit beside it")
+    ex.add_argument("out", help="the .safetensors file to write")
+    ex.add_argument("--merged", action="store_true", required=True,
+                    help="fold the method into the backbone's own weights (LoRA, SSF, FacT, BitFit, full, ...)")
+    ex.set_defaults(func=cmd_export)
 
     ls = sub.add_parser("ls", help="list methods (origin, options with defaults) or packaged suites")
     ls.add_argument("what", choices=["methods", "suites"])
@@ -136,7 +162,7 @@ def cmd_run(args) -> int:
                   std=numbers(args.std, "--std"), data_root=args.data_root,
                   out=args.out, train=train_overrides(args), device=args.device,
                   protocol=args.protocol, recipe=args.recipe, grid=grid, cache_dir=args.cache_dir,
-                  progress=False if args.quiet else None)
+                  progress=False if args.quiet else None, save_weights=not args.no_weights)
     failed = [r for r in records if r["status"] != "success"]
     if len(failed) < len(records):
         print()
@@ -183,7 +209,8 @@ def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 def cmd_table(args) -> int:
     from petlbench.tables import render
-    print(render(args.results, args.format, suite=args.suite, published=args.published, report=args.report), end="")
+    print(render(args.results, args.format, suite=args.suite, published=args.published, report=args.report,
+                 storage=args.storage), end="")
     return 0
 
 
@@ -226,6 +253,43 @@ def cmd_profile(args) -> int:
     else:
         from tabulate import tabulate
         print(tabulate(rows, headers="keys", tablefmt="github"))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from petlbench.cache import resolve_cache_dir
+    from petlbench.deploy import evaluate_record
+    from petlbench.device import pick_device
+    result = evaluate_record(args.record, args.data_root, pick_device(args.device), resolve_cache_dir(args.cache_dir))
+    verdict = "reproduced exactly" if result["same"] else "DIFFERS"
+    print(f"{result['record']}: {result['metric']} {result['now']:.4%} on {result['images']} images; "
+          f"recorded {result['recorded']:.4%}: {verdict}")
+    return 0 if result["same"] else 1
+
+
+def cmd_predict(args) -> int:
+    from petlbench.deploy import predict
+    from petlbench.device import pick_device
+    if args.top < 1:
+        raise UserError(f"--top: expected a positive integer, got {args.top}")
+    rows = predict(args.record, args.images, args.top, pick_device(args.device))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        shown = ", ".join(f"{t['class']}{' (' + t['name'] + ')' if t['name'] else ''} {t['probability']:.1%}"
+                          for t in row["top"])
+        print(f"{row['image']}: {shown}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from petlbench.deploy import export_merged
+    result = export_merged(args.record, args.out)
+    print(f"{result['file']}: {result['model']} with a {result['num_classes']}-class head, "
+          f"{result['tensors']} tensors, {result['bytes']:,} bytes (timm state dict: "
+          f"timm.create_model('{result['model']}', num_classes={result['num_classes']}"
+          + "".join(f", {k}={v!r}" for k, v in result["args"].items()) + ").load_state_dict(...))")
     return 0
 
 

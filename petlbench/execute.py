@@ -32,10 +32,11 @@ from petlbench.records import (SCHEMA, device_description, git_revision, is_fini
                                write_atomic)
 from petlbench.registry import available_methods
 from petlbench.train import Diverged, fit
+from petlbench.weights import save_task, weights_path
 
 
 def execute(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, progress: bool | None,
-            log: Callable[[str], None], where: str, extra: dict | None = None) -> dict:
+            log: Callable[[str], None], where: str, extra: dict | None = None, save_weights: bool = True) -> dict:
     """Run a plan unless a successful record of it (same config, same data) exists; say what happened in one line."""
     record = new_record(plan, device, extra)
     start = time.perf_counter()
@@ -55,8 +56,14 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, p
     if changed:
         log(f"{where}: the data changed since {changed.name} (kept); training again")
     record.update(run_id=plan.run_id(), data_id=plan.data_id)
-    record["data"].update(preprocessing=prep, train_images=len(train), eval_images=len(evaluation))
-    run_one(plan, record, train, evaluation, device, progress)
+    record["data"].update(preprocessing=prep, train_images=len(train), eval_images=len(evaluation),
+                          train_digest=train.digest, eval_digest=evaluation.digest)
+    trained = run_one(plan, record, train, evaluation, device, progress)
+    if trained is not None and save_weights and not plan.is_search:
+        try:
+            record["weights"] = save_task(*trained, weights_path(plan.record_path(out)))
+        except OSError as exc:  # the result stands; only its weights are lost
+            record["weights"] = {"error": f"cannot write the task weights ({exc.strerror or exc})"}
     return report(finish(record, plan, out, device, start), log, where)
 
 
@@ -74,7 +81,8 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
                    "options": as_dict(plan.method.config)},
         "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "checkpoint": b.checkpoint,
                      "checkpoint_sha256": b.checkpoint_sha256},
-        "protocol": plan.protocol, "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)}, "train": asdict(plan.train),
+        "protocol": plan.protocol, "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
+        "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
@@ -82,8 +90,9 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
 
 
 def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation: TensorData,
-            device: torch.device, progress: bool | None) -> None:
-    """Build, train and evaluate on loaded data; the outcome (success or failure) goes into `record`."""
+            device: torch.device, progress: bool | None) -> tuple[torch.nn.Module, list[str]] | None:
+    """Build, train and evaluate on loaded data; the outcome (success or failure) goes into `record`.
+    Returns the trained model and its task keys on success."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -98,10 +107,12 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
         if "eval_curve" in metrics:
             metrics["val_curve" if plan.is_search else "test_curve"] = metrics.pop("eval_curve")
         record.update(metrics=metrics, status="success")
+        return model, task_keys
     except (UserError, Diverged) as exc:
         record.update(status="failed", error=str(exc))
     except Exception as exc:  # a crashed run is recorded and retried next time; the sweep goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    return None
 
 
 def data_identity(train: TensorData, evaluation: TensorData) -> str:

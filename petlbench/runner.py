@@ -26,7 +26,7 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
         std: tuple | None = None, data_root: str | None = None, out: str | Path = "results",
         train: dict | None = None, recipe: str | None = None, protocol: str = "final", grid: dict | None = None,
         device: str = "auto", cache_dir: str | Path | None = None, progress: bool | None = None,
-        log: Callable[[str], None] | None = None) -> list[dict]:
+        log: Callable[[str], None] | None = None, save_weights: bool = True) -> list[dict]:
     """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns the final records."""
     log = log or say
     the_suite = load_suite(suite)
@@ -55,11 +55,12 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     cache = SplitCache(resolve_cache_dir(cache_dir))
     if protocol == "tune":
         return run_tune(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, root, out, dev,
-                        cache, progress, log)
+                        cache, progress, log, save_weights)
     plans = [plan_one(the_suite, task, m, spec, seed, overrides, recipe, the_suite.protocol("final"), root)
              for task in selected for m in method_list for seed in seeds]  # task-major: decode each task once
     return [execute(p, out, dev, cache, progress, log,
-                    f"[{i}/{len(plans)}] {p.suite.name}/{p.task.name} {method_label(p.method)} seed {p.seed}")
+                    f"[{i}/{len(plans)}] {p.suite.name}/{p.task.name} {method_label(p.method)} seed {p.seed}",
+                    save_weights=save_weights)
             for i, p in enumerate(plans, 1)]
 
 

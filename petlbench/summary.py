@@ -116,6 +116,7 @@ def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
             "method_name": r["method"]["name"], "backbone_name": r["backbone"]["name"],
             "weights": r["backbone"]["weights"], "seed": r["seed"], "top1": 100.0 * top1,
             "trainable_excl_head": r["params"]["trainable_excl_head"], "backbone_params": r["params"]["backbone"],
+            "weights_bytes": (r.get("weights") or {}).get("bytes", float("nan")),
         })
     frame = pd.DataFrame(rows)
     if not frame.empty:
@@ -133,6 +134,7 @@ class Stats:
     percent: pd.Series  # of the backbone (without head)
     seeds: pd.Series  # "3", or "1-3" when tasks have different numbers of seeds
     info: SuiteInfo = field(repr=False)
+    storage_kb: pd.Series | None = None  # saved task weights (trainable tensors + head), KB, mean over tasks
 
     def tasks_present(self) -> list[str]:
         return [t for t in self.info.tasks if self.mean[t].notna().any()]
@@ -159,9 +161,12 @@ def aggregate(frame: pd.DataFrame, info: SuiteInfo) -> Stats:
     backbone = per_task["backbone_params"].mean().groupby(level=KEYS, sort=False).mean().reindex(order)
     counts = per_task["seed"].nunique().groupby(level=KEYS, sort=False).agg(["min", "max"]).reindex(order)
     seeds_text = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in zip(counts["min"], counts["max"])]
+    stored = (per_task["weights_bytes"].mean().groupby(level=KEYS, sort=False).mean().reindex(order) / 1024
+              if "weights_bytes" in frame else pd.Series(float("nan"), index=order))
     columns = info.tasks + info.aggregates()
     return Stats(mean=mean[columns], std=std[columns], complete=complete[columns], params_m=params / 1e6,
-                 percent=100 * params / backbone, seeds=pd.Series(seeds_text, index=order), info=info)
+                 percent=100 * params / backbone, seeds=pd.Series(seeds_text, index=order), info=info,
+                 storage_kb=stored)
 
 
 def _per_seed_mean(values: pd.DataFrame, present: pd.DataFrame) -> pd.Series:

@@ -24,10 +24,11 @@ LATEX_SPECIAL = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textb
 
 
 def render(results: str | Path, fmt: str = "md", suite: str | None = None, published: str = "auto",
-           report: str = "last") -> str:
+           report: str = "last", storage: bool = False) -> str:
     """The table text for every suite under the folder `results` (or just `suite`)."""
     records = load_results(results, suite)
-    return render_records(records, fmt, where=describe(results, suite), published=published, report=report)
+    return render_records(records, fmt, where=describe(results, suite), published=published, report=report,
+                          storage=storage)
 
 
 def load_results(results: str | Path, suite: str | None) -> list[dict]:
@@ -69,15 +70,15 @@ def suite_parts(records: list[dict], where: str, published: str = "auto", every_
 
 
 def render_records(records: list[dict], fmt: str = "md", where: str = "these runs", published: str = "auto",
-                   report: str = "last") -> str:
+                   report: str = "last", storage: bool = False) -> str:
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     parts = []
     for name, info, stats, comparison in suite_parts(records, where, published, report=report):
         tasks = stats.tasks_present()  # published rows show the same task columns as yours
-        blocks = [cells(stats, tasks, fmt)]
+        blocks = [cells(stats, tasks, fmt, storage)]
         if comparison is not None and comparison.stats is not None:
-            blocks += [cells(comparison.stats, tasks, fmt), delta_cells(comparison.delta, tasks, stats)]
+            blocks += [cells(comparison.stats, tasks, fmt, storage), delta_cells(comparison.delta, tasks, stats, storage)]
         if fmt == "latex":
             embolden(blocks[:2], [stats] + ([comparison.stats] if len(blocks) > 1 else []))
         blocks = [b for b in blocks if not b.empty]
@@ -111,7 +112,10 @@ def number(mean: float, std: float, fmt: str) -> str:
     return f"{mean:.1f}" if pd.isna(std) else f"{mean:.1f}{pm}{std:.1f}"
 
 
-def cells(stats: Stats, tasks: list[str], fmt: str) -> pd.DataFrame:
+STORAGE = "storage/task (KB)"
+
+
+def cells(stats: Stats, tasks: list[str], fmt: str, storage: bool = False) -> pd.DataFrame:
     """Text cells: `tasks` (those your rows have, suite order), the means (`*`: incomplete), params, seeds."""
     aggregates = stats.info.aggregates()
     out = pd.DataFrame(index=stats.mean.index)
@@ -121,15 +125,17 @@ def cells(stats: Stats, tasks: list[str], fmt: str) -> pd.DataFrame:
                     for m, s, mark in zip(stats.mean[col], stats.std[col], marks)]
     out["params (M)"] = [compact(v) for v in stats.params_m]
     out["% backbone"] = [compact(v) for v in stats.percent]
+    if storage:
+        out[STORAGE] = ["" if pd.isna(v) else f"{v:,.1f}" for v in stats.storage_kb]
     out["seeds"] = stats.seeds
     return out.reset_index()
 
 
-def delta_cells(delta: pd.DataFrame, tasks: list[str], user: Stats) -> pd.DataFrame:
+def delta_cells(delta: pd.DataFrame, tasks: list[str], user: Stats, storage: bool = False) -> pd.DataFrame:
     """Signed differences (yours minus published) for the task and mean columns; nothing for params."""
     columns = tasks + user.info.aggregates()
     out = pd.DataFrame({c: [f"{v:+.1f}" if pd.notna(v) else "" for v in delta[c]] for c in columns}, index=delta.index)
-    for col in ("params (M)", "% backbone", "seeds"):
+    for col in ("params (M)", "% backbone", *([STORAGE] if storage else []), "seeds"):
         out[col] = ""
     return out.reset_index()
 

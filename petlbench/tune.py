@@ -69,7 +69,7 @@ def choose(results: list[tuple[dict, dict]]) -> dict | None:
 
 
 def run_tune(suite, tasks, methods, seeds, spec, overrides, recipe, grid, root: Path, out: Path, device, cache,
-             progress, log: Callable[[str], None]) -> list[dict]:
+             progress, log: Callable[[str], None], save_weights: bool = True) -> list[dict]:
     finals = []
     for task in tasks:
         for method in methods:
@@ -95,7 +95,7 @@ def run_tune(suite, tasks, methods, seeds, spec, overrides, recipe, grid, root: 
                 extra = {"selection": {"file": str(selection_file.relative_to(out)), "chosen": chosen,
                                        "grid_points": len(points)}}
                 finals.append(execute(final, out, device, cache, progress, log,
-                                      f"[final] {where} seed {seed}", extra))
+                                      f"[final] {where} seed {seed}", extra, save_weights))
     return finals
 
 

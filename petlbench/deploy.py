@@ -1,0 +1,156 @@
+"""From a run's record back to a working model: `eval` (reproduce its test accuracy), `predict` (top
+classes of image files, what a user of a deployed task runs) and `export --merged` (a plain timm state
+dict for methods that fold into the backbone's weights).
+
+The record holds everything needed: the suite file, the task, the method and its options, the backbone
+(name, arguments, weights or checkpoint with its sha256), the preprocessing, the seed; the task's own
+tensors sit beside it (petlbench.weights).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from petlbench.backbone import BackboneSpec, create_backbone, file_sha256
+from petlbench.data import SplitCache, TensorData, decode, stored_size
+from petlbench.errors import UserError
+from petlbench.layouts import fgvc_class_ids, find_task_dir
+from petlbench.options import build
+from petlbench.params import build_model
+from petlbench.plan import RunPlan
+from petlbench.recipes import RECIPES
+from petlbench.records import metric_of, parse_record
+from petlbench.registry import get_method
+from petlbench.specs import TrainConfig
+from petlbench.suite import load_suite
+from petlbench.train import evaluate
+from petlbench.weights import load_task, same_architecture, weights_path
+
+
+@dataclass
+class Deployed:
+    record: dict[str, Any]
+    plan: RunPlan
+    model: nn.Module
+    prep: dict[str, Any]
+
+
+def read(record_path: str | Path) -> dict[str, Any]:
+    path = Path(record_path)
+    try:
+        record = parse_record(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable run record ({exc.strerror if isinstance(exc, OSError) else exc})") \
+            from None
+    if record is None or record.get("status") != "success":
+        raise UserError(f"{path}: not a successful run record")
+    if (record.get("protocol") or {}).get("stage") == "search":
+        raise UserError(f"{path}: a tuning (search) run; its weights are not kept, use a final run's record")
+    return record
+
+
+def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
+    """The run's backbone and method, rebuilt exactly as it trained, with its task weights loaded."""
+    path = Path(record_path)
+    record = read(path)
+    suite = load_suite(record["suite_file"])
+    task = next((t for t in suite.tasks if t.name == record["task"]), None)
+    if task is None:
+        raise UserError(f"{path}: task {record['task']!r} is no longer in {record['suite_file']}")
+    cls = get_method(record["method"]["name"])
+    method = cls(build(cls.Config, record["method"]["options"], f"{path}: method options"))
+    spec = backbone_spec(record, path)
+    plan = RunPlan(suite, task, method, spec, record["seed"], build(TrainConfig, record["train"], f"{path}: train"),
+                   RECIPES[record["recipe"]["name"]], record["protocol"],
+                   Path(data_root).expanduser() if data_root else Path(record["data"]["root"]))
+    model, _, task_keys = build_model(spec, method, task.classes, record["seed"])
+    load_task(model, weights_path(path), task_keys)
+    return Deployed(record, plan, model.eval(), record["data"]["preprocessing"])
+
+
+def backbone_spec(record: dict[str, Any], path: Path) -> BackboneSpec:
+    b = record["backbone"]
+    if b.get("checkpoint"):
+        ckpt = Path(b["checkpoint"]).expanduser()
+        if not ckpt.is_file():
+            raise UserError(f"{path}: the run's checkpoint {ckpt} is not found")
+        if b.get("checkpoint_sha256") and file_sha256(ckpt) != b["checkpoint_sha256"]:
+            raise UserError(f"{path}: the checkpoint {ckpt} changed since the run (sha256 differs)")
+    return BackboneSpec(b["name"], dict(b["args"]), checkpoint=b.get("checkpoint"),
+                        pretrained=b["weights"] == "timm-pretrained", checkpoint_sha256=b.get("checkpoint_sha256"))
+
+
+def evaluate_record(record_path: str | Path, data_root: str | None, device: torch.device,
+                    cache_dir: Path | None) -> dict[str, Any]:
+    """The run's metric recomputed from its saved weights on its evaluation splits, beside the recorded one."""
+    deployed = rebuild(record_path, data_root)
+    plan, record = deployed.plan, deployed.record
+    data = SplitCache(cache_dir).get(plan, plan.protocol["eval_splits"], deployed.prep, train=False)
+    recorded_digest = record["data"].get("eval_digest")
+    if recorded_digest and data.digest != recorded_digest:
+        raise UserError(f"{record_path}: the evaluation data changed since the run (digest {data.digest[:12]} vs "
+                        f"{recorded_digest[:12]}); the accuracy would not be comparable")
+    top1 = evaluate(deployed.model.to(device), data.to(device), plan.train, device)
+    metric = metric_of(record)
+    return {"record": str(record_path), "metric": metric, "recorded": record["metrics"][metric], "now": top1,
+            "images": len(data), "same": top1 == record["metrics"][metric]}
+
+
+@torch.no_grad()
+def predict(record_path: str | Path, images: list[str], top: int, device: torch.device) -> list[dict[str, Any]]:
+    """Top classes of each image, decoded and normalised exactly as the run's evaluation split was."""
+    deployed = rebuild(record_path)
+    prep, model = deployed.prep, deployed.model.to(device)
+    size, crop = stored_size(prep), tuple(prep["input_size"][-2:])
+    names = class_names(deployed)
+    mean = torch.tensor(prep["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(prep["std"]).view(1, 3, 1, 1)
+    rows = []
+    for image in images:
+        pixels = decode(Path(image), size, prep["interpolation"], keep_aspect=prep.get("crop_pct", 1.0) < 1.0)
+        batch = TensorData(torch.from_numpy(np.ascontiguousarray(pixels))[None], torch.zeros(1, dtype=torch.long),
+                           mean, std, crop=crop).to(device)
+        x, _ = batch.batch(torch.zeros(1, dtype=torch.long, device=batch.device))
+        probs = model(x).float().softmax(dim=1)[0].cpu()
+        values, indices = probs.topk(min(top, probs.numel()))
+        rows.append({"image": image, "top": [{"class": int(i), "name": names.get(int(i)), "probability": float(v)}
+                                             for v, i in zip(values, indices)]})
+    return rows
+
+
+def class_names(deployed: Deployed) -> dict[int, str]:
+    """FGVC: the original class id of each label (the split files' ids); NOAH lists have no names."""
+    plan = deployed.plan
+    if plan.suite.layout != "fgvc":
+        return {}
+    try:
+        ids = fgvc_class_ids(find_task_dir(plan.data_root, plan.task), plan.task)
+    except UserError:
+        return {}
+    return {label: f"class id {cid}" for cid, label in ids.items()}
+
+
+def export_merged(record_path: str | Path, out: str | Path) -> dict[str, Any]:
+    """Fold the method into the backbone (Method.merge) and save a plain timm state dict, head included."""
+    from safetensors.torch import save_file
+
+    deployed = rebuild(record_path)
+    merged = deployed.plan.method.merge(deployed.model)
+    plain = create_backbone(dataclasses.replace(deployed.plan.backbone, pretrained=False, checkpoint=None),
+                            deployed.plan.task.classes)
+    difference = same_architecture(merged, plain)
+    if difference:
+        raise UserError(f"{record_path}: method {deployed.plan.method.name!r} did not merge into the backbone's "
+                        f"architecture ({difference})")
+    state = {k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out), metadata={"format": "timm state dict", "model": deployed.plan.backbone.name})
+    return {"file": str(out), "bytes": Path(out).stat().st_size, "tensors": len(state),
+            "model": deployed.plan.backbone.name, "num_classes": deployed.plan.task.classes,
+            "args": deployed.plan.backbone.args}
