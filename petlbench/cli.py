@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 
+from petlbench import commands
 from petlbench.errors import UserError
-from petlbench.options import parse_pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("petlbench: interrupted; finished runs keep their records", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `petlbench ls methods | head`: the reader left; nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-weights", action="store_true",
                    help="do not save each run's task weights (trained tensors + head, safetensors beside the record)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=commands.cmd_run)
 
     t = sub.add_parser("table", help="tabulate run records: method x task top-1, mean, params")
     t.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
@@ -73,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
                         "recorded test curve (--eval-every), selection on the test set, labelled as such")
     t.add_argument("--published", default="auto",
                    help="published rows and differences: auto (when the backbone matches), always, never")
-    t.set_defaults(func=cmd_table)
+    t.set_defaults(func=commands.cmd_table)
 
     pl = sub.add_parser("plot", help="accuracy vs trainable parameters (log x), PNG and SVG")
     pl.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
@@ -81,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="file stem (default: RESULTS/<suite>_accuracy_vs_params); .png and .svg are added")
     pl.add_argument("--published", default="auto",
                     help="published points: auto (when the backbone matches), always, never")
-    pl.set_defaults(func=cmd_plot)
+    pl.set_defaults(func=commands.cmd_plot)
 
     c = sub.add_parser("params", help="count parameters of methods on a backbone, without data")
     c.add_argument("--backbone", required=True, help="timm model name (random weights; nothing is fetched)")
@@ -89,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--num-classes", type=int, required=True)
     c.add_argument("--methods", required=True, help="as for run")
     c.add_argument("--format", default="md", choices=["md", "json"])
-    c.set_defaults(func=cmd_params)
+    c.set_defaults(func=commands.cmd_params)
 
     pr = sub.add_parser("profile", help="throughput and peak memory of methods on a synthetic VTAB-sized task")
     pr.add_argument("--methods", required=True, help="as for run")
@@ -101,14 +102,14 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--train", default="", help="training overrides, e.g. batch_size=256,precision=bf16")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--format", default="md", choices=["md", "json"])
-    pr.set_defaults(func=cmd_profile)
+    pr.set_defaults(func=commands.cmd_profile)
 
     ev = sub.add_parser("eval", help="rebuild a run from its record and saved weights; reproduce its test accuracy")
     ev.add_argument("record", help="a run record (.json) whose task weights (.safetensors) sit beside it")
     ev.add_argument("--data-root", help="where the task folders are now (default: the record's data root)")
     ev.add_argument("--cache-dir", help="decoded-image cache (as for run)")
     ev.add_argument("--device", default="auto")
-    ev.set_defaults(func=cmd_eval)
+    ev.set_defaults(func=commands.cmd_eval)
 
     pd = sub.add_parser("predict", help="top classes of image files with a trained task (record + weights)")
     pd.add_argument("record", help="a run record (.json) whose task weights sit beside it")
@@ -116,18 +117,18 @@ def parser() -> argparse.ArgumentParser:
     pd.add_argument("--top", type=int, default=5, help="classes shown per image (default: 5)")
     pd.add_argument("--device", default="auto")
     pd.add_argument("--format", default="text", choices=["text", "json"])
-    pd.set_defaults(func=cmd_predict)
+    pd.set_defaults(func=commands.cmd_predict)
 
     ex = sub.add_parser("export", help="a plain timm state dict of a trained task, for methods that merge")
     ex.add_argument("record", help="a run record (.json) whose task weights sit beside it")
     ex.add_argument("out", help="the .safetensors file to write")
     ex.add_argument("--merged", action="store_true", required=True,
                     help="fold the method into the backbone's own weights (LoRA, SSF, FacT, BitFit, full, ...)")
-    ex.set_defaults(func=cmd_export)
+    ex.set_defaults(func=commands.cmd_export)
 
     ls = sub.add_parser("ls", help="list methods (origin, options with defaults) or packaged suites")
     ls.add_argument("what", choices=["methods", "suites"])
-    ls.set_defaults(func=cmd_ls)
+    ls.set_defaults(func=commands.cmd_ls)
 
     d = sub.add_parser("data", help="check a data root against a suite, or download a suite's data and check it")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -140,184 +141,8 @@ def parser() -> argparse.ArgumentParser:
     dd.add_argument("--to", required=True, help="folder to download and unpack into")
     dd.add_argument("--repo", help="a Hugging Face dataset repo OWNER/NAME holding the data (required for fgvc)")
     dd.add_argument("--archive", action="append", help="local .zip/.tar[.gz] to unpack instead (repeatable)")
-    d.set_defaults(func=cmd_data)
+    d.set_defaults(func=commands.cmd_data)
     return p
-
-
-def cmd_run(args) -> int:
-    from petlbench.device import pick_device
-    from petlbench.runner import run
-    from petlbench.tables import render_records
-
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    pick_device(args.device)  # a missing GPU is refused now, not after preparing data
-    grid = parse_grid(args.grid)
-    records = run(suite=args.suite, methods=args.methods, seeds=seeds,
-                  tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
-                  backbone=args.backbone, backbone_args=parse_pairs(args.backbone_args, ",", "--backbone-args"),
-                  checkpoint=args.checkpoint, random_init=args.random_init, mean=numbers(args.mean, "--mean"),
-                  std=numbers(args.std, "--std"), data_root=args.data_root,
-                  out=args.out, train=train_overrides(args), device=args.device,
-                  protocol=args.protocol, recipe=args.recipe, grid=grid, cache_dir=args.cache_dir,
-                  progress=False if args.quiet else None, save_weights=not args.no_weights)
-    failed = [r for r in records if r["status"] != "success"]
-    if len(failed) < len(records):
-        print()
-        print(render_records(records, "md"))
-    suites = sorted({r["suite"] for r in records})
-    print(f"records: {', '.join(f'{args.out}/{s}/' for s in suites)} (`petlbench table {args.out}` tabulates them all)")
-    if failed:
-        print(f"petlbench: {len(failed)} of {len(records)} runs failed; run the same command again to retry them",
-              file=sys.stderr)
-        return 1
-    return 0
-
-
-def train_overrides(args) -> dict:
-    """--train pairs, and --eval-every N as the training setting eval_every (checked like the others)."""
-    train = parse_pairs(args.train, ",", "--train")
-    return train if args.eval_every is None else {**train, "eval_every": args.eval_every}
-
-
-def parse_grid(text: str | None) -> dict | None:
-    if text is None:
-        return None
-    from petlbench.options import load_yaml
-    grid = load_yaml(text, "--grid")  # 1e-4 is a float; a key given twice is refused
-    if not isinstance(grid, dict) or not grid:
-        raise UserError(f"--grid: expected a YAML mapping of lists, e.g. '{{lr: [0.1, 0.01]}}', got {text!r}")
-    return grid
-
-
-def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
-    """--mean/--std: three finite numbers (R,G,B); a std must be positive (images are divided by it)."""
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    positive = flag == "--std"
-    if len(values) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
-        raise UserError(f"{flag}: expected three comma-separated {'positive ' if positive else ''}finite numbers "
-                        f"(R,G,B), got {text!r}")
-    return values
-
-
-def cmd_table(args) -> int:
-    from petlbench.tables import render
-    print(render(args.results, args.format, suite=args.suite, published=args.published, report=args.report,
-                 storage=args.storage), end="")
-    return 0
-
-
-def cmd_plot(args) -> int:
-    from petlbench.plots import plot
-    for path in plot(args.results, suite=args.suite, out=args.out, published=args.published):
-        print(path)
-    return 0
-
-
-def cmd_params(args) -> int:
-    from petlbench.backbone import BackboneSpec, check_backbone
-    from petlbench.params import build_model
-    from petlbench.plan import method_label
-    from petlbench.registry import parse_method_list, refuse_unsupported
-
-    if args.num_classes < 1:
-        raise UserError(f"--num-classes: expected a positive integer, got {args.num_classes}")
-    spec = BackboneSpec(args.backbone, parse_pairs(args.backbone_args, ",", "--backbone-args"), pretrained=False)
-    rows, methods = [], parse_method_list(args.methods)
-    refuse_unsupported(methods, check_backbone(spec), spec.name)
-    for method in methods:
-        _, counts, _ = build_model(spec, method, args.num_classes, seed=0)
-        rows.append({"method": method_label(method), **counts.as_dict()})
-    if args.format == "json":
-        print(json.dumps(rows, indent=2))
-    else:
-        from tabulate import tabulate
-        print(tabulate(rows, headers="keys", tablefmt="github", intfmt=","))
-    return 0
-
-
-def cmd_profile(args) -> int:
-    from petlbench.profile import profile
-    rows = profile(args.methods, args.backbone, parse_pairs(args.backbone_args, ",", "--backbone-args"),
-                   args.images, args.eval_images, epochs=args.epochs, train=parse_pairs(args.train, ",", "--train"),
-                   device=args.device)
-    if args.format == "json":
-        print(json.dumps(rows, indent=2))
-    else:
-        from tabulate import tabulate
-        print(tabulate(rows, headers="keys", tablefmt="github"))
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from petlbench.cache import resolve_cache_dir
-    from petlbench.deploy import evaluate_record
-    from petlbench.device import pick_device
-    result = evaluate_record(args.record, args.data_root, pick_device(args.device), resolve_cache_dir(args.cache_dir))
-    verdict = "reproduced exactly" if result["same"] else "DIFFERS"
-    print(f"{result['record']}: {result['metric']} {result['now']:.4%} on {result['images']} images; "
-          f"recorded {result['recorded']:.4%}: {verdict}")
-    return 0 if result["same"] else 1
-
-
-def cmd_predict(args) -> int:
-    from petlbench.deploy import predict
-    from petlbench.device import pick_device
-    if args.top < 1:
-        raise UserError(f"--top: expected a positive integer, got {args.top}")
-    rows = predict(args.record, args.images, args.top, pick_device(args.device))
-    if args.format == "json":
-        print(json.dumps(rows, indent=2))
-        return 0
-    for row in rows:
-        shown = ", ".join(f"{t['class']}{' (' + t['name'] + ')' if t['name'] else ''} {t['probability']:.1%}"
-                          for t in row["top"])
-        print(f"{row['image']}: {shown}")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from petlbench.deploy import export_merged
-    result = export_merged(args.record, args.out)
-    print(f"{result['file']}: {result['model']} with a {result['num_classes']}-class head, "
-          f"{result['tensors']} tensors, {result['bytes']:,} bytes (timm state dict: "
-          f"timm.create_model('{result['model']}', num_classes={result['num_classes']}"
-          + "".join(f", {k}={v!r}" for k, v in result["args"].items()) + ").load_state_dict(...))")
-    return 0
-
-
-def cmd_ls(args) -> int:
-    if args.what == "suites":
-        from petlbench.suite import load_suite, packaged_suites
-        for name, path in sorted(packaged_suites().items()):
-            suite = load_suite(str(path))
-            aliases = f" (aliases: {', '.join(suite.aliases)})" if suite.aliases else ""
-            print(f"{name}{aliases}: {len(suite.tasks)} tasks ({', '.join(t.name for t in suite.tasks)})")
-        return 0
-    from petlbench.registry import available_methods, method_options_help
-    for name, entry in sorted(available_methods().items()):
-        cls = entry.load()
-        print(f"{name}  [{entry.origin}]  {cls.description}")
-        print(f"    options: {method_options_help(cls)}")
-        departures = ", ".join(f"{k}={v}" for k, v in cls.train_defaults.items())
-        print(f"    recipe:  {cls.recipe}" + (f" with {departures}" if departures else ""))
-    return 0
-
-
-def cmd_data(args) -> int:
-    if args.data_command == "check":
-        from petlbench.datacheck import run_check
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-        return run_check(args.suite, args.data_root, tasks)
-    from petlbench.download import download
-    return download(args.suite, args.to, repo=args.repo, archives=args.archive)
 
 
 if __name__ == "__main__":

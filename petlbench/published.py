@@ -14,7 +14,7 @@ import pandas as pd
 
 import petlbench
 from petlbench.errors import UserError
-from petlbench.summary import KEYS, Stats, SuiteInfo, aggregate
+from petlbench.summary import KEYS, MAX_TEST, Stats, SuiteInfo, aggregate
 
 MODES = ("auto", "always", "never")
 META = ("method", "backbone", "trainable_params_M", "source", "test_selected")
@@ -103,6 +103,13 @@ def published_frame(table: pd.DataFrame, info: SuiteInfo, methods: list[str],
     return pd.DataFrame(rows)
 
 
+def partner_method(label: str, name: str, table: pd.DataFrame) -> str:
+    """The published row for a user row: the one named by its full label (`fact:variant=tt`), else by the
+    method's name (`lora`, whatever its options)."""
+    label = label.removesuffix(MAX_TEST)
+    return label if label in set(table["method"]) else name
+
+
 def published_label(method: str, table: pd.DataFrame) -> str:
     """'published: noah †' when the source selected on the test set (its `test_selected` column says yes)."""
     flags = table.loc[table["method"] == method, "test_selected"] if "test_selected" in table else pd.Series()
@@ -140,6 +147,7 @@ def compare(frame: pd.DataFrame, user: Stats, info: SuiteInfo, mode: str = "auto
     table, path = loaded
     reference = table["backbone"].iloc[0]
     rows = frame[KEYS + ["method_name", "backbone_name", "weights", "backbone_params"]].groupby(KEYS, sort=False).first()
+    rows["method_name"] = [partner_method(key[0], name, table) for key, name in rows["method_name"].items()]
     levels = {key: match(row["backbone_name"], row["weights"], reference) for key, row in rows.iterrows()}
     unmatched = sorted({f"{rows.loc[k, 'backbone_name']} ({rows.loc[k, 'weights']})" for k, v in levels.items() if not v})
     pairs = [(key, level) for key, level in levels.items()

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import pytest
 
-from petlbench.cli import parse_grid
+from petlbench.commands import parse_grid
 from petlbench.errors import UserError
 from petlbench.options import Range, build, describe_fields, load_yaml, parse_pairs, parse_scalar
 from petlbench.prompts import PromptConfig
