@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from petlbench.backbone import check_backbone
+from petlbench import threads
 from petlbench.cache import resolve_cache_dir
 from petlbench.data import SplitCache
 from petlbench.device import pick_device
@@ -53,6 +54,16 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     refuse_unsupported(method_list, check_backbone(spec), spec.name)
     check_writable(out)
     cache = SplitCache(resolve_cache_dir(cache_dir))
+    threads.register()  # this run's share of the cores, re-read every epoch
+    try:
+        return sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root, out, dev,
+                     cache, progress, log, save_weights)
+    finally:
+        threads.unregister()
+
+
+def sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root, out, dev, cache,
+          progress, log, save_weights) -> list[dict]:
     if protocol == "tune":
         return run_tune(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, root, out, dev,
                         cache, progress, log, save_weights)

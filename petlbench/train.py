@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from petlbench.data import TensorData
 from petlbench.specs import TrainConfig
+from petlbench.threads import rebalance
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -27,8 +28,10 @@ def effective_lr(cfg: TrainConfig) -> float:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
     kwargs = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
+    # timm's "sgd" is Nesterov SGD; VPT (and torch.optim.SGD's default) use classical momentum: timm's "momentum".
     # timm skips parameters with requires_grad=False and exempts 1-d params from weight decay.
-    return create_optimizer_v2(model, opt=cfg.optimizer, lr=effective_lr(cfg), weight_decay=cfg.weight_decay, **kwargs)
+    opt = "momentum" if cfg.optimizer == "sgd" else cfg.optimizer
+    return create_optimizer_v2(model, opt=opt, lr=effective_lr(cfg), weight_decay=cfg.weight_decay, **kwargs)
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
@@ -65,7 +68,9 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     start = time.perf_counter()
     quiet = None if progress is None else not progress  # None: tqdm shows the bar only on a terminal
     bar = tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", leave=False, disable=quiet)
+    threads = set()
     for epoch in bar:
+        threads.add(rebalance())  # another run started or ended on this machine: take the new share
         model.train()
         losses = []
         for idx in torch.randperm(len(train), generator=order).split(cfg.batch_size):
@@ -100,7 +105,8 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     top1 = evaluate(model, test, cfg, device)
     metrics = {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_first_step": first_loss,
                "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
-               "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1)}
+               "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1),
+               "cpu_threads": sorted(threads)}
     if cfg.eval_every:
         metrics["eval_curve"] = curve + [[cfg.epochs, top1]]
     return metrics

@@ -61,3 +61,11 @@ def test_evaluate_counts_top1():
     data = tiny_data(50, 3, 5)
     expected = (data.labels == 2).sum().item() / len(data)
     assert evaluate(Constant(), data, TrainConfig(eval_batch_size=7), torch.device("cpu")) == expected
+
+
+def test_sgd_is_classical_momentum_as_in_vpt():
+    """VPT trains with torch.optim.SGD(momentum=0.9): no Nesterov (timm's "sgd" would be Nesterov)."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = make_optimizer(model, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9))
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert all(group["nesterov"] is False and group["momentum"] == 0.9 for group in optimizer.param_groups)
