@@ -189,8 +189,11 @@ def load_split_arrays(layout: str, task_dir: Path, task, split: str, prep: dict,
 class SplitCache:
     """Keeps the decoded splits of the current task in memory across its methods, seeds and grid."""
 
-    def __init__(self, cache_dir: Path | None = None):
+    def __init__(self, cache_dir: Path | None = None, features: bool = True):
+        from petlbench.features import FeatureCache
         self.cache_dir, self.task, self.data = cache_dir, None, {}
+        # pre-logit features of frozen backbones (linear probe): next to the decoded splits; None: not used
+        self.features = FeatureCache(cache_dir / "features" if cache_dir else None) if features else None
 
     def get(self, plan, splits: list[str], prep: dict, train: bool) -> TensorData:
         task_dir = find_task_dir(plan.data_root, plan.task)

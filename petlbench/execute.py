@@ -31,7 +31,8 @@ from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
                                write_atomic)
 from petlbench.registry import available_methods
-from petlbench.train import Diverged, fit
+from petlbench.features import why_not
+from petlbench.train import Diverged, autocast_dtype, fit
 from petlbench.weights import save_task, weights_path
 
 
@@ -58,7 +59,7 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, p
     record.update(run_id=plan.run_id(), data_id=plan.data_id)
     record["data"].update(preprocessing=prep, train_images=len(train), eval_images=len(evaluation),
                           train_digest=train.digest, eval_digest=evaluation.digest)
-    trained = run_one(plan, record, train, evaluation, device, progress)
+    trained = run_one(plan, record, train, evaluation, device, progress, cache)
     if trained is not None and save_weights and not plan.is_search:
         try:
             record["weights"] = save_task(*trained, weights_path(plan.record_path(out)))
@@ -90,7 +91,7 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
 
 
 def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation: TensorData,
-            device: torch.device, progress: bool | None) -> tuple[torch.nn.Module, list[str]] | None:
+            device: torch.device, progress: bool | None, cache: SplitCache) -> tuple[torch.nn.Module, list[str]] | None:
     """Build, train and evaluate on loaded data; the outcome (success or failure) goes into `record`.
     Returns the trained model and its task keys on success."""
     if device.type == "cuda":
@@ -102,7 +103,7 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
         record["data"].update(folder=str(task_dir), split_files_sha256={
             split: file_sha256(split_file(plan.suite.layout, task_dir, split))[:16] for split in used})
-        metrics = fit(model, train, evaluation, plan.train, device, plan.seed, progress)
+        metrics = train_model(plan, model, task_keys, train, evaluation, device, progress, cache)
         metrics[plan.metric] = metrics.pop("top1")
         if "eval_curve" in metrics:
             metrics["val_curve" if plan.is_search else "test_curve"] = metrics.pop("eval_curve")
@@ -113,6 +114,22 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
     except Exception as exc:  # a crashed run is recorded and retried next time; the sweep goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     return None
+
+
+def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], train: TensorData,
+                evaluation: TensorData, device: torch.device, progress: bool | None, cache: SplitCache) -> dict:
+    """The one training loop; on cached pre-logit features when only the head trains (petlbench.features)."""
+    reason = "off" if cache.features is None else why_not(model, task_keys, train)
+    if reason is not None:
+        return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress), "features": f"not cached: {reason}"}
+    b, amp = plan.backbone, autocast_dtype(plan.train, device)
+    identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing()}
+    start = time.perf_counter()
+    on_train, on_eval = (cache.features.get(model, data, identity, device, plan.train.eval_batch_size, amp)
+                         for data in (train, evaluation))
+    seconds = round(time.perf_counter() - start, 3)
+    metrics = fit(model.get_classifier(), on_train, on_eval, plan.train, device, plan.seed, progress)
+    return {**metrics, "features": "cached", "features_time_s": seconds}
 
 
 def data_identity(train: TensorData, evaluation: TensorData) -> str:

@@ -1,0 +1,126 @@
+"""The feature cache: when everything that trains sits after the frozen backbone (the linear probe), each
+image's features are computed once per backbone, weights, preprocessing and data, kept in the verified
+store (petlbench.store) and the head trains on them: the same batches in the same order as training the
+whole model, so the same result up to float rounding, without running the backbone every epoch.
+
+It applies only when the frozen part computes the same thing in training as in evaluation: no trainable
+tensor or method buffer outside the head, no train-time augmentation, no active dropout or drop-path in
+the backbone (the NOAH recipe's drop-path 0.1 makes the features random per epoch).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.layers import DropPath
+from torch import nn
+
+from petlbench import store
+from petlbench.data import TensorData
+
+FORMAT = 1  # bump when what a feature entry holds, or how it is computed, changes
+
+
+@dataclass
+class FeatureData:
+    """Pre-logit features and labels with TensorData's batch interface, so the one training loop runs on them."""
+    features: torch.Tensor  # float32, N x D
+    labels: torch.Tensor
+    digest: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
+    def to(self, device: torch.device) -> "FeatureData":
+        return replace(self, features=self.features.to(device), labels=self.labels.to(device))
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[idx], self.labels[idx]
+
+
+def why_not(model: nn.Module, task_keys: list[str], train: TensorData) -> str | None:
+    """None when the head can train on cached features; else the reason it cannot."""
+    head = model.get_classifier()
+    head_names = {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
+    if set(task_keys) != head_names:
+        return "the method trains more than the head"
+    if train.augment != "none":
+        return f"train-time augmentation ({train.augment})"
+    for module in model.modules():
+        if any(module is m for m in head.modules()):
+            continue
+        if (isinstance(module, nn.Dropout) and module.p > 0) or (isinstance(module, DropPath) and module.drop_prob > 0):
+            return f"{type(module).__name__} is active in the frozen backbone"
+    if float(getattr(model, "drop_rate", 0.0) or 0.0) > 0:
+        return "the head's input dropout is active"
+    return None
+
+
+@torch.no_grad()
+def compute(model: nn.Module, data: TensorData, device: torch.device, batch_size: int,
+            amp: torch.dtype | None, out: np.ndarray | None = None) -> np.ndarray:
+    """Pre-logit features of every image, in order (the backbone in eval mode: deterministic by `why_not`)."""
+    was_training = model.training
+    model.eval()
+    data = data.to(device)
+    chunks = []
+    for idx in torch.arange(len(data), device=data.device).split(batch_size):
+        images, _ = data.batch(idx)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            feats = model.forward_head(model.forward_features(images), pre_logits=True)
+        chunks.append(feats.float().cpu().numpy())
+    model.train(was_training)
+    result = np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+    if out is not None:
+        out[:] = result
+        return out
+    return result
+
+
+class FeatureCache:
+    """Features per (backbone, weights, preprocessing, data, precision), in memory for the current process and
+    on disk in `folder` (None: memory only)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder, self.memory = folder, {}
+
+    def get(self, model: nn.Module, data: TensorData, identity: dict, device: torch.device, batch_size: int,
+            amp: torch.dtype | None) -> FeatureData:
+        key = json.dumps({**identity, "data": data.digest, "amp": str(amp), "format": FORMAT}, sort_keys=True)
+        name = "features-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+        if name not in self.memory:
+            if len(self.memory) >= 4:  # a task's train and eval splits, for a backbone or two
+                self.memory.pop(next(iter(self.memory)))
+            self.memory[name] = self._load(name, key, model, data, device, batch_size, amp)
+        return self.memory[name]
+
+    def _load(self, name, key, model, data, device, batch_size, amp) -> FeatureData:
+        labels = data.labels.cpu().numpy().astype(np.int64)
+        if self.folder is None:
+            features = compute(model, data, device, batch_size, amp)
+            checksum = store.digest([features, labels])
+        else:
+            width = compute(model, replace(data, images=data.images[:1], labels=data.labels[:1]), device, 1,
+                            amp).shape[1]
+            layout = {"features": (np.dtype(np.float32), (len(labels), width)),
+                      "labels": (np.dtype(np.int64), labels.shape)}
+
+            def fill(arrays):
+                compute(model, data, device, batch_size, amp, out=arrays["features"])
+                arrays["labels"][:] = labels
+
+            def same_labels(arrays):
+                return None if np.array_equal(arrays["labels"], labels) else "cached labels differ from the data's"
+
+            arrays, checksum = store.fetch(self.folder, name, layout, fill, {"key": json.loads(key)},
+                                           check=same_labels, what="feature cache")
+            features = arrays["features"]
+        return FeatureData(torch.from_numpy(np.array(features)), torch.from_numpy(labels), checksum)
