@@ -22,6 +22,9 @@ BUILTIN: dict[str, str] = {
     "adapter": "petlbench.methods.adapter:Adapter",
     "vpt_shallow": "petlbench.methods.vpt_shallow:VPTShallow",
     "vpt_deep": "petlbench.methods.vpt_deep:VPTDeep",
+    "vqt": "petlbench.methods.vqt:VQT",
+    "conv_adapter": "petlbench.methods.conv_adapter:ConvAdapter",
+    "vpt_pad": "petlbench.methods.vpt_pad:VPTPad",
 }
 
 _runtime: dict[str, type[Method]] = {}

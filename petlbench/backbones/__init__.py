@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from petlbench.backbones.anatomy import ALL_FAMILIES, Anatomy, Block
+from petlbench.backbones.anatomy import ALL_FAMILIES, Anatomy, Block, replace_module
 from petlbench.errors import UserError
 
-__all__ = ["ALL_FAMILIES", "Anatomy", "Block", "anatomy", "family_of"]
+__all__ = ["ALL_FAMILIES", "Anatomy", "Block", "anatomy", "family_of", "replace_module"]
 
 
 def _readers():

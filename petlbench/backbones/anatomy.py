@@ -32,6 +32,9 @@ class Block:
     fc2: nn.Linear | None = None
     norms: tuple[nn.Module, ...] = ()
     convs: tuple[nn.Conv2d, ...] = ()  # ConvNets: the block's convolutions in order
+    heads: int | None = None  # attention heads (transformers)
+    # what scales each residual branch (attention, MLP) before it is added: LayerScale, or nn.Identity
+    branch_scales: tuple[nn.Module, ...] = ()
 
     def replace(self, new: nn.Module) -> None:
         """Put `new` where the block was (it should call the old block)."""
@@ -64,3 +67,13 @@ class Anatomy:
         the head's excluded."""
         head = set(map(id, model.get_classifier().modules()))
         return [m for m in model.modules() if isinstance(m, NORMS) and id(m) not in head]
+
+
+def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put `new` where `old` sits inside `root` (a stem, a head, one conv of a block), found by identity."""
+    for parent in root.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+                return
+    raise ValueError(f"{type(old).__name__} is not a submodule of {type(root).__name__}")

@@ -21,4 +21,5 @@ def read(model: ResNet) -> Anatomy:
             norms = tuple(m for m in (getattr(blk, f"bn{k}", None) for k in (1, 2, 3)) if m is not None)
             blocks.append(Block(container=stage, key=str(i), module=blk, in_dim=int(convs[0].in_channels),
                                 dim=int(convs[-1].out_channels), stage=s, norms=norms, convs=convs))
-    return Anatomy("resnet", blocks, "nchw", model.conv1, int(model.conv1.out_channels), _input_size(model))
+    # the stem's width is what the first block reads (conv1 may be a deep stem, or wrapped by a method)
+    return Anatomy("resnet", blocks, "nchw", model.conv1, blocks[0].in_dim, _input_size(model))

@@ -1,0 +1,102 @@
+"""Conv-Adapter (Chen et al., CVPR-W 2024, arXiv 2208.07463): a small conv bottleneck beside each ConvNet block.
+
+The adapter is the official "design 2" (Hhhhhhao/Conv-Adapter, models/tuning_modules/conv_adapter.py): a
+k x k grouped conv from C_in to C_in / compression channels (one group per output channel, so each sees
+`compression` inputs), an activation (ReLU in ResNets, GELU in ConvNeXt), a 1 x 1 conv to C_out, and a
+learned per-channel scale that starts at 1. Its convs start like the backbone's own (ResNet: Kaiming
+normal, fan-out; ConvNeXt: truncated normal, std 0.02; biases zero), so the adapter is active from the
+first step: the paper's init is not the identity.
+
+placement "conv" (convolution-parallel, the paper's default): beside the block's k x k conv, with its
+kernel, stride and dilation, added to that conv's output. "block" (residual-parallel): beside the whole
+block, from its input to its output.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import torch
+from torch import nn
+
+from petlbench.backbones import anatomy, replace_module
+from petlbench.errors import UserError
+from petlbench.method import Method
+from petlbench.options import Range
+
+SOURCE = ("compression 8 (hidden = C_in / 8), per-channel scale 1, ReLU/GELU: Hhhhhhao/Conv-Adapter (main.py "
+          "--adapt_size default 8; models/tuning_modules/conv_adapter.py; models/backbones/resnet.py, convnext.py); "
+          "AdamW lr 1e-3, wd 1e-4, batch 64, 100 epochs, cosine, no warm-up: main.py defaults, AdamW for conv_adapt "
+          "(utils.py auto_load_optim_param)")
+
+
+@dataclass
+class ConvAdapterConfig:
+    compression: Annotated[int, Range(min=1)] = 8  # the paper's gamma: hidden channels = C_in / compression
+    placement: Literal["conv", "block"] = "conv"  # beside the block's k x k conv, or beside the whole block
+
+
+class ConvAdapterBranch(nn.Module):
+    """scale * up(act(grouped k x k conv down(x))): C_in -> C_in / compression -> C_out."""
+
+    def __init__(self, in_ch: int, out_ch: int, compression: int, kernel: tuple[int, int], stride: tuple[int, int],
+                 dilation: tuple[int, int], act: type[nn.Module], init: str):
+        super().__init__()
+        hidden = max(1, in_ch // compression)
+        padding = tuple(((s - 1) + d * (k - 1)) // 2 for k, s, d in zip(kernel, stride, dilation))
+        self.down = nn.Conv2d(in_ch, hidden, kernel, stride, padding, dilation, groups=math.gcd(in_ch, hidden))
+        self.act = act()
+        self.up = nn.Conv2d(hidden, out_ch, 1)
+        self.scale = nn.Parameter(torch.ones(1, out_ch, 1, 1))
+        for conv in (self.down, self.up):
+            if init == "kaiming":
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.trunc_normal_(conv.weight, std=0.02)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x))) * self.scale
+
+
+class Parallel(nn.Module):
+    """The frozen module and the adapter side by side on the same input, outputs summed."""
+
+    def __init__(self, frozen: nn.Module, adapter: ConvAdapterBranch):
+        super().__init__()
+        self.frozen = frozen
+        self.adapter = adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.frozen(x) + self.adapter(x)
+
+
+class ConvAdapter(Method):
+    name = "conv_adapter"
+    description = "grouped-conv bottleneck with a per-channel scale beside each block's k x k conv (or block)"
+    paper = "Conv-Adapter (Chen et al., CVPR-W 2024, arXiv 2208.07463), Hhhhhhao/Conv-Adapter"
+    Config = ConvAdapterConfig
+    families = ("resnet", "convnext")  # needs each block's convolutions (the anatomy's `convs`)
+    recipe = "noah"  # Conv-Adapter's own recipe is AdamW lr 1e-3, wd 1e-4, batch 64, 100 epochs, cosine
+    train_defaults = {"warmup_epochs": 0}
+    defaults_source = SOURCE
+
+    def apply(self, model):
+        cfg = self.config
+        body = anatomy(model, self.name)
+        act, init = (nn.ReLU, "kaiming") if body.family == "resnet" else (nn.GELU, "trunc_normal")
+        for block in body.blocks:
+            spatial = [c for c in block.convs if max(c.kernel_size) > 1]
+            if not spatial:
+                raise UserError(f"{self.name}: block {block.stage}.{block.key} has no k x k convolution")
+            conv = spatial[0]  # ResNet bottleneck: conv2; basic block: conv1; ConvNeXt: the depth-wise conv
+            if cfg.placement == "conv":
+                adapter = ConvAdapterBranch(conv.in_channels, conv.out_channels, cfg.compression, conv.kernel_size,
+                                            conv.stride, conv.dilation, act, init)
+                replace_module(block.module, conv, Parallel(conv, adapter))
+            else:
+                adapter = ConvAdapterBranch(block.in_dim, block.dim, cfg.compression, conv.kernel_size, conv.stride,
+                                            conv.dilation, act, init)
+                block.replace(Parallel(block.module, adapter))
+        return model
