@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from petlbench.errors import UserError
 from petlbench.execute import execute
+from petlbench.headgrid import execute_grid
 from petlbench.method import Method
 from petlbench.options import as_dict, build
 from petlbench.plan import RunPlan, method_label, plan_one, tune_grid
@@ -78,11 +79,11 @@ def run_tune(suite, tasks, methods, seeds, spec, overrides, recipe, grid, root: 
             space = grid or tune_grid(method, base.recipe)
             where = f"{suite.name}/{task.name} {method_label(method)}"
             points = grid_points(space, base, "--grid" if grid else f"recipe {base.recipe.name}")
-            results = []
-            for i, point in enumerate(points, 1):
-                shown = " ".join(f"{k}={v}" for k, v in point.items())
-                results.append((point, execute(apply_point(base, point, where), out, device, cache, progress, log,
-                                               f"[tune {i}/{len(points)}] {where} {shown}")))
+            wheres = [f"[tune {i}/{len(points)}] {where} " + " ".join(f"{k}={v}" for k, v in point.items())
+                      for i, point in enumerate(points, 1)]
+            records = execute_grid([apply_point(base, point, where) for point in points], out, device, cache,
+                                   progress, log, wheres)
+            results = list(zip(points, records))
             chosen = choose(results)
             selection_file = write_selection(base, space, results, chosen, out)
             if chosen is None:
