@@ -25,7 +25,7 @@ SHARED = ("optimizer", "momentum", "epochs", "warmup_epochs", "batch_size", "eva
 def batchable(configs: list[TrainConfig]) -> bool:
     """Points that differ only in lr, weight decay (and lr_scale_batch, folded into the effective lr)."""
     first = configs[0]
-    return len(configs) > 1 and first.grad_clip is None and not first.eval_every and all(
+    return len(configs) > 1 and first.optimizer in ("sgd", "adamw") and first.grad_clip is None and not first.eval_every and all(
         all(getattr(c, key) == getattr(first, key) for key in SHARED) for c in configs)
 
 

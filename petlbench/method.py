@@ -3,7 +3,7 @@
 A method has a `name`, a dataclass `Config` of its hyper-parameters (with defaults), the backbone
 families it supports (`families`, read by petlbench.backbones), the training recipe of its paper
 (`recipe`, a name in petlbench.recipes) with its departures from it (`train_defaults`, `tune_grid`,
-both used only under that recipe) and where its untuned defaults come from (`defaults_source`), and
+`backbone_defaults`, all used only under that recipe) and where its untuned defaults come from (`defaults_source`), and
 `apply(model)`. The runner freezes the whole backbone before `apply` and trains the classifier head
 after it, so `apply` only adds modules (new parameters train by default) or switches `requires_grad`
 on existing ones; it may replace the head (a method that changes the head's input). Methods wrap or
@@ -35,6 +35,7 @@ class Method:
     # both apply only when the method trains under that recipe.
     train_defaults: ClassVar[dict[str, Any]] = {}
     tune_grid: ClassVar[dict[str, list] | None] = None
+    backbone_defaults: ClassVar[dict[str, Any]] = {}  # timm.create_model arguments, e.g. {"drop_path_rate": 0.0}
     defaults_source: ClassVar[str] = ""  # where the untuned defaults come from (else the recipe's source)
 
     def __init__(self, config=None):

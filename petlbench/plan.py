@@ -147,10 +147,12 @@ def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict
                         interpolation=base.get("interpolation"))
 
 
-def backbone_for(spec: BackboneSpec, recipe: Recipe) -> BackboneSpec:
-    """The recipe fills in what neither the suite nor the command line set."""
+def backbone_for(spec: BackboneSpec, recipe: Recipe, method: Method | None = None) -> BackboneSpec:
+    """The recipe (and the method's departures from it, e.g. no drop-path) fill in what neither the suite nor
+    the command line set."""
     pre = recipe.preprocessing
-    return dataclasses.replace(spec, args={**recipe.backbone_args, **spec.args},
+    own = dict(method.backbone_defaults) if method is not None and recipe.name == method.recipe else {}
+    return dataclasses.replace(spec, args={**recipe.backbone_args, **own, **spec.args},
                                mean=spec.mean or _triple(pre.get("mean")), std=spec.std or _triple(pre.get("std")),
                                interpolation=spec.interpolation or pre.get("interpolation"))
 
@@ -166,7 +168,7 @@ def resolve_data_root(suite: Suite, data_root: str | None) -> Path:
 def plan_one(suite: Suite, task: Task, method: Method, spec: BackboneSpec, seed: int, overrides: dict[str, Any],
              recipe: str | None, protocol: dict[str, Any], data_root: Path) -> RunPlan:
     chosen, _ = recipe_for(method, suite, recipe)
-    return RunPlan(suite, task, method, backbone_for(spec, chosen), seed,
+    return RunPlan(suite, task, method, backbone_for(spec, chosen, method), seed,
                    resolve_train(method, suite, overrides, recipe), chosen, protocol, data_root)
 
 

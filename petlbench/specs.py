@@ -22,7 +22,7 @@ PROTOCOLS = ("final", "tune")
 
 @dataclass
 class TrainConfig:
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "adam"] = "adamw"  # adam: L2 weight decay in the gradient (VQT's code)
     lr: Annotated[float, Range(gt=0)] = 1e-3
     # weight decay is not applied to biases, norms, tokens (timm's filter_bias_and_bn)
     weight_decay: Annotated[float, Range(min=0)] = 1e-4

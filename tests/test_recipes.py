@@ -62,3 +62,25 @@ def test_recipe_grids_are_the_papers():
     assert tune_grid(parse_method_spec("bitfit"), vpt)["lr"] == [0.001, 0.0005, 0.0001, 0.005]
     assert tune_grid(parse_method_spec("vpt_deep"), vpt)["weight_decay"] == [0.01, 0.001, 0.0001, 0.0]
     assert tune_grid(parse_method_spec("full"), RECIPES["noah"]) == RECIPES["noah"].grid, "own grid: own recipe only"
+
+
+def test_a_method_departs_from_its_recipes_backbone_args_only_under_it():
+    import petlbench
+    from petlbench.method import Method
+    from petlbench.registry import unregister_method
+
+    class NoDropPath(Method):
+        name = "test_no_drop_path"
+        recipe = "noah"
+        backbone_defaults = {"drop_path_rate": 0.0}
+
+        def apply(self, model):
+            return model
+
+    petlbench.register_method(NoDropPath)
+    try:
+        assert plan("test_no_drop_path").backbone.args["drop_path_rate"] == 0.0, "its own recipe: its departure"
+        assert plan("adapter").backbone.args["drop_path_rate"] == 0.1, "others keep NOAH's drop-path"
+        assert "drop_path_rate" not in plan("test_no_drop_path", recipe="vpt").backbone.args
+    finally:
+        unregister_method("test_no_drop_path")
