@@ -57,6 +57,10 @@ class Anatomy:
     patch_size: tuple[int, int] | None = None
     final_norm: nn.Module | None = None
     extra: dict = field(default_factory=dict)
+    head_norm: nn.Module | None = None  # a norm after pooling, before the classifier (ViT fc_norm, ConvNeXt head.norm)
+    # stage -> what opens that stage before its first block (Swin patch merging, ConvNeXt norm + strided conv);
+    # ResNets downsample inside their blocks, ViTs never
+    downsamples: dict[int, nn.Module] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
@@ -77,3 +81,14 @@ def replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
                 setattr(parent, name, new)
                 return
     raise ValueError(f"{type(old).__name__} is not a submodule of {type(root).__name__}")
+
+
+def norm_or_none(module: nn.Module | None) -> nn.Module | None:
+    """The module if it is a norm layer (not an nn.Identity standing in for one), else None."""
+    return module if isinstance(module, NORMS) else None
+
+
+def stage_downsamples(stages) -> dict[int, nn.Module]:
+    """{stage index: its `downsample`} for stages that have one with parameters."""
+    found = {s: getattr(stage, "downsample", None) for s, stage in enumerate(stages)}
+    return {s: m for s, m in found.items() if m is not None and any(True for _ in m.parameters())}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
-from petlbench.backbones.anatomy import Anatomy, Block
+from petlbench.backbones.anatomy import Anatomy, Block, norm_or_none, stage_downsamples
 from petlbench.backbones.vit import _linear
 
 
@@ -23,7 +23,8 @@ def read(model: ConvNeXt) -> Anatomy:
                 fc2=_linear(blk.mlp, "fc2"), norms=(blk.norm,), convs=(conv,)))
     first = model.stages[0].blocks[0].conv_dw.in_channels
     return Anatomy("convnext", blocks, "nchw", model.stem, int(first), _input_size(model),
-                   final_norm=getattr(model, "norm_pre", None))
+                   final_norm=getattr(model, "norm_pre", None), downsamples=stage_downsamples(model.stages),
+                   head_norm=norm_or_none(getattr(model.head, "norm", None)))
 
 
 def _input_size(model: nn.Module) -> tuple[int, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from petlbench.backbones.anatomy import Anatomy, Block
+from petlbench.backbones.anatomy import Anatomy, Block, stage_downsamples
 from petlbench.backbones.vit import _linear
 
 
@@ -22,4 +22,5 @@ def read(model: SwinTransformer) -> Anatomy:
                 attn=blk.attn, qkv=_linear(blk.attn, "qkv"), attn_proj=_linear(blk.attn, "proj"),
                 mlp=blk.mlp, fc1=_linear(blk.mlp, "fc1"), fc2=_linear(blk.mlp, "fc2"), norms=(blk.norm1, blk.norm2)))
     return Anatomy("swin", blocks, "nhwc", model.patch_embed, int(model.embed_dim), tuple(model.patch_embed.img_size),
-                   patch_size=tuple(model.patch_embed.patch_size), final_norm=model.norm)
+                   patch_size=tuple(model.patch_embed.patch_size), final_norm=model.norm,
+                   downsamples=stage_downsamples(model.layers))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from petlbench.backbones.anatomy import Anatomy, Block
+from petlbench.backbones.anatomy import Anatomy, Block, norm_or_none
 
 
 def matches(model: nn.Module) -> bool:
@@ -27,7 +27,7 @@ def read(model: VisionTransformer) -> Anatomy:
     size = tuple(getattr(model.patch_embed, "img_size", (224, 224)))
     return Anatomy("vit", blocks, "tokens", model.patch_embed, dim, size,
                    num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)), patch_size=patch,
-                   final_norm=model.norm)
+                   final_norm=model.norm, head_norm=norm_or_none(getattr(model, "fc_norm", None)))
 
 
 def _linear(parent, name: str) -> nn.Linear | None:
