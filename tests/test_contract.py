@@ -25,6 +25,10 @@ def test_one_step_moves_exactly_what_trains(name, family):
     model, counts, task_keys = build_model(tiny(family), parse_method_spec(name), NUM_CLASSES, seed=0)
     assert family_of(model) == family or name in ("vpt_deep", "vpt_shallow"), "methods keep the timm model"
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, NUM_CLASSES, (4,))
+    with torch.no_grad():  # off the zero inits (LoRA's B, FacT's V) that hold back the gradients of the rest
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
     model.train()
     logits = model(x)
     assert logits.shape == (4, NUM_CLASSES)

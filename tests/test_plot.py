@@ -48,7 +48,7 @@ def test_plot_writes_png_and_svg_with_published_points(tmp_path):
     assert {"your-points", "published-points"} <= ids, "published markers beside yours"
     group = next(e for e in ET.parse(paths[1]).getroot().iter() if e.get("id") == "published-points")
     markers = [e.get("style") for e in group.iter(f"{SVG}use")]
-    assert len(markers) == 11, "the published methods that give params (convpass gives none)"
+    assert len(markers) == 13, "the published methods that give params (convpass gives none)"
     assert all("fill-opacity: 0" in m for m in markers), "hollow"
     assert "published (vit_base_patch16_224.orig_in21k)" in texts
     assert "ssf" in texts, "every published method is a point, not only the ones you ran"
