@@ -104,6 +104,17 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", default="md", choices=["md", "json"])
     pr.set_defaults(func=commands.cmd_profile)
 
+    bn = sub.add_parser("bench", help="petlbench beside a reference loop (PIL + DataLoader every epoch, fp32): "
+                                      "wall time, speed-up, both accuracies")
+    bn.add_argument("--methods", default="linear,full,adapter,vpt_deep", help="as for run")
+    bn.add_argument("--suite", default="demo", help="a suite (default: demo, its pre-trained tiny ViT)")
+    bn.add_argument("--task", default="shapes", help="the task to train on (default: shapes)")
+    bn.add_argument("--epochs", type=int, default=10)
+    bn.add_argument("--data-root", help="as for run")
+    bn.add_argument("--no-grid", action="store_true", help="skip the tune protocol's 40-point linear grid")
+    bn.add_argument("--format", default="md", choices=["md", "json"])
+    bn.set_defaults(func=commands.cmd_bench)
+
     ev = sub.add_parser("eval", help="rebuild a run from its record and saved weights; reproduce its test accuracy")
     ev.add_argument("record", help="a run record (.json) whose task weights (.safetensors) sit beside it")
     ev.add_argument("--data-root", help="where the task folders are now (default: the record's data root)")

@@ -121,6 +121,18 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from petlbench.speed import bench
+    rows = bench(args.methods, args.suite, args.task, args.epochs, args.data_root, grid=not args.no_grid,
+                 log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        from tabulate import tabulate
+        print(tabulate(rows, headers="keys", tablefmt="github", missingval=""))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from petlbench.cache import resolve_cache_dir
     from petlbench.deploy import evaluate_record

@@ -66,7 +66,7 @@ def why_not(model: nn.Module, task_keys: list[str], train: TensorData) -> str | 
 
 @torch.no_grad()
 def compute(model: nn.Module, data: TensorData, device: torch.device, batch_size: int,
-            amp: torch.dtype | None, out: np.ndarray | None = None) -> np.ndarray:
+            amp: torch.dtype | None) -> np.ndarray:
     """Pre-logit features of every image, in order (the backbone in eval mode: deterministic by `why_not`)."""
     was_training = model.training
     model.eval()
@@ -78,34 +78,50 @@ def compute(model: nn.Module, data: TensorData, device: torch.device, batch_size
             feats = model.forward_head(model.forward_features(images), pre_logits=True)
         chunks.append(feats.float().cpu().numpy())
     model.train(was_training)
-    result = np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
-    if out is not None:
-        out[:] = result
-        return out
-    return result
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
 
 class FeatureCache:
-    """Features per (backbone, weights, preprocessing, data, precision), in memory for the current process and
-    on disk in `folder` (None: memory only)."""
+    """Features per (backbone, weights, preprocessing, data, precision): on disk in `folder` (None: not kept), and
+    per image in memory, so an image met again in another split (NOAH's train800val200 copies train800 and
+    val200) is not run through the backbone twice."""
+
+    MEMO_ROWS = 100_000  # about 300 MB of ViT-B features; then the memo starts afresh
 
     def __init__(self, folder: Path | None):
-        self.folder, self.memory = folder, {}
+        self.folder, self.memory, self.rows = folder, {}, {}
 
     def get(self, model: nn.Module, data: TensorData, identity: dict, device: torch.device, batch_size: int,
             amp: torch.dtype | None) -> FeatureData:
-        key = json.dumps({**identity, "data": data.digest, "amp": str(amp), "format": FORMAT}, sort_keys=True)
+        model_key = json.dumps({**identity, "amp": str(amp), "format": FORMAT}, sort_keys=True)
+        key = json.dumps({**json.loads(model_key), "data": data.digest}, sort_keys=True)
         name = "features-" + hashlib.sha256(key.encode()).hexdigest()[:24]
         if name not in self.memory:
             if len(self.memory) >= 4:  # a task's train and eval splits, for a backbone or two
                 self.memory.pop(next(iter(self.memory)))
-            self.memory[name] = self._load(name, key, model, data, device, batch_size, amp)
+            self.memory[name] = self._load(name, key, model_key, model, data, device, batch_size, amp)
         return self.memory[name]
 
-    def _load(self, name, key, model, data, device, batch_size, amp) -> FeatureData:
+    def features(self, model_key: str, model, data: TensorData, device, batch_size, amp) -> np.ndarray:
+        """Every image's features, through the per-image memo: only images not seen yet go through the backbone."""
+        memo = self.rows.setdefault(model_key, {})
+        if sum(map(len, self.rows.values())) > self.MEMO_ROWS:
+            self.rows = {model_key: {}}
+            memo = self.rows[model_key]
+        images = data.images.numpy() if data.images.device.type == "cpu" else data.images.cpu().numpy()
+        hashes = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+        missing = list({h: i for i, h in reversed(list(enumerate(hashes))) if h not in memo}.values())
+        if missing:
+            idx = torch.tensor(sorted(missing))
+            sub = replace(data, images=data.images[idx], labels=data.labels[idx])
+            for i, row in zip(idx.tolist(), compute(model, sub, device, batch_size, amp)):
+                memo[hashes[i]] = row
+        return np.stack([memo[h] for h in hashes]) if hashes else np.zeros((0, 0), dtype=np.float32)
+
+    def _load(self, name, key, model_key, model, data, device, batch_size, amp) -> FeatureData:
         labels = data.labels.cpu().numpy().astype(np.int64)
         if self.folder is None:
-            features = compute(model, data, device, batch_size, amp)
+            features = self.features(model_key, model, data, device, batch_size, amp)
             checksum = store.digest([features, labels])
         else:
             width = compute(model, replace(data, images=data.images[:1], labels=data.labels[:1]), device, 1,
@@ -114,7 +130,7 @@ class FeatureCache:
                       "labels": (np.dtype(np.int64), labels.shape)}
 
             def fill(arrays):
-                compute(model, data, device, batch_size, amp, out=arrays["features"])
+                arrays["features"][:] = self.features(model_key, model, data, device, batch_size, amp)
                 arrays["labels"][:] = labels
 
             def same_labels(arrays):
