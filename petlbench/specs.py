@@ -38,6 +38,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     # >0: also score the evaluation split every N epochs (a recorded curve, never a choice)
     eval_every: Annotated[int, Range(min=0)] = 0
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory for large backbones, same result
 
 
 @dataclass

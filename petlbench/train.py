@@ -68,29 +68,41 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     start = time.perf_counter()
     quiet = None if progress is None else not progress  # None: tqdm shows the bar only on a terminal
     bar = tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", leave=False, disable=quiet)
-    threads = set()
+    threads, accumulate, retries = set(), 1, []
+    if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)  # timm's: recompute activations in backward, less memory, same result
     for epoch in bar:
         threads.add(rebalance())  # another run started or ended on this machine: take the new share
         model.train()
         losses = []
         for idx in torch.randperm(len(train), generator=order).split(cfg.batch_size):
-            images, labels = train.batch(idx.to(train.device), generator=order)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = loss_fn(model(images), labels)
-            if not torch.isfinite(loss):
-                raise Diverged(f"training loss became {loss.item()} at step {step}; lower the learning rate")
-            first_loss = first_loss if first_loss is not None else max(loss.item(), 1e-3)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            images, labels = train.batch(idx.to(train.device), generator=order)  # augmentation drawn once per batch
+            while True:
+                try:
+                    loss = backward(model, images, labels, accumulate, loss_fn, device, amp)
+                    break
+                except torch.OutOfMemoryError:  # the same batch as smaller micro-batches: the same step, less memory
+                    optimizer.zero_grad(set_to_none=True)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if len(idx) < 2 * accumulate:
+                        raise
+                    accumulate *= 2
+                    retries.append({"step": step, "micro_batch": math.ceil(len(idx) / accumulate)})
+            if first_loss is None:
+                first_loss = max(loss.item(), 1e-3)
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             step += 1
             scheduler.step_update(step)
             losses.append(loss.detach())
             seen += len(idx)
-        epoch_loss = torch.stack(losses).float().mean().item()
+        epoch_loss = torch.stack(losses).float().mean().item()  # one device sync per epoch, not per step
         bar.set_postfix(loss=f"{epoch_loss:.3f}")
+        if not math.isfinite(epoch_loss):
+            raise Diverged(f"training loss became {epoch_loss} in epoch {epoch}; lower the learning rate")
         if epoch_loss > EXPLODED * first_loss:
             raise Diverged(diverged(epoch_loss, epoch, first_loss))
         if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < cfg.epochs:
@@ -107,9 +119,25 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
                "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
                "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1),
                "cpu_threads": sorted(threads)}
+    if retries:  # out of memory: the effective batch (and the result) stayed, split into micro-batches
+        metrics.update(micro_batches_per_step=accumulate, out_of_memory_retries=retries)
     if cfg.eval_every:
         metrics["eval_curve"] = curve + [[cfg.epochs, top1]]
     return metrics
+
+
+def backward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, accumulate: int, loss_fn,
+             device: torch.device, amp: torch.dtype | None) -> torch.Tensor:
+    """Gradients of the batch's mean loss, from `accumulate` micro-batches (each weighted by its share)."""
+    total = torch.zeros((), device=images.device)
+    for chunk_x, chunk_y in zip(images.tensor_split(accumulate), labels.tensor_split(accumulate)):
+        if len(chunk_y) == 0:
+            continue
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = loss_fn(model(chunk_x), chunk_y) * (len(chunk_y) / len(labels))
+        loss.backward()
+        total = total + loss.detach().float()
+    return total
 
 
 def diverged(loss: float, epoch: int, first: float) -> str:
@@ -119,11 +147,21 @@ def diverged(loss: float, epoch: int, first: float) -> str:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TensorData, cfg: TrainConfig, device: torch.device) -> float:
+    """Top-1 on `data`; out of memory, the evaluation batch halves (the answer does not depend on it)."""
     model.eval()
     amp = autocast_dtype(cfg, device)
-    correct = 0
-    for idx in torch.arange(len(data), device=data.device).split(cfg.eval_batch_size):
-        images, labels = data.batch(idx)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            correct += (model(images).argmax(dim=1) == labels).sum().item()
-    return correct / max(len(data), 1)
+    batch = cfg.eval_batch_size
+    while True:
+        try:
+            correct = 0
+            for idx in torch.arange(len(data), device=data.device).split(batch):
+                images, labels = data.batch(idx)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    correct += (model(images).argmax(dim=1) == labels).sum().item()
+            return correct / max(len(data), 1)
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            batch = max(1, batch // 2)

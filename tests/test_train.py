@@ -1,6 +1,8 @@
 """The training loop: seeding, schedule, evaluation."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -69,3 +71,47 @@ def test_sgd_is_classical_momentum_as_in_vpt():
     optimizer = make_optimizer(model, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9))
     assert isinstance(optimizer, torch.optim.SGD)
     assert all(group["nesterov"] is False and group["momentum"] == 0.9 for group in optimizer.param_groups)
+
+
+class RunsOutOfMemoryAbove(torch.nn.Module):
+    """A layer that raises CUDA's out-of-memory error for batches larger than `limit` (the error, injected on CPU)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x):
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: batch {len(x)} > {self.limit})")
+        return x
+
+
+def test_out_of_memory_retries_with_micro_batches_and_the_same_result():
+    from petlbench.features import FeatureData
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 8, generator=g), torch.randint(0, 3, (96,), generator=g)
+    data = FeatureData(x, y)
+    cfg = TrainConfig(optimizer="sgd", lr=0.5, epochs=3, warmup_epochs=1, batch_size=32)
+    torch.manual_seed(1)
+    plain = torch.nn.Sequential(torch.nn.Linear(8, 3))
+    squeezed = torch.nn.Sequential(copy.deepcopy(plain[0]), RunsOutOfMemoryAbove(limit=10))
+    reference = fit(plain, data, data, cfg, torch.device("cpu"), seed=0, progress=False)
+    retried = fit(squeezed, data, data, cfg, torch.device("cpu"), seed=0, progress=False)
+    assert retried["micro_batches_per_step"] == 4, "32 -> 16 -> 8 per micro-batch"
+    assert [r["micro_batch"] for r in retried["out_of_memory_retries"]] == [16, 8]
+    torch.testing.assert_close(squeezed[0].weight, plain[0].weight, rtol=1e-5, atol=1e-6)
+    assert retried["top1"] == reference["top1"] and "out_of_memory_retries" not in reference
+
+
+def test_activation_checkpointing_gives_the_same_result(tiny_spec):
+    from petlbench.data import TensorData
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = TensorData(images, torch.arange(24) % 4, torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5))
+    results = []
+    for checkpointing in (False, True):
+        model, _, _ = build_model(tiny_spec, parse_method_spec("full"), 4, seed=0)
+        cfg = TrainConfig(epochs=2, warmup_epochs=0, batch_size=8, grad_checkpointing=checkpointing)
+        results.append((fit(model, data, data, cfg, torch.device("cpu"), seed=0, progress=False), model))
+    assert results[1][1].grad_checkpointing is True
+    for a, b in zip(results[0][1].parameters(), results[1][1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
