@@ -69,6 +69,34 @@ def profile(methods: str, backbone: str = "vit_base_patch16_224", backbone_args:
             "peak_memory_mb": round(peak / 2**20, 1),
             "peak_memory_kind": "cuda max allocated" if dev.type == "cuda" else "process peak RSS",
             "wall_time_s": round(wall, 2),
+            **utilisation(model, prep, dev, metrics["train_images_per_s"]),
         })
         del model
     return rows
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, matched on the device name.
+BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 756.0, "A100": 312.0, "L40S": 362.0,
+                    "L40": 181.0, "A6000": 155.0, "RTX 4090": 165.0, "L4": 121.0, "A10G": 125.0, "A10": 125.0,
+                    "RTX 3090": 71.0}
+
+
+def utilisation(model: torch.nn.Module, prep: dict, device: torch.device, images_per_s: float) -> dict:
+    """FLOPs of one training image (forward + backward, torch's FlopCounterMode) and what the measured throughput
+    achieves; on a GPU whose bf16 peak is known, the fraction of it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    x = torch.zeros(1, *prep["input_size"], device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    achieved = flops * images_per_s / 1e12
+    found = {"train_gflops_per_image": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 4)}
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+        found["fraction_of_bf16_peak"] = round(achieved / peak, 4) if peak else None
+    return found
