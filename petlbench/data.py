@@ -6,7 +6,6 @@ then lives as one uint8 tensor, on the GPU when there is one.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -144,7 +143,7 @@ def decode_all(items: list[tuple[Path, int]], prep: dict,
     def one(i: int) -> None:
         out[i] = decode(items[i][0], size, prep["interpolation"], keep)
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL releases the GIL
+    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:  # PIL releases the GIL; our share of cores
         list(pool.map(one, range(len(items))))
     return out, np.array([label for _, label in items], dtype=np.int64)
 
