@@ -29,6 +29,9 @@ BUILTIN: dict[str, str] = {
     "vqt": "petlbench.methods.vqt:VQT",
     "conv_adapter": "petlbench.methods.conv_adapter:ConvAdapter",
     "vpt_pad": "petlbench.methods.vpt_pad:VPTPad",
+    "adaptformer": "petlbench.methods.adaptformer:AdaptFormer",
+    "adapter_plus": "petlbench.methods.adapter_plus:AdapterPlus",
+    "convpass": "petlbench.methods.convpass:Convpass",
 }
 
 _runtime: dict[str, type[Method]] = {}

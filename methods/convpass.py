@@ -1,0 +1,117 @@
+"""Convpass (Jie & Deng, 2022, "Convolutional Bypasses Are Better Vision Transformer Adapters"): a small
+convolutional bypass beside each block's attention and beside its MLP.
+
+    bypass(h) = up(dropout(qgelu(conv3x3(qgelu(down(h))))))      block: x + attn(h1) + s * bypass_attn(h1), ...
+
+As JieShibo/PETL-ViT convpass/vtab/convpass.py: the bypass reads the sub-layer's normalised input (h1 =
+norm1(x), h2 = norm2(x)); down and up are 1x1 convs (Linears) to and from 8 channels; the 3x3 conv runs on
+the patch tokens laid out on their grid, and on each prefix (class) token as its own 1x1 map (so only its
+centre tap and bias act); QuickGELU before and after the conv, dropout 0.1, down Xavier-uniform, up zero (the
+model starts unchanged), conv "identity" (zero but the centre tap, an identity) or "xavier". Wrapping
+`attn` and `mlp` makes it exactly parallel: the block adds attn(h) + s * bypass(h) to its residual.
+12 x 2 x (768*8+8 + 8*8*9+8 + 8*768+768) = 327,552 parameters on ViT-B/16 (0.33M).
+
+ViT only: in timm's Swin the attention module sees windows, not the map the paper's bypass convolves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import torch
+from torch import nn
+
+from petlbench.backbones import anatomy
+from petlbench.errors import UserError
+from petlbench.method import Method
+from petlbench.options import Range
+
+SCALES = [0.01, 0.1, 1.0, 10.0, 100.0]
+SOURCE = ("dim 8, QuickGELU, dropout 0.1, Xavier down, zero up: JieShibo/PETL-ViT convpass/vtab/convpass.py, train.py "
+          "(also AdamW lr 1e-3, wd 1e-4, batch 64, 100 epochs, 10 warm-up, drop-path 0.1); scale and conv init are "
+          "per task in convpass/vtab/configs/convpass/*.yaml, from {0.01, 0.1, 1, 10, 100} x {identity, xavier}: "
+          "of the 11 configs on record, s 0.1, 1 and 10 tie (3 each) and 1 is the median; xavier on 6 of 11")
+
+
+@dataclass
+class ConvpassConfig:
+    dim: Annotated[int, Range(min=1)] = 8  # channels of the bypass
+    scale: Annotated[float, Range(gt=0)] = 1.0  # s
+    conv_init: Literal["xavier", "identity"] = "xavier"  # the configs' xavier_init: true / false
+    dropout: Annotated[float, Range(min=0, lt=1)] = 0.1
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ConvBypass(nn.Module):
+    """Tokens (B, prefix + H*W, C) -> (B, prefix + H*W, C) through 1x1 down, 3x3 on the grid, 1x1 up."""
+
+    def __init__(self, width: int, dim: int, grid: tuple[int, int], prefix: int, conv_init: str, dropout: float):
+        super().__init__()
+        self.grid, self.prefix = grid, prefix
+        self.down = nn.Linear(width, dim)
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.up = nn.Linear(dim, width)
+        self.act = QuickGELU()
+        self.dropout = nn.Dropout(dropout)
+        nn.init.xavier_uniform_(self.down.weight)
+        if conv_init == "xavier":
+            nn.init.xavier_uniform_(self.conv.weight)
+        else:
+            nn.init.zeros_(self.conv.weight)
+            with torch.no_grad():
+                self.conv.weight[:, :, 1, 1] = torch.eye(dim)
+        for tensor in (self.down.bias, self.conv.bias, self.up.weight, self.up.bias):
+            nn.init.zeros_(tensor)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        (h, w), p = self.grid, self.prefix
+        if n != p + h * w:
+            raise UserError(f"convpass: expected {p} prefix + {h}x{w} patch tokens, got {n} tokens "
+                            "(the token grid is fixed when the method is applied)")
+        z = self.act(self.down(x))
+        c = z.shape[-1]
+        patches = self.conv(z[:, p:].reshape(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        prefix = self.conv(z[:, :p].reshape(b * p, c, 1, 1)).reshape(b, p, c)  # each a 1x1 map
+        z = torch.cat([prefix, patches], dim=1)
+        return self.up(self.dropout(self.act(z)))
+
+
+class Bypassed(nn.Module):
+    """frozen(h) + scale * bypass(h): the sub-layer and its bypass on the same (normalised) input."""
+
+    def __init__(self, frozen: nn.Module, bypass: ConvBypass, scale: float):
+        super().__init__()
+        self.frozen = frozen
+        self.bypass = bypass
+        self.scale = scale
+
+    def forward(self, h, **kwargs):  # kwargs: what the block passes its attention (attn_mask, is_causal)
+        return self.frozen(h, **kwargs) + self.scale * self.bypass(h)
+
+
+class Convpass(Method):
+    name = "convpass"
+    description = "convolutional bypasses (1x1 down, 3x3 on the token grid, 1x1 up) beside each attention and MLP"
+    paper = "Convpass (Jie & Deng, 2022, arXiv 2207.07039), JieShibo/PETL-ViT convpass"
+    Config = ConvpassConfig
+    families = ("vit",)  # needs the patch-token grid at the attention's input
+    recipe = "noah"
+    tune_grid = {"scale": SCALES, "conv_init": ["identity", "xavier"]}  # what the per-task configs choose from
+    defaults_source = SOURCE
+
+    def apply(self, model):
+        cfg = self.config
+        vit = anatomy(model, self.name)
+        grid = tuple(s // p for s, p in zip(vit.input_size, vit.patch_size))
+        for i, block in enumerate(vit.blocks):
+            if block.attn is None or block.mlp is None:
+                raise UserError(f"{self.name}: block {i} lacks the attention and MLP the bypasses sit beside")
+            for part in ("attn", "mlp"):
+                bypass = ConvBypass(block.dim, cfg.dim, grid, vit.num_prefix_tokens, cfg.conv_init, cfg.dropout)
+                block.set_part(part, Bypassed(getattr(block, part), bypass, cfg.scale))
+        return model
