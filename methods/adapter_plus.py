@@ -64,6 +64,8 @@ class AdapterPlus(Method):
     families = ("vit", "swin")  # reads each block's output with the width last (tokens, or Swin's B, H, W, C)
     recipe = "noah"  # Adapter+'s own recipe is the same: AdamW 1e-3, wd 1e-4, batch 64, 100 epochs, drop-path 0.1
     tune_grid = {"bottleneck": [1, 2, 4, 8, 16, 32]}  # the per-task dims of Adapter+ opt. (77.6), chosen on val
+    # Adapter+ normalises with the backbone's own mean/std (0.5 for orig_in21k), not ImageNet's (paper, sec. 4)
+    backbone_defaults = {"mean": "backbone", "std": "backbone"}
     defaults_source = SOURCE
 
     def apply(self, model):

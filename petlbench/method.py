@@ -35,7 +35,9 @@ class Method:
     # both apply only when the method trains under that recipe.
     train_defaults: ClassVar[dict[str, Any]] = {}
     tune_grid: ClassVar[dict[str, list] | None] = None
-    backbone_defaults: ClassVar[dict[str, Any]] = {}  # timm.create_model arguments, e.g. {"drop_path_rate": 0.0}
+    # timm.create_model arguments ({"drop_path_rate": 0.0}) and the input's mean, std, interpolation
+    # ({"mean": "backbone", "std": "backbone"}: the weights' own normalisation instead of the recipe's)
+    backbone_defaults: ClassVar[dict[str, Any]] = {}
     defaults_source: ClassVar[str] = ""  # where the untuned defaults come from (else the recipe's source)
 
     def __init__(self, config=None):

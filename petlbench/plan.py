@@ -147,11 +147,16 @@ def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict
                         interpolation=base.get("interpolation"))
 
 
+PREPROCESSING_KEYS = ("mean", "std", "interpolation")  # a method's backbone_defaults may set these too
+OWN = "backbone"  # e.g. backbone_defaults = {"mean": OWN, "std": OWN}: the weights' own normalisation
+
+
 def backbone_for(spec: BackboneSpec, recipe: Recipe, method: Method | None = None) -> BackboneSpec:
     """The recipe (and the method's departures from it, e.g. no drop-path) fill in what neither the suite nor
     the command line set."""
-    pre = recipe.preprocessing
     own = dict(method.backbone_defaults) if method is not None and recipe.name == method.recipe else {}
+    pre = {**recipe.preprocessing, **{k: own.pop(k) for k in PREPROCESSING_KEYS if k in own}}
+    pre = {k: None if v == OWN else v for k, v in pre.items()}  # OWN: the backbone's pretrained config decides
     return dataclasses.replace(spec, args={**recipe.backbone_args, **own, **spec.args},
                                mean=spec.mean or _triple(pre.get("mean")), std=spec.std or _triple(pre.get("std")),
                                interpolation=spec.interpolation or pre.get("interpolation"))

@@ -84,3 +84,11 @@ def test_a_method_departs_from_its_recipes_backbone_args_only_under_it():
         assert "drop_path_rate" not in plan("test_no_drop_path", recipe="vpt").backbone.args
     finally:
         unregister_method("test_no_drop_path")
+
+
+def test_adapter_plus_normalises_with_the_backbones_own_mean_and_std():
+    assert plan("adapter").backbone.mean == IMAGENET_MEAN, "NOAH's recipe: ImageNet's"
+    own = plan("adapter_plus")
+    assert own.backbone.mean is None and own.backbone.std is None, "None: the weights' pretrained config decides"
+    assert own.backbone.args["drop_path_rate"] == 0.1 and own.backbone.interpolation == "bicubic"
+    assert own.preprocessing()["mean"] == [0.5, 0.5, 0.5], "vit_base_patch16_224.augreg_in21k's own"
