@@ -137,7 +137,14 @@ class PeftTuner(Method):
 
     def __init__(self, config=None):
         super().__init__(config)
+        if self.config.config is not None:  # absolute: `eval` and `export` rebuild it from any folder
+            self.config = dataclasses.replace(self.config, config=str(Path(self.config.config).expanduser().resolve()))
         self.config_cls, self.kwargs = self._tuner()
+
+    def identity(self):
+        """The options and the tuner's resolved config: editing the config file makes a new run."""
+        return {**super().identity(), "tuner": {"class": self.config_cls.__name__,
+                                                "kwargs": {k: repr(v) for k, v in sorted(self.kwargs.items())}}}
 
     def _tuner(self) -> tuple[type, dict[str, Any]]:
         if self.config.config is None:

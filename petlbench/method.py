@@ -47,6 +47,11 @@ class Method:
         """Add modules and/or mark parameters trainable on a frozen timm model; return the model."""
         raise NotImplementedError
 
+    def identity(self) -> dict[str, Any]:
+        """What makes two configurations of the method the same run: its options; a method whose options name
+        a file adds the file's content (so editing the file is a new run)."""
+        return dataclasses.asdict(self.config)
+
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the trained method into the backbone's own weights: a plain timm model of the original
         architecture with the same outputs. Methods that cannot are refused in one line."""

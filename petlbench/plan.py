@@ -53,7 +53,7 @@ class RunPlan:
         b = self.backbone
         return {
             "suite": self.suite.name, "task": self.task.name, "seed": self.seed,
-            "method": {"name": self.method.name, "options": as_dict(self.method.config)},
+            "method": {"name": self.method.name, "options": self.method.identity()},
             "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "mean": b.mean, "std": b.std,
                          "interpolation": b.interpolation},
             "preprocessing": as_dict(self.suite.preprocessing),

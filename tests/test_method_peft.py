@@ -141,3 +141,24 @@ def test_cli_refuses_a_prompt_tuning_config(tmp_path):
     proc = petlbench_cli("params", "--backbone", "vit_tiny_patch16_224", "--backbone-args", TINY_BACKBONE_ARGS,
                          "--num-classes", "5", "--methods", f"peft:config={path}", timeout=120)
     assert_one_line_error(proc, "PROMPT_TUNING", "vpt_deep")
+
+
+def test_editing_the_config_file_is_a_new_run(tmp_path):
+    from pathlib import Path
+    from petlbench.plan import plan_one, resolve_backbone
+    from petlbench.registry import parse_method_spec
+    from petlbench.suite import load_suite
+    config = tmp_path / "ia3.yaml"
+    config.write_text("peft_type: IA3\n")
+    suite = load_suite("vtab1k")
+    spec = resolve_backbone(suite, Path("/nonexistent"), None, None, None, True)
+
+    def run_id():
+        method = parse_method_spec(f"peft:config={config}")
+        assert Path(method.config.config).is_absolute()
+        return plan_one(suite, suite.tasks[0], method, spec, 0, {}, None, suite.protocol("final"),
+                        Path("/nonexistent")).config_id()
+
+    before = run_id()
+    config.write_text("peft_type: IA3\ninit_ia3_weights: false\n")
+    assert run_id() != before
