@@ -1,8 +1,6 @@
 """The feature cache: a head-only run trains on stored pre-logit features, with the uncached run's result."""
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
