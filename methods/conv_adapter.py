@@ -80,6 +80,7 @@ class ConvAdapter(Method):
     families = ("resnet", "convnext")  # needs each block's convolutions (the anatomy's `convs`)
     recipe = "noah"  # Conv-Adapter's own recipe is AdamW lr 1e-3, wd 1e-4, batch 64, 100 epochs, cosine
     train_defaults = {"warmup_epochs": 0}
+    backbone_defaults = {"drop_path_rate": 0.0}  # Conv-Adapter trains without stochastic depth (main.py)
     defaults_source = SOURCE
 
     def apply(self, model):

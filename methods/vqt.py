@@ -27,7 +27,7 @@ SOURCE = ("VQT's VTAB-1k scripts (andytu28/VQT): 1 query per layer on 12 of 19 t
           "'can be simply set to 1'), query dropout 0.1 (scripts/VQT/run_vqt_vtab.sh), L2-normalised "
           "concatenated features (src/configs/config.py NORMALIZE_FEATS), Adam, batch 128, 100 epochs, 10 warm-up, "
           "base lr 0.1 x batch/256 and wd 1e-4 (configs/h2t-prompt/vtab.yaml), grid lr {1, 0.5, 0.25, 0.1, 0.05} x wd "
-          "{0.01, 1e-3, 1e-4, 0} (head2toe_train.py); AdamW stands in for Adam, which petlbench's TrainConfig lacks")
+          "{0.01, 1e-3, 1e-4, 0} (head2toe_train.py)")
 
 
 @dataclass
@@ -111,7 +111,7 @@ class VQT(Method):
     Config = VQTConfig
     families = ("vit",)  # queries attend inside a ViT's token attention
     recipe = "vpt"  # VQT's code is VPT's code: batch 128, lr x batch/256, 100 epochs, 10 warm-up, cosine
-    train_defaults = {"optimizer": "adamw", "lr": 0.1, "weight_decay": 0.0001}
+    train_defaults = {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0001}  # Adam, L2 decay: VQT's code
     tune_grid = {"lr": [1.0, 0.5, 0.25, 0.1, 0.05], "weight_decay": WEIGHT_DECAYS}
     defaults_source = SOURCE
 

@@ -179,15 +179,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 def preprocessing(model: nn.Module, spec: BackboneSpec, crop_pct: float = 1.0, train_augment: str = "none",
-                  eval_crop: str = "none") -> dict[str, Any]:
+                  eval_crop: str = "none", side: int | None = None) -> dict[str, Any]:
     """Everything that turns a file into the model's input, for the loader and the record.
 
     Input size, mean/std and interpolation come from the model's pretrained config unless the spec
-    (suite, recipe or command line) overrides them; crop and augmentation from the suite.
+    (suite, recipe or command line) overrides them; crop and augmentation from the suite; `side` (the suite's
+    `preprocessing.input_size`) sets the input of a model that takes any size (ConvNets).
     """
     cfg = timm.data.resolve_data_config({}, model=model)
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # set by img_size=..., beats the
     input_size = [3, *size] if size else list(cfg["input_size"])  # pretrained config's 224
+    if side is not None:
+        if size and tuple(size) != (side, side):
+            raise UserError(f"preprocessing.input_size {side}: {spec.name} is built for {size[0]}x{size[1]} inputs; "
+                            f"set its img_size={side} in the backbone's args instead")
+        input_size = [3, side, side]
     cropping = crop_pct < 1.0
     return {
         "input_size": input_size,

@@ -94,7 +94,7 @@ class RunPlan:
         no memory, nothing fetched) and the suite's crop and augmentation."""
         pre = self.suite.preprocessing
         model = meta_model(self.backbone, self.task.classes)
-        return preprocessing(model, self.backbone, pre.crop_pct, pre.train, pre.eval)
+        return preprocessing(model, self.backbone, pre.crop_pct, pre.train, pre.eval, pre.input_size)
 
 
 def recipe_for(method: Method, suite: Suite, recipe: str | None) -> tuple[Recipe, bool]:

@@ -48,6 +48,8 @@ class Preprocessing:
     crop_pct: Annotated[float, Range(gt=0, max=1)] = 1.0
     train: Literal["none", "random_crop_flip"] = "none"
     eval: Literal["none", "center_crop"] = "none"
+    # the model's input side in pixels; default: the backbone's (a ViT's img_size, else its pretrained config's)
+    input_size: Optional[Annotated[int, Range(min=1)]] = None
 
 
 @dataclass

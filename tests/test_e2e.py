@@ -98,8 +98,8 @@ def test_killed_run_leaves_no_partial_record(tmp_path, tiny_tasks):
     base = [sys.executable, "-m", "petlbench.cli", "run", "--suite", str(suite), "--methods", "linear",
             "--data-root", str(tiny_tasks), "--out", str(out), "--quiet"]
     assert subprocess.run(base + ["--tasks", "count"], capture_output=True).returncode == 0
-    finished = {p: p.read_bytes() for p in out.rglob("*.json")}
-    assert len(finished) == 1
+    finished = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}  # the record and its task weights
+    assert len(finished) == 2
 
     proc = subprocess.Popen(base + ["--tasks", "position", "--train", "epochs=100000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

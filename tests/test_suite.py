@@ -163,7 +163,7 @@ BAD = {
     "backbone not a mapping": ("name: x\nbackbone: vit\n" + TASKS, ["'backbone'", "mapping"]),
     "bad train key": ("name: x\ntrain: {lrr: 1}\n" + TASKS, ["'train'", "unknown option 'lrr'", "lr=", "epochs="]),
     "bad train type": ("name: x\ntrain: {epochs: many}\n" + TASKS, ["'train'", "'epochs'", "int", "'many'"]),
-    "bad train choice": ("name: x\ntrain: {optimizer: adam}\n" + TASKS, ["'train'", "'optimizer'", "adamw|sgd"]),
+    "bad train choice": ("name: x\ntrain: {optimizer: lamb}\n" + TASKS, ["'train'", "'optimizer'", "adamw|sgd|adam"]),
     "method_options not a mapping": ("name: x\nmethod_options: {vpt_deep: 4}\n" + TASKS,
                                      ["method_options.vpt_deep", "mapping"]),
     "top level a list": ("- name: x\n- tasks: []\n", ["mapping at the top level"]),
