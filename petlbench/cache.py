@@ -53,13 +53,13 @@ def fingerprint(split_file: Path, task_dir: Path, items: list[tuple[Path, int]])
     `task_dir` as the items were listed (symlinks not resolved), so a linked data root or task folder works.
     """
     h = hashlib.sha256(split_file.read_bytes())
-    base = absolute(task_dir)
+    base = len(str(absolute(task_dir)).rstrip(os.sep)) + 1  # items lie inside it (layouts.inside): slice, not pathlib
     for path, label in items:
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError:
             raise UserError(f"{path}: listed image not found") from None
-        h.update(f"\n{path.relative_to(base)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        h.update(f"\n{str(path)[base:]}\0{label}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 

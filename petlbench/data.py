@@ -6,6 +6,7 @@ then lives as one uint8 tensor, on the GPU when there is one.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -127,7 +128,7 @@ def decode(path: Path, size: tuple[int, int], interpolation: str, keep_aspect: b
                        INTERPOLATION[interpolation])
         left, top = (im.width - size[1]) // 2, (im.height - size[0]) // 2
         im = im.crop((left, top, left + size[1], top + size[0]))
-    else:
+    elif im.size != (size[1], size[0]):  # already the input size (VTAB's 224 files, the demo's 32): no resampling
         im = im.resize((size[1], size[0]), INTERPOLATION[interpolation])
     return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
@@ -140,11 +141,14 @@ def decode_all(items: list[tuple[Path, int]], prep: dict,
         raise UserError(f"interpolation: expected one of {', '.join(INTERPOLATION)}, got {prep['interpolation']!r}")
     out = np.empty((len(items), 3, *size), dtype=np.uint8) if out is None else out
 
-    def one(i: int) -> None:
-        out[i] = decode(items[i][0], size, prep["interpolation"], keep)
+    def some(indices: range) -> None:
+        for i in indices:
+            out[i] = decode(items[i][0], size, prep["interpolation"], keep)
 
-    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:  # PIL releases the GIL; our share of cores
-        list(pool.map(one, range(len(items))))
+    workers = torch.get_num_threads()  # our share of the cores; PIL releases the GIL while it decodes
+    step = max(1, math.ceil(len(items) / (4 * workers)))  # a few chunks per thread: not one future per image
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(some, (range(i, min(i + step, len(items))) for i in range(0, len(items), step))))
     return out, np.array([label for _, label in items], dtype=np.int64)
 
 

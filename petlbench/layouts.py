@@ -148,10 +148,11 @@ def inside(task_dir: Path, base: Path, rel: str, where: str) -> Path:
     Normalised without following symlinks: a split file must not reach out, but an image folder
     that is a symlink to another disk is the user's business.
     """
-    path = Path(os.path.normpath(absolute(base) / rel))
-    if not path.is_relative_to(absolute(task_dir)):
+    root = os.path.normpath(os.path.abspath(task_dir))  # strings: a split lists thousands of paths
+    path = os.path.normpath(os.path.join(os.path.abspath(base), rel))
+    if not (path == root or path.startswith(root.rstrip(os.sep) + os.sep)):
         raise UserError(f"{where}: path {rel!r} escapes the task folder {task_dir}")
-    return path
+    return Path(path)
 
 
 def absolute(path: Path) -> Path:

@@ -1,6 +1,7 @@
 """Run records: one JSON file per run, written atomically, with everything needed to reproduce it."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -132,6 +133,7 @@ def current(records: list[dict[str, Any]], warn: Callable[[str], None] | None = 
     return list(newest.values()) + [r for key, r in failed if key not in newest]
 
 
+@functools.lru_cache(maxsize=1)
 def package_versions() -> dict[str, str | None]:
     found = {"python": sys.version.split()[0]}
     for name in PACKAGES:
@@ -142,6 +144,7 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def git_revision() -> str | None:
     """The petlbench checkout's commit (with '+dirty' for local changes), when run from a checkout."""
     here = Path(__file__).resolve().parent

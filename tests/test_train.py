@@ -115,3 +115,15 @@ def test_activation_checkpointing_gives_the_same_result(tiny_spec):
     assert results[1][1].grad_checkpointing is True
     for a, b in zip(results[0][1].parameters(), results[1][1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_resnets_train_channels_last():
+    from petlbench.train import memory_format
+    from tests.families import tiny
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = TensorData(images, torch.arange(16) % 3, torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5))
+    model, _, _ = build_model(tiny("resnet"), parse_method_spec("bitfit"), 3, seed=0)
+    fit(model, data, data, TrainConfig(epochs=1, warmup_epochs=0, batch_size=8), torch.device("cpu"), seed=0)
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    vit, _, _ = build_model(tiny("vit"), parse_method_spec("bitfit"), 3, seed=0)
+    assert memory_format(vit) == torch.contiguous_format
