@@ -92,9 +92,19 @@ class RunPlan:
     def preprocessing(self) -> dict[str, Any]:
         """How the task's files become inputs: the backbone's config (built on the meta device: no weights,
         no memory, nothing fetched) and the suite's crop and augmentation."""
-        pre = self.suite.preprocessing
-        model = meta_model(self.backbone, self.task.classes)
-        return preprocessing(model, self.backbone, pre.crop_pct, pre.train, pre.eval, pre.input_size)
+        key = json.dumps([asdict(self.backbone), asdict(self.suite.preprocessing)], sort_keys=True, default=str)
+        return dict(_preprocessing(key, self.backbone, self.suite.preprocessing))
+
+
+_PREPROCESSING: dict[str, dict[str, Any]] = {}
+
+
+def _preprocessing(key: str, backbone: BackboneSpec, pre) -> dict[str, Any]:
+    """Once per backbone and suite preprocessing (`key`): building even a meta-device model takes a while."""
+    if key not in _PREPROCESSING:
+        model = meta_model(backbone, 2)
+        _PREPROCESSING[key] = preprocessing(model, backbone, pre.crop_pct, pre.train, pre.eval, pre.input_size)
+    return _PREPROCESSING[key]
 
 
 def recipe_for(method: Method, suite: Suite, recipe: str | None) -> tuple[Recipe, bool]:

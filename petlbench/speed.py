@@ -69,9 +69,12 @@ def reference(plan, prep: dict, seed: int) -> dict:
     model, _, _ = build_model(plan.backbone, plan.method, plan.task.classes, seed)
     datasets = [SplitFiles([item for split in plan.protocol[key] for item in list_images(
         plan.suite.layout, task_dir, plan.task, split)], transform) for key in ("train_splits", "eval_splits")]
+    # own generators: a DataLoader otherwise draws its workers' seed from the global RNG, which the model's
+    # dropout also draws from (VPT-deep), and the two loops would stop drawing the same masks
     loaders = [DataLoader(datasets[0], batch_size=cfg.batch_size, sampler=SameOrder(len(datasets[0]), seed),
-                          num_workers=physical_cores()),
-               DataLoader(datasets[1], batch_size=cfg.eval_batch_size, num_workers=physical_cores())]
+                          num_workers=physical_cores(), generator=torch.Generator().manual_seed(seed)),
+               DataLoader(datasets[1], batch_size=cfg.eval_batch_size, num_workers=physical_cores(),
+                          generator=torch.Generator().manual_seed(seed))]
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=len(loaders[0]))
     loss_fn, step = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), 0
@@ -123,6 +126,7 @@ def bench(methods: str = "linear,full,adapter,vpt_deep", suite: str = "demo", ta
     (the_task,) = the_suite.select([task])
     spec = resolve_backbone(the_suite, root, None, None, None, False)
     train = {"epochs": epochs, "warmup_epochs": min(1, epochs - 1)}
+    ours(None, suite, the_task.name, root, {"epochs": 1, "warmup_epochs": 0}, "linear")  # imports, not timed
     rows = []
     for method in parse_method_list(methods, the_suite.method_options):
         plan = plan_one(the_suite, the_task, method, spec, 0, train, None, the_suite.protocol("final"), root)
