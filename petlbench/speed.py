@@ -135,14 +135,14 @@ def bench(methods: str = "linear,full,adapter,vpt_deep", suite: str = "demo", ta
         label = method_label(method)
         seconds, top1 = ours(plan, suite, the_task.name, root, train, label)
         ref = reference(plan, plan.preprocessing(), seed=0)
-        rows.append({"method": label, "petlbench_s": round(seconds, 1), "reference_s": round(ref["seconds"], 1),
+        rows.append({"method": label, "petlbench_s": round(seconds, 2), "reference_s": round(ref["seconds"], 2),
                      "speed-up": round(ref["seconds"] / seconds, 2), "petlbench_top1": round(100 * top1, 1),
                      "reference_top1": round(100 * ref["top1"], 1)})
         log(f"bench: {rows[-1]}")
     if grid and any(m.name == "linear" for m in parse_method_list(methods)):
         one = next(r for r in rows if r["method"].startswith("linear"))
         seconds, top1 = ours(None, suite, the_task.name, root, train, "linear", protocol="tune")
-        rows.append({"method": "linear, tune: 40-point VPT grid + final", "petlbench_s": round(seconds, 1),
+        rows.append({"method": "linear, tune: 40-point VPT grid + final", "petlbench_s": round(seconds, 2),
                      "reference_s": None, "speed-up": None, "petlbench_top1": round(100 * top1, 1),
                      "reference_top1": None, "vs one linear run": round(seconds / one["petlbench_s"], 2)})
         log(f"bench: {rows[-1]}")
