@@ -1,4 +1,4 @@
-"""The `petlbench` command: run, table, plot, params, data, profile, eval, predict, export, ls. Bad input: one line, exit code 2."""
+"""The `petlbench` command: run, status, table, plot, params, data, profile, eval, predict, export, ls. Bad input: one line, exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -61,7 +61,24 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-weights", action="store_true",
                    help="do not save each run's task weights (trained tensors + head, safetensors beside the record)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_executor_flags(r)
     r.set_defaults(func=commands.cmd_run)
+
+    st = sub.add_parser("status", help="what is done, failed (and why), running and missing, per task and method")
+    st.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
+    st.add_argument("--suite", help="with --methods: every run of that `run` command; alone: only its records")
+    st.add_argument("--methods", help="as for run (with the same --tasks, --seeds, --protocol, --train, ...)")
+    st.add_argument("--train", default="", help="as for run")
+    for flag in ("--tasks", "--data-root", "--backbone", "--checkpoint", "--recipe", "--grid",
+                 "--mean", "--std"):
+        st.add_argument(flag, help="as for run")
+    st.add_argument("--backbone-args", default="", help="as for run")
+    st.add_argument("--random-init", action="store_true", help="as for run")
+    st.add_argument("--seeds", default="0", help="as for run")
+    st.add_argument("--eval-every", type=int, metavar="N", help="as for run")
+    st.add_argument("--protocol", default="final", choices=["final", "tune"])
+    st.add_argument("--format", default="md", choices=["md", "json"])
+    st.set_defaults(func=commands.cmd_status)
 
     t = sub.add_parser("table", help="tabulate run records: method x task top-1, mean, params")
     t.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
@@ -154,6 +171,26 @@ def parser() -> argparse.ArgumentParser:
     dd.add_argument("--archive", action="append", help="local .zip/.tar[.gz] to unpack instead (repeatable)")
     d.set_defaults(func=commands.cmd_data)
     return p
+
+
+def add_executor_flags(r: argparse.ArgumentParser) -> None:
+    """Where the runs execute: here (one after another, or N workers) or on Slurm through submitit."""
+    g = r.add_argument_group("execution (see README 'Run on a cluster')")
+    g.add_argument("--executor", default="local", choices=["local", "slurm"],
+                   help="local (default): this machine; slurm: submit the jobs through submitit")
+    g.add_argument("--workers", type=int, default=1, help="local: N runs at once, the cores (and GPUs) split")
+    g.add_argument("--runs-per-job", type=int, default=1, help="runs bundled into one job (default: 1)")
+    g.add_argument("--no-wait", action="store_true", help="slurm: submit and return; the same command collects")
+    g.add_argument("--slurm-config", help="YAML file of named Slurm profiles (default: ./petlbench-slurm.yaml, "
+                                          "~/.config/petlbench/slurm.yaml)")
+    g.add_argument("--slurm-profile", help="a profile of that file (default: its 'default' profile)")
+    g.add_argument("--partition", help="slurm partition")
+    g.add_argument("--time-min", type=int, help="slurm time limit per job, minutes (default: 60)")
+    g.add_argument("--gpus", type=int, help="GPUs per slurm job (default: 0)")
+    g.add_argument("--cpus", type=int, help="CPUs per slurm job, its torch threads (default: 4)")
+    g.add_argument("--mem-gb", type=float, help="memory per slurm job, GB (default: 16)")
+    g.add_argument("--max-parallel", type=int, help="slurm jobs in flight at most (default: 256)")
+    g.add_argument("--sbatch", default="", help="more sbatch options, e.g. account=proj,qos=high")
 
 
 if __name__ == "__main__":

@@ -14,30 +14,80 @@ def cmd_run(args) -> int:
     from petlbench.runner import run
     from petlbench.tables import render_records
 
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    pick_device(args.device)  # a missing GPU is refused now, not after preparing data
+    seeds = parse_seeds(args.seeds)
+    if args.executor == "local":
+        pick_device(args.device)  # a missing GPU is refused now, not after preparing data (Slurm: on the node)
     grid = parse_grid(args.grid)
-    records = run(suite=args.suite, methods=args.methods, seeds=seeds,
-                  tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
-                  backbone=args.backbone, backbone_args=parse_pairs(args.backbone_args, ",", "--backbone-args"),
-                  checkpoint=args.checkpoint, random_init=args.random_init, mean=numbers(args.mean, "--mean"),
-                  std=numbers(args.std, "--std"), data_root=args.data_root,
-                  out=args.out, train=train_overrides(args), device=args.device,
-                  protocol=args.protocol, recipe=args.recipe, grid=grid, cache_dir=args.cache_dir,
-                  progress=False if args.quiet else None, save_weights=not args.no_weights)
+    records = run(**run_arguments(args, seeds, grid), device=args.device, progress=False if args.quiet else None,
+                  save_weights=not args.no_weights, executor=args.executor, workers=args.workers,
+                  runs_per_job=args.runs_per_job, slurm=slurm_arguments(args), wait=not args.no_wait)
     failed = [r for r in records if r["status"] != "success"]
     if len(failed) < len(records):
         print()
         print(render_records(records, "md"))
     suites = sorted({r["suite"] for r in records})
-    print(f"records: {', '.join(f'{args.out}/{s}/' for s in suites)} (`petlbench table {args.out}` tabulates them all)")
+    if suites:
+        print(f"records: {', '.join(f'{args.out}/{s}/' for s in suites)} (`petlbench table {args.out}` tabulates them all)")
+    not_done = getattr(records, "not_done", 0)
     if failed:
         print(f"petlbench: {len(failed)} of {len(records)} runs failed; run the same command again to retry them",
               file=sys.stderr)
-        return 1
+    if not_done and not args.no_wait:
+        print(f"petlbench: {not_done} run(s) did not finish; `petlbench status {args.out}` shows them and the same "
+              "command again launches them", file=sys.stderr)
+    return 1 if failed or (not_done and not args.no_wait) else 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+
+
+def run_arguments(args, seeds: list[int], grid: dict | None) -> dict:
+    """What `run` and `status` share: the sweep's definition from the flags."""
+    return dict(suite=args.suite or "demo", methods=args.methods, seeds=seeds,
+                tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
+                backbone=args.backbone, backbone_args=parse_pairs(args.backbone_args, ",", "--backbone-args"),
+                checkpoint=args.checkpoint, random_init=args.random_init, mean=numbers(args.mean, "--mean"),
+                std=numbers(args.std, "--std"), data_root=args.data_root, out=args.out if hasattr(args, "out")
+                else args.results, train=train_overrides(args), protocol=args.protocol, recipe=args.recipe,
+                grid=grid, cache_dir=getattr(args, "cache_dir", None))
+
+
+def slurm_arguments(args):
+    if args.executor != "slurm":
+        return None
+    from petlbench.slurm import slurm_options
+    flags = {"partition": args.partition, "time_min": args.time_min, "gpus": args.gpus, "cpus": args.cpus,
+             "mem_gb": args.mem_gb, "max_parallel": args.max_parallel}
+    if args.sbatch:
+        flags["sbatch"] = {k: str(v) for k, v in parse_pairs(args.sbatch, ",", "--sbatch").items()}
+    return slurm_options(args.slurm_config, args.slurm_profile, flags)
+
+
+def cmd_status(args) -> int:
+    from petlbench.status import records_status, sweep_status
+    from petlbench.runner import make_sweep
+    from tabulate import tabulate
+    if args.methods:
+        sweep = make_sweep(**run_arguments(args, parse_seeds(args.seeds), parse_grid(args.grid)),
+                           log=lambda line: None)
+        rows, notes = sweep_status(sweep)
+    else:
+        from pathlib import Path
+        if not Path(args.results).is_dir():
+            raise UserError(f"{args.results}: no such folder of records")
+        rows, notes = records_status(Path(args.results), args.suite)
+    if args.format == "json":
+        print(json.dumps({"rows": rows, "notes": notes}, indent=2))
+        return 0
+    print(tabulate(rows, headers="keys", tablefmt="github") if rows else "no runs")
+    totals = {k: sum(r.get(k, 0) for r in rows) for k in ("done", "failed", "running", "missing") if rows and k in rows[0]}
+    print(", ".join(f"{n} {k}" for k, n in totals.items()))
+    for note in notes:
+        print(f"  {note}")
     return 0
 
 

@@ -21,12 +21,17 @@ from petlbench.backbones import ALL_FAMILIES
 from petlbench.errors import UserError
 
 
+@dataclasses.dataclass
+class NoOptions:
+    """The options of a method that has none (a module-level class, so a method's config pickles for workers)."""
+
+
 class Method:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""  # the paper the method and its defaults come from
     # Hyper-parameters of the method itself; replace with a dataclass in subclasses.
-    Config: ClassVar[type] = dataclasses.make_dataclass("Config", [])
+    Config: ClassVar[type] = NoOptions
     # Backbone families the method knows how to adapt (petlbench.backbones.ALL_FAMILIES).
     families: ClassVar[tuple[str, ...]] = ("vit",)
     # The named recipe (petlbench.recipes) of the paper whose numbers the method is compared with.

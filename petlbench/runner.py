@@ -1,4 +1,8 @@
-"""The `run` entry point (CLI and API): a command -> RunPlans -> execute each, one JSON record per run."""
+"""The `run` entry point (CLI and API): a command -> a Sweep (petlbench.sweep) -> phases of jobs -> an executor.
+
+Everything that can be wrong with the command (suite, methods, options, grid, backbone, data root,
+--out) is found here, before any job starts, on the machine where the command was typed.
+"""
 from __future__ import annotations
 
 import os
@@ -6,19 +10,19 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from petlbench.backbone import check_backbone
 from petlbench import threads
+from petlbench.backbone import check_backbone
 from petlbench.cache import resolve_cache_dir
-from petlbench.data import SplitCache
-from petlbench.device import pick_device
 from petlbench.errors import UserError
-from petlbench.execute import execute
+from petlbench.executors import make_executor
+from petlbench.jobs import say
 from petlbench.options import build
-from petlbench.plan import DATA_ROOT_ENV, method_label, plan_one, resolve_backbone, resolve_data_root
+from petlbench.plan import DATA_ROOT_ENV, resolve_backbone, resolve_data_root
 from petlbench.registry import parse_method_list, refuse_unsupported
 from petlbench.specs import PROTOCOLS, TrainConfig
 from petlbench.suite import load_suite
-from petlbench.tune import check_grid, run_tune
+from petlbench.sweep import Sweep, run_sweep
+from petlbench.tune import check_grid
 
 
 def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterable[int] = (0,),
@@ -27,9 +31,31 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
         std: tuple | None = None, data_root: str | None = None, out: str | Path = "results",
         train: dict | None = None, recipe: str | None = None, protocol: str = "final", grid: dict | None = None,
         device: str = "auto", cache_dir: str | Path | None = None, progress: bool | None = None,
-        log: Callable[[str], None] | None = None, save_weights: bool = True) -> list[dict]:
-    """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns the final records."""
+        log: Callable[[str], None] | None = None, save_weights: bool = True, executor: str = "local",
+        workers: int = 1, runs_per_job: int = 1, slurm=None, wait: bool = True) -> list[dict]:
+    """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns the final records.
+    `executor`: local (in this process, or `workers` processes) or slurm (`slurm`: SlurmOptions)."""
     log = log or say
+    the_sweep = make_sweep(suite, methods, seeds, tasks, backbone, backbone_args, checkpoint, random_init, mean, std,
+                           data_root, out, train, recipe, protocol, grid, device, cache_dir, progress, save_weights,
+                           log)
+    check_writable(the_sweep.out)
+    if slurm is None and executor == "slurm":
+        from petlbench.slurm import SlurmOptions
+        slurm = SlurmOptions()
+    runner = make_executor(executor, workers, runs_per_job, slurm, wait)
+    threads.register()  # this process's share of the cores, re-read every epoch
+    try:
+        return run_sweep(the_sweep, runner, log)
+    finally:
+        threads.unregister()
+
+
+def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=None, checkpoint=None,
+               random_init=False, mean=None, std=None, data_root=None, out="results", train=None, recipe=None,
+               protocol="final", grid=None, device="auto", cache_dir=None, progress=None, save_weights=True,
+               log: Callable[[str], None] = say) -> Sweep:
+    """The command, checked and resolved (the demo's data prepared), as one Sweep value."""
     the_suite = load_suite(suite)
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -43,7 +69,6 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
     seeds = list(seeds)
     if not seeds:
         raise UserError("--seeds: expected at least one seed, e.g. 0 or 0,1,2")
-    out, dev = Path(out), pick_device(device)
     root = resolve_data_root(the_suite, data_root)
     if the_suite.prepare == "demo":
         from petlbench.demo import prepare
@@ -52,32 +77,9 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")
     spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)
     refuse_unsupported(method_list, check_backbone(spec), spec.name)
-    check_writable(out)
-    cache = SplitCache(resolve_cache_dir(cache_dir))
-    threads.register()  # this run's share of the cores, re-read every epoch
-    try:
-        return sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root, out, dev,
-                     cache, progress, log, save_weights)
-    finally:
-        threads.unregister()
-
-
-def sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root, out, dev, cache,
-          progress, log, save_weights) -> list[dict]:
-    if protocol == "tune":
-        return run_tune(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, root, out, dev,
-                        cache, progress, log, save_weights)
-    plans = [plan_one(the_suite, task, m, spec, seed, overrides, recipe, the_suite.protocol("final"), root)
-             for task in selected for m in method_list for seed in seeds]  # task-major: decode each task once
-    return [execute(p, out, dev, cache, progress, log,
-                    f"[{i}/{len(plans)}] {p.suite.name}/{p.task.name} {method_label(p.method)} seed {p.seed}",
-                    save_weights=save_weights)
-            for i, p in enumerate(plans, 1)]
-
-
-def say(line: str) -> None:
-    """Progress lines reach a log file as each run ends (nohup, `| tee`, Slurm logs), not minutes later."""
-    print(line, flush=True)
+    cache = resolve_cache_dir(cache_dir)
+    return Sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root, Path(out),
+                 device, cache, save_weights, progress)
 
 
 def check_writable(out: Path) -> None:

@@ -1,4 +1,5 @@
-"""The `tune` protocol, the VTAB-1k rule: choose hyper-parameters with the 1000 labelled examples only.
+"""The `tune` protocol's pieces (petlbench.sweep runs its phases), the VTAB-1k rule: choose hyper-parameters
+with the 1000 labelled examples only.
 
 For each task and method: train every grid point on `train` (train800), evaluate on `val` (val200),
 pick the best last-epoch val top-1 (ties: the smaller lr), then train the chosen point on `trainval`
@@ -13,14 +14,12 @@ import itertools
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from petlbench.errors import UserError
-from petlbench.execute import execute
-from petlbench.headgrid import execute_grid
 from petlbench.method import Method
 from petlbench.options import as_dict, build
-from petlbench.plan import RunPlan, method_label, plan_one, tune_grid
+from petlbench.plan import RunPlan, method_label
 from petlbench.records import write_atomic
 from petlbench.specs import TrainConfig
 
@@ -67,37 +66,6 @@ def choose(results: list[tuple[dict, dict]]) -> dict | None:
     def lr(point, record):
         return point["lr"] if "lr" in point else record["train"]["lr"]
     return max(done, key=lambda pr: (pr[1]["metrics"]["val_top1"], -lr(*pr)))[0]
-
-
-def run_tune(suite, tasks, methods, seeds, spec, overrides, recipe, grid, root: Path, out: Path, device, cache,
-             progress, log: Callable[[str], None], save_weights: bool = True) -> list[dict]:
-    finals = []
-    for task in tasks:
-        for method in methods:
-            base = plan_one(suite, task, method, spec, seeds[0], overrides, recipe,
-                            suite.protocol("tune", "search"), root)
-            space = grid or tune_grid(method, base.recipe)
-            where = f"{suite.name}/{task.name} {method_label(method)}"
-            points = grid_points(space, base, "--grid" if grid else f"recipe {base.recipe.name}")
-            wheres = [f"[tune {i}/{len(points)}] {where} " + " ".join(f"{k}={v}" for k, v in point.items())
-                      for i, point in enumerate(points, 1)]
-            records = execute_grid([apply_point(base, point, where) for point in points], out, device, cache,
-                                   progress, log, wheres)
-            results = list(zip(points, records))
-            chosen = choose(results)
-            selection_file = write_selection(base, space, results, chosen, out)
-            if chosen is None:
-                log(f"{where}: FAILED: no grid point finished; see {selection_file}")
-                continue
-            log(f"{where}: chose {chosen} on val ({selection_file.name})")
-            for seed in seeds:
-                final = apply_point(plan_one(suite, task, method, spec, seed, overrides, recipe,
-                                             suite.protocol("tune", "final"), root), chosen, where)
-                extra = {"selection": {"file": str(selection_file.relative_to(out)), "chosen": chosen,
-                                       "grid_points": len(points)}}
-                finals.append(execute(final, out, device, cache, progress, log,
-                                      f"[final] {where} seed {seed}", extra, save_weights))
-    return finals
 
 
 def write_selection(base: RunPlan, grid: dict, results: list[tuple[dict, dict]], chosen: dict | None,

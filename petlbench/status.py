@@ -1,0 +1,132 @@
+"""`petlbench status RESULTS [--suite S --methods ...]`: what is done, failed (and why), running and missing.
+
+Without --methods: every record under RESULTS, per suite, task and method. With a suite and methods (the
+`run` command's own flags): every run that command would make, as done, failed, running (a process holds
+its lock) or missing; under `--protocol tune` the search points, and the finals once a selection exists.
+Looking is cheap: no image is decoded. A run counts as done when a successful record of its
+configuration exists on the same split files (a change inside image files is found when the run executes).
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from petlbench.backbone import file_sha256
+from petlbench.jobs import is_running, lock_held
+from petlbench.layouts import find_task_dir, split_file
+from petlbench.plan import RunPlan, method_label
+from petlbench.records import current, is_finished, load_records, read_record
+
+STATES = ("done", "failed", "running", "missing")
+
+
+def config_records(plan: RunPlan, out: Path) -> list[dict[str, Any]]:
+    """Every readable record of the plan's configuration (any data), newest first."""
+    found = [read_record(p) for p in plan.record_dir(out).glob(f"{plan.record_stem()}__{plan.config_id()}*.json")]
+    return sorted((r for r in found if r), key=lambda r: str(r.get("finished_at")), reverse=True)
+
+
+def same_split_files(plan: RunPlan, record: dict[str, Any]) -> bool:
+    recorded = (record.get("data") or {}).get("split_files_sha256")
+    if not isinstance(recorded, dict):
+        return True  # records of the batched grid do not hold them; their data id still guards the run
+    task_dir = find_task_dir(plan.data_root, plan.task)
+    try:
+        return all(file_sha256(split_file(plan.suite.layout, task_dir, split))[:16] == digest
+                   for split, digest in recorded.items())
+    except OSError:
+        return False
+
+
+def done_record(plan: RunPlan, out: Path) -> dict[str, Any] | None:
+    """The newest successful record of the plan's configuration on the current split files, if any."""
+    for record in config_records(plan, out):
+        if is_finished(record, plan.metric) and same_split_files(plan, record):
+            return record
+    return None
+
+
+def state_of(plan: RunPlan, out: Path) -> tuple[str, str | None]:
+    """(state, the error's last line for a failed run)."""
+    if done_record(plan, out):
+        return "done", None
+    if is_running(plan, out):
+        return "running", None
+    records = config_records(plan, out)
+    if records and records[0].get("status") == "failed":
+        return "failed", last_line(records[0].get("error"))
+    return "missing", None
+
+
+def expected(sweep) -> list[tuple[str, RunPlan]]:
+    """Every run of the sweep's command, as (stage, plan): finals, or the tune search and chosen finals."""
+    from petlbench.sweep import search
+    from petlbench.tune import apply_point
+    runs = []
+    for task in sweep.tasks:
+        for method in sweep.methods:
+            if sweep.protocol == "final":
+                runs += [("final", sweep.plan(task, method, seed)) for seed in sweep.seeds]
+                continue
+            s = search(sweep, task, method)
+            runs += [("search", p) for unit in s.units for p in unit.plans]
+            chosen = newest_selection(s.base, sweep.out)
+            if chosen is not None:
+                runs += [("final", apply_point(sweep.plan(task, method, seed, "final"), chosen, s.where))
+                         for seed in sweep.seeds]
+    return runs
+
+
+def newest_selection(base: RunPlan, out: Path) -> dict | None:
+    files = base.record_dir(out).parent.glob(f"{method_label(base.method)}__selection__*.json")
+    selections = []
+    for path in files:
+        try:
+            selections.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    selections = [s for s in selections if isinstance(s, dict) and s.get("chosen")]
+    return max(selections, key=lambda s: str(s.get("written_at")))["chosen"] if selections else None
+
+
+def sweep_status(sweep) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows per task and method (counts per state) and the failed runs' lines."""
+    counts: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
+    failures = []
+    for stage, plan in expected(sweep):
+        state, error = state_of(plan, sweep.out)
+        counts[(plan.task.name, method_label(plan.method), stage)][state] += 1
+        if state == "failed":
+            failures.append(f"{plan.task.name} {plan.record_stem()}: {error}")
+    rows = [{"task": task, "method": method, "stage": stage, **c} for (task, method, stage), c in counts.items()]
+    return rows, failures
+
+
+def records_status(out: Path, suite: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows per suite, task and method from the records on disk (newest per configuration)."""
+    counts: dict[tuple, dict[str, int]] = defaultdict(lambda: {"done": 0, "failed": 0})
+    failures = []
+    for r in current(load_records(out)):
+        if suite and r.get("suite") != suite:
+            continue
+        stage = (r.get("protocol") or {}).get("stage") or "final"
+        key = (r.get("suite"), r.get("task"), (r.get("method") or {}).get("label"), stage)
+        if r.get("status") == "success":
+            counts[key]["done"] += 1
+        else:
+            counts[key]["failed"] += 1
+            failures.append(f"{r.get('suite')}/{r.get('task')} {(r.get('method') or {}).get('label')} "
+                            f"seed {r.get('seed')}: {last_line(r.get('error'))}")
+    running = sum(1 for lock in out.rglob(".*.lock") if lock_held(lock))
+    rows = [{"suite": s, "task": t, "method": m, "stage": st, **c} for (s, t, m, st), c in sorted(counts.items(),
+                                                                                                key=str)]
+    if running:
+        failures.insert(0, f"{running} run(s) running now (their lock is held)")
+    return rows, failures
+
+
+def last_line(error: Any) -> str:
+    lines = [line for line in str(error or "unknown error").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
