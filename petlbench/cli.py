@@ -158,17 +158,28 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["methods", "suites"])
     ls.set_defaults(func=commands.cmd_ls)
 
-    d = sub.add_parser("data", help="check a data root against a suite, or download a suite's data and check it")
+    d = sub.add_parser("data", help="check a data root (leakage too), download a suite's data, or picture its tasks")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dc = dsub.add_parser("check", help="per task: found, images per split, classes, unreadable files")
     dc.add_argument("--suite", required=True, help="vtab1k, fgvc, another packaged suite, or a suite YAML path")
     dc.add_argument("--data-root", help="folder holding the task folders (else the suite's, else $PETLBENCH_DATA_ROOT)")
     dc.add_argument("--tasks", help="comma-separated subset of the suite's tasks")
+    dc.add_argument("--strict", action="store_true",
+                    help="train/test leakage (an image in a training split and in test) is an error, not a warning")
     dd = dsub.add_parser("download", help="fetch (or take local archives), unpack into --to, then check")
-    dd.add_argument("suite", help="vtab1k (public NOAH-layout mirror on the Hugging Face hub) or fgvc")
+    dd.add_argument("suite", help="vtab1k or fgvc (their public mirrors on the Hugging Face hub)")
     dd.add_argument("--to", required=True, help="folder to download and unpack into")
-    dd.add_argument("--repo", help="a Hugging Face dataset repo OWNER/NAME holding the data (required for fgvc)")
-    dd.add_argument("--archive", action="append", help="local .zip/.tar[.gz] to unpack instead (repeatable)")
+    dd.add_argument("--tasks", help="comma-separated subset of the suite's tasks (fgvc: datasets)")
+    dd.add_argument("--repo", help="another Hugging Face dataset repo OWNER/NAME in the suite's layout")
+    dd.add_argument("--archive", action="append",
+                    help="a local .zip/.tar[.gz] (repeatable): vtab1k: instead of the mirror; fgvc: alone, offline, "
+                         "or with --repo for a dataset the mirror lacks")
+    ds = dsub.add_parser("show", help="one PNG per task: a few training images per class, class counts per split")
+    ds.add_argument("--suite", required=True, help="as for check")
+    ds.add_argument("--data-root", help="as for check")
+    ds.add_argument("--tasks", help="comma-separated subset of the suite's tasks")
+    ds.add_argument("--out", default="data-show", help="folder for the PNGs (default: data-show)")
+    ds.add_argument("--per-class", type=int, default=4, help="training images shown per class (default: 4)")
     d.set_defaults(func=commands.cmd_data)
     return p
 

@@ -253,9 +253,12 @@ def mergeable(cls) -> bool:
 
 
 def cmd_data(args) -> int:
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     if args.data_command == "check":
         from petlbench.datacheck import run_check
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-        return run_check(args.suite, args.data_root, tasks)
+        return run_check(args.suite, args.data_root, tasks, strict=args.strict)
+    if args.data_command == "show":
+        from petlbench.datashow import run_show
+        return run_show(args.suite, args.data_root, tasks, args.out, args.per_class)
     from petlbench.download import download
-    return download(args.suite, args.to, repo=args.repo, archives=args.archive)
+    return download(args.suite, args.to, repo=args.repo, archives=args.archive, tasks=tasks)

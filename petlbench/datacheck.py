@@ -5,11 +5,18 @@ protocol roles, classes seen vs expected, and every problem with the exact file:
 or split file, a bad line or label, an image listed twice in a split, a path leaving the task folder,
 a missing or undecodable image. Images go through the decode `run` uses (`data.open_rgb`), so data
 check refuses what a run would. Problems are collected, not raised, so one pass shows all of them.
+
+Leakage: an image of a training split (train, val, trainval) that is also in the test split, by path or by
+content (a hash of the decoded pixels, so a copy under another name is caught), is reported as a warning,
+an error with --strict. The hash comes from the decode the check does anyway (JPEGs at 1/8 scale, which
+every copy of the same file decodes alike), so it costs a small fraction of it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +28,7 @@ from petlbench.specs import Task
 from petlbench.suite import Suite, load_suite
 
 SHOWN = 5  # problems printed per task; the rest are counted
+HASH_SECONDS: list[float] = []  # time spent hashing pixels for the leakage check (reported with the check)
 
 
 @dataclass
@@ -30,6 +38,9 @@ class TaskCheck:
     counts: dict[str, int | None] = field(default_factory=dict)  # split -> images listed; None: unusable
     classes_seen: int = 0
     problems: list[str] = field(default_factory=list)
+    leaks: list[tuple[str, Path, Path]] = field(default_factory=list)  # (by path | by content, train side, test)
+    train_paths: set = field(default_factory=set)  # images of the training roles (train, val, trainval)
+    test_paths: set = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -41,20 +52,23 @@ def split_names(suite: Suite) -> list[str]:
     return list(dict.fromkeys(s for role in ("train", "val", "trainval", "test") for s in suite.splits[role]))
 
 
-def verify_image(path: Path) -> str | None:
-    """None when `run` would decode the file; else what it would say, without the path."""
+def verify_image(path: Path) -> tuple[str | None, str | None]:
+    """(None, pixel hash) when `run` would decode the file; else (what it would say, without the path; None)."""
     if not path.is_file():
-        return "listed image not found"
+        return "listed image not found", None
     try:
-        open_rgb(path, draft=(1, 1))  # JPEG: decode at 1/8 scale; every block is still read
+        im = open_rgb(path, draft=(1, 1))  # JPEG: decode at 1/8 scale; every block is still read
     except UserError as exc:
-        return str(exc).removeprefix(f"{path}: ")
-    return None
+        return str(exc).removeprefix(f"{path}: "), None
+    start = time.perf_counter()
+    digest = hashlib.blake2b(f"{im.size}".encode() + im.tobytes(), digest_size=16).hexdigest()
+    HASH_SECONDS.append(time.perf_counter() - start)
+    return None, digest
 
 
 def check_suite(suite: Suite, data_root: Path, tasks: list[Task] | None = None,
                 workers: int | None = None) -> list[TaskCheck]:
-    """List every split of every task, then open every listed image once, in a thread pool."""
+    """List every split of every task, then open every listed image once, in a thread pool; then leakage."""
     checks, owners = [], {}
     for task in tasks or suite.tasks:
         check, paths = list_task(suite, data_root, task)
@@ -63,11 +77,31 @@ def check_suite(suite: Suite, data_root: Path, tasks: list[Task] | None = None,
             owners.setdefault(path, check)
     if owners:
         print(f"checking {len(owners):,} images under {data_root} ...", file=sys.stderr, flush=True)
+    digests, start = {}, time.perf_counter()
+    HASH_SECONDS.clear()
     with ThreadPoolExecutor(max_workers=workers or min(32, 4 * (os.cpu_count() or 1))) as pool:
-        for path, why in zip(owners, pool.map(verify_image, owners)):
+        for path, (why, digest) in zip(owners, pool.map(verify_image, owners)):
             if why:
                 owners[path].problems.append(f"{path}: {why}")
+            digests[path] = digest
+    if owners:
+        print(f"checked {len(owners):,} images in {time.perf_counter() - start:.1f} s; the leakage check's pixel "
+              f"hashes took {sum(HASH_SECONDS):.2f} s of thread time", file=sys.stderr, flush=True)
+    for check in checks:
+        check.leaks = leakage(check.train_paths, check.test_paths, digests)
     return checks
+
+
+def leakage(train: set[Path], test: set[Path], digests: dict[Path, str | None]) -> list[tuple[str, Path, Path]]:
+    """Test images that a training split also lists (same path) or holds under another name (same pixels)."""
+    leaks = [("by path", path, path) for path in sorted(train & test)]
+    by_digest = {}
+    for path in sorted(train - test):
+        if digests.get(path):
+            by_digest.setdefault(digests[path], path)
+    leaks += [("by content", by_digest[digests[path]], path) for path in sorted(test - train)
+              if digests.get(path) in by_digest]
+    return leaks
 
 
 def list_task(suite: Suite, data_root: Path, task: Task) -> tuple[TaskCheck, list[Path]]:
@@ -86,6 +120,7 @@ def list_task(suite: Suite, data_root: Path, task: Task) -> tuple[TaskCheck, lis
                 break
             continue
         check.counts[split] = len(items)
+        (check.test_paths if split in suite.splits["test"] else check.train_paths).update(p for p, _ in items)
         check.problems += split_duplicates(suite.layout, task_dir, task, split)
         labels.update(label for _, label in items)
         paths.update(dict.fromkeys(path for path, _ in items))
@@ -111,13 +146,25 @@ def render(checks: list[TaskCheck], suite: Suite, data_root: Path) -> str:
             lines += [f"  {c.task.name}: {p}" for p in c.problems[:SHOWN]]
             if len(c.problems) > SHOWN:
                 lines.append(f"  {c.task.name}: ... and {len(c.problems) - SHOWN} more")
+    leaky = [c for c in checks if c.leaks]
+    if leaky:
+        lines += ["", "leakage (training images also in the test split):"]
+        for c in leaky:
+            kinds = {k: sum(1 for kind, _, _ in c.leaks if kind == k) for k in ("by path", "by content")}
+            lines.append(f"  {c.task.name}: {len(c.leaks)} test image(s) also in training splits "
+                         f"({kinds['by path']} by path, {kinds['by content']} by content)")
+            lines += [f"    {kind}: {train}" + ("" if train == test else f" = {test}")
+                      for kind, train, test in c.leaks[:SHOWN]]
     lines += ["", f"{len(checks) - len(bad)} of {len(checks)} tasks ok" +
-              (f"; with problems: {', '.join(c.task.name for c in bad)}" if bad else "")]
+              (f"; with problems: {', '.join(c.task.name for c in bad)}" if bad else "") +
+              (f"; leakage in {', '.join(c.task.name for c in leaky)}" if leaky else "; no train/test leakage")]
     return "\n".join(lines)
 
 
-def run_check(suite: str | Suite, data_root: str | Path | None, tasks: list[str] | None = None) -> int:
-    """Print the report; 0 when every task is complete and readable, 1 otherwise."""
+def run_check(suite: str | Suite, data_root: str | Path | None, tasks: list[str] | None = None,
+              strict: bool = False) -> int:
+    """Print the report; 0 when every task is complete and readable (and, with `strict`, has no train/test
+    leakage), 1 otherwise."""
     from petlbench.plan import resolve_data_root
 
     the_suite = suite if isinstance(suite, Suite) else load_suite(suite)
@@ -127,4 +174,8 @@ def run_check(suite: str | Suite, data_root: str | Path | None, tasks: list[str]
         raise UserError(f"data root {root}: folder not found (from --data-root or $PETLBENCH_DATA_ROOT)")
     checks = check_suite(the_suite, root, selected)
     print(render(checks, the_suite, root))
-    return 0 if all(c.ok for c in checks) else 1
+    leaky = [c.task.name for c in checks if c.leaks]
+    if leaky:
+        print(f"petlbench: {'error' if strict else 'warning'}: train/test leakage in {', '.join(leaky)}"
+              + ("" if strict else " (--strict makes it an error)"), file=sys.stderr)
+    return 0 if all(c.ok for c in checks) and not (strict and leaky) else 1

@@ -1,8 +1,8 @@
 """`petlbench data download`: fetch a suite's data, unpack it safely, then run the data check.
 
-VTAB-1k comes from the public NOAH-layout mirror on the Hugging Face hub (one vtab-1k.zip); FGVC has
-no known public mirror in the VPT layout, so it needs --repo (a dataset repo) or --archive (local
-archives, also the offline route for VTAB-1k). Archive members that would land outside the target
+VTAB-1k comes from the public NOAH-layout mirror on the Hugging Face hub (one vtab-1k.zip); FGVC from
+its public mirror of split files and image archives (petlbench.fgvc_download lays it out). --archive
+takes local archives instead (the offline route). Archive members that would land outside the target
 folder are refused before anything is written.
 """
 from __future__ import annotations
@@ -21,28 +21,32 @@ MIRRORS = {"vtab1k": "XiN0919/VTAB-1k"}  # suite name -> public HF dataset repo 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
-def download(suite: str, to: str | Path, repo: str | None = None, archives: list[str] | None = None) -> int:
+def download(suite: str, to: str | Path, repo: str | None = None, archives: list[str] | None = None,
+             tasks: list[str] | None = None) -> int:
     """Fetch (or take the given archives), unpack into `to`, find the data root in it, check it."""
     from petlbench.datacheck import run_check
 
     the_suite = load_suite(suite)
+    selected = the_suite.select(tasks)
     dest = Path(to).expanduser()
+    paths = [Path(a).expanduser() for a in archives or []]
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"--archive {path}: file not found")
+    from petlbench.fgvc_download import download_fgvc, is_split_archive
+    if the_suite.layout == "fgvc" and (repo or not paths or any(is_split_archive(p.name) for p in paths)):
+        # the mirror's shape: split files and image archives; else (archives of a laid-out tree) as below
+        make_folder(dest)
+        download_fgvc(selected, dest, repo, paths)
+        return run_check(the_suite, dest, [t.name for t in selected])
     if repo and archives:
         raise UserError("--repo and --archive: give one of them (archives are unpacked as they are)")
-    if archives:
-        paths = [Path(a).expanduser() for a in archives]
-        for path in paths:
-            if not path.is_file():
-                raise UserError(f"--archive {path}: file not found")
-    else:
+    if not archives:
         repo = repo or MIRRORS.get(the_suite.name)
         if not repo:
             raise UserError(f"suite {the_suite.name!r}: no public mirror in the {the_suite.layout} layout is known; "
                             "pass --repo OWNER/NAME (a Hugging Face dataset repo) or --archive PATH")
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--to {dest}: cannot create the folder ({exc.strerror or exc})") from None
+    make_folder(dest)
     if not archives:
         fetch(repo, dest)
         paths = find_archives(dest)
@@ -50,7 +54,14 @@ def download(suite: str, to: str | Path, repo: str | None = None, archives: list
         unpack(path, dest)
     root = locate_root(dest, the_suite)
     print(f"data root: {root}  (pass --data-root {root}, or set PETLBENCH_DATA_ROOT)", flush=True)
-    return run_check(the_suite, root)
+    return run_check(the_suite, root, tasks)
+
+
+def make_folder(dest: Path) -> None:
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--to {dest}: cannot create the folder ({exc.strerror or exc})") from None
 
 
 def fetch(repo: str, dest: Path) -> None:

@@ -114,11 +114,14 @@ def test_pick_device_validates(monkeypatch):
 
 
 def test_train_module_no_longer_has_its_own_device_picker():
+    import inspect
+
+    import petlbench.jobs
     import petlbench.profile
-    import petlbench.runner
     import petlbench.train
     assert not hasattr(petlbench.train, "pick_device")
-    assert petlbench.runner.pick_device is device_module.pick_device is petlbench.profile.pick_device
+    assert petlbench.profile.pick_device is device_module.pick_device
+    assert "from petlbench.device import pick_device" in inspect.getsource(petlbench.jobs.context)  # where jobs run
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

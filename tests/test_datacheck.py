@@ -41,7 +41,8 @@ def cli(capsys, *args: str) -> subprocess.CompletedProcess:
 
 
 def problem_lines(out: str) -> list[str]:
-    return [line.strip() for line in out.split("\nproblems:\n")[-1].splitlines() if line.startswith("  ")]
+    section = out.split("\nproblems:\n")[-1].split("\nleakage")[0]  # the leakage report follows the problems
+    return [line.strip() for line in section.splitlines() if line.startswith("  ")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,12 +334,12 @@ def test_archive_member_escaping_the_target_is_refused(tmp_path, capsys, make, m
 
 
 def test_download_needs_a_source_and_says_so_offline(tmp_path, capsys):
-    fgvc = cli(capsys, "data", "download", "fgvc", "--to", str(tmp_path / "d"))
-    assert_one_line_error(fgvc, "fgvc", "--repo", "--archive")
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # huggingface_hub makes no request at all
+    fgvc = petlbench_cli("data", "download", "fgvc", "--to", str(tmp_path / "d"), env=offline)
+    assert_one_line_error(fgvc, "cannot reach the Hugging Face hub", "XiN0919/FGVC", "--archive")
     not_archive = tmp_path / "notes.txt"
     not_archive.write_text("hello")
     assert_one_line_error(cli(capsys, "data", "download", "vtab1k", "--archive", str(not_archive), "--to",
                                         str(tmp_path / "d")), str(not_archive), "not a zip or tar archive")
-    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # huggingface_hub makes no request at all
     result = petlbench_cli("data", "download", "vtab1k", "--to", str(tmp_path / "d"), env=offline)
     assert_one_line_error(result, "cannot reach the Hugging Face hub", "XiN0919/VTAB-1k", "--archive")
