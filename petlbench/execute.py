@@ -31,7 +31,8 @@ from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
                                write_atomic)
 from petlbench.registry import available_methods
-from petlbench.features import why_not
+from petlbench import prefix
+from petlbench.features import MORE_THAN_HEAD, why_not
 from petlbench.train import Diverged, autocast_dtype, fit
 from petlbench.weights import save_task, weights_path
 
@@ -118,13 +119,24 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
 
 def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], train: TensorData,
                 evaluation: TensorData, device: torch.device, progress: bool | None, cache: SplitCache) -> dict:
-    """The one training loop; on cached pre-logit features when only the head trains (petlbench.features)."""
+    """The one training loop; on cached pre-logit features when only the head trains (petlbench.features), on
+    cached activations entering block k when nothing before it trains or changed (petlbench.prefix)."""
     reason = "off" if cache.features is None else why_not(model, task_keys, train)
-    if reason is not None:
+    if reason is not None and reason != MORE_THAN_HEAD:
         return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress), "features": f"not cached: {reason}"}
     b, amp = plan.backbone, autocast_dtype(plan.train, device)
     identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing()}
     start = time.perf_counter()
+    if reason == MORE_THAN_HEAD:
+        found = prefix.prepare(model, b, plan.task.classes, train, identity, cache.features, device,
+                               plan.train.eval_batch_size, amp)
+        if isinstance(found, str):
+            return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress),
+                    "features": f"not cached: {found}"}
+        tail, on_train = found
+        seconds = round(time.perf_counter() - start, 3)
+        metrics = fit(tail, on_train, evaluation, plan.train, device, plan.seed, progress, evaluator=model)
+        return {**metrics, "features": f"cached before block {tail.first}", "features_time_s": seconds}
     on_train, on_eval = (cache.features.get(model, data, identity, device, plan.train.eval_batch_size, amp)
                          for data in (train, evaluation))
     seconds = round(time.perf_counter() - start, 3)

@@ -23,6 +23,7 @@ from petlbench import store
 from petlbench.data import TensorData
 
 FORMAT = 1  # bump when what a feature entry holds, or how it is computed, changes
+MORE_THAN_HEAD = "the method trains more than the head"  # then a frozen prefix may be cached (petlbench.prefix)
 
 
 @dataclass
@@ -51,7 +52,7 @@ def why_not(model: nn.Module, task_keys: list[str], train: TensorData) -> str | 
     head = model.get_classifier()
     head_names = {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
     if set(task_keys) != head_names:
-        return "the method trains more than the head"
+        return MORE_THAN_HEAD
     if train.augment != "none":
         return f"train-time augmentation ({train.augment})"
     for module in model.modules():
@@ -90,6 +91,7 @@ class FeatureCache:
 
     def __init__(self, folder: Path | None):
         self.folder, self.memory, self.rows = folder, {}, {}
+        self.prefix = {}  # the last frozen-prefix entry (petlbench.prefix): one, as a ViT-B one holds 600 MB
 
     def get(self, model: nn.Module, data: TensorData, identity: dict, device: torch.device, batch_size: int,
             amp: torch.dtype | None) -> FeatureData:

@@ -58,14 +58,19 @@ EXPLODED = 100.0  # an epoch's loss this far above it: stop now rather than trai
 
 
 def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
-        seed: int, progress: bool | None = None) -> dict:
+        seed: int, progress: bool | None = None, evaluator: nn.Module | None = None) -> dict:
     """Train for cfg.epochs and evaluate at the end (the number reported; no test-set selection).
 
     With cfg.eval_every = N the evaluation split is also scored every N epochs; that curve is recorded
     for comparison with papers that report the best epoch, and never used to choose anything.
+    `evaluator` scores `test` instead of `model`: the full model whose tail trains on cached activations.
     """
     layout = memory_format(model)
     model.to(device, memory_format=layout)
+    if evaluator is None:
+        evaluator = model
+    else:
+        evaluator.to(device, memory_format=memory_format(evaluator))
     train, test = train.to(device), test.to(device)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
@@ -116,14 +121,14 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
             raise Diverged(diverged(epoch_loss, epoch, first_loss))
         if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < cfg.epochs:
             tick = time.perf_counter()
-            curve.append([epoch, evaluate(model, test, cfg, device)])
+            curve.append([epoch, evaluate(evaluator, test, cfg, device)])
             eval_time += time.perf_counter() - tick
     if epoch_loss > DIVERGED * first_loss:
         raise Diverged(diverged(epoch_loss, cfg.epochs, first_loss))
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_time = time.perf_counter() - start - eval_time
-    top1 = evaluate(model, test, cfg, device)
+    top1 = evaluate(evaluator, test, cfg, device)
     metrics = {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_first_step": first_loss,
                "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
                "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1),

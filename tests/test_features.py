@@ -45,7 +45,7 @@ def test_features_are_stored_verified_and_reused(tmp_path, tiny_tasks):
 
 
 @pytest.mark.parametrize("method,train,reason", [
-    ("bitfit", {}, "the method trains more than the head"),
+    ("bitfit", {}, "no frozen prefix (the method trains or changes patch_embed, before block 0)"),
     ("linear", {}, None),
 ])
 def test_only_head_only_runs_use_features(tmp_path, tiny_tasks, method, train, reason):
