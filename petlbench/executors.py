@@ -38,8 +38,11 @@ def bundle(units: list[Unit], runs_per_job: int, make_job: Callable[[list[Unit]]
 class InProcess:
     name, in_process = "in-process", True
 
+    def __init__(self):
+        self.contexts: dict = {}  # this run's device and decoded data, shared by its phases
+
     def run(self, units: list[Unit], make_job, what: str, log) -> Results:
-        return [run_job(make_job([unit]), log)[0] for unit in units]
+        return [run_job(make_job([unit]), log, self.contexts)[0] for unit in units]
 
 
 class LocalWorkers:

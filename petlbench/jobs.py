@@ -46,17 +46,19 @@ class Job:
 _CONTEXTS: dict[tuple, Any] = {}
 
 
-def context(device: str, cache_dir: Path | None):
-    """The device and the split cache of this process, kept across its jobs (a task decoded once per worker)."""
+def context(device: str, cache_dir: Path | None, contexts: dict | None = None):
+    """The device and the split cache, kept across the jobs of one worker process (a task decoded once per
+    worker) or, in-process, of one `run` call (`contexts`: a later call must see files changed since)."""
     from petlbench.data import SplitCache
     from petlbench.device import pick_device
+    contexts = _CONTEXTS if contexts is None else contexts
     key = (device, str(cache_dir))
-    if key not in _CONTEXTS:
-        _CONTEXTS[key] = (pick_device(device), SplitCache(cache_dir))
-    return _CONTEXTS[key]
+    if key not in contexts:
+        contexts[key] = (pick_device(device), SplitCache(cache_dir))
+    return contexts[key]
 
 
-def run_job(job: Job, log: Callable[[str], None] | None = None) -> list[list[dict]]:
+def run_job(job: Job, log: Callable[[str], None] | None = None, contexts: dict | None = None) -> list[list[dict]]:
     """Execute every unit of the job here; the records per unit (each also written to its file)."""
     from petlbench import threads
     from petlbench.execute import execute
@@ -67,7 +69,7 @@ def run_job(job: Job, log: Callable[[str], None] | None = None) -> list[list[dic
         os.environ[threads.THREADS_ENV] = str(job.threads)
     elif os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit() and threads.THREADS_ENV not in os.environ:
         os.environ[threads.THREADS_ENV] = os.environ["SLURM_CPUS_PER_TASK"]
-    device, cache = context(job.device, job.cache_dir)
+    device, cache = context(job.device, job.cache_dir, contexts)
     threads.register()
     results = []
     for unit in job.units:
