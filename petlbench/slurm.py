@@ -9,8 +9,12 @@ Options: flags, over a named profile of a YAML file (`--slurm-config`, `--slurm-
 """
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -115,10 +119,13 @@ class SlurmExecutor:
             slurm_additional_parameters={k: str(v) for k, v in o.sbatch.items()},
             **({"slurm_partition": o.partition} if o.partition else {}),
             **({"gpus_per_node": o.gpus} if o.gpus else {}))
-        try:
-            submitted = executor.map_array(SlurmRun(), [job for job, _ in jobs])
-        except Exception as exc:  # sbatch refused (unknown partition, bad option): its own message
-            raise UserError(f"--executor slurm: sbatch refused the jobs: {str(exc).strip().splitlines()[-1]}") from None
+        with captured_stderr() as said:  # sbatch writes its refusal to our stderr too: one line, ours
+            try:
+                submitted = executor.map_array(SlurmRun(), [job for job, _ in jobs])
+            except Exception as exc:  # sbatch refused (unknown partition, bad option): its own message
+                said.append(str(exc))
+        if said:
+            raise UserError(f"--executor slurm: sbatch refused the jobs: {last_line(Exception(said[-1]))}")
         array = submitted[0].job_id.split("_")[0]
         log(f"slurm: {len(units) - len(todo)} units of {what} done before; submitted {len(jobs)} jobs "
             f"({sum(j.runs for j, _ in jobs)} runs) as array {array}; logs in {out / '.slurm'}")
@@ -168,6 +175,21 @@ def summarize(states: list[str]) -> dict[str, int]:
         else:  # FAILED, CANCELLED, TIMEOUT, NODE_FAIL, PREEMPTED, OUT_OF_MEMORY, BOOT_FAIL, DEADLINE
             counts["failed"] += 1
     return counts
+
+
+@contextmanager
+def captured_stderr():
+    """File descriptor 2 into a temp file while sbatch runs (a child process writes there, not to sys.stderr)."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def last_line(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from petlbench.records import load_records
-from tests.conftest import petlbench_cli, write_tiny_suite
+from tests.conftest import assert_one_line_error, petlbench_cli, write_tiny_suite
 
 SLURM_FLAGS = ("--executor", "slurm", "--cpus", "1", "--mem-gb", "1", "--time-min", "5")
 
@@ -88,3 +88,9 @@ def test_a_cancelled_job_is_not_done_and_the_next_run_launches_it(cluster, tmp_p
     assert "submitted 4 jobs" in final.stdout
     records = load_records(out)
     assert len(records) == 4 and all(r["status"] == "success" for r in records)
+
+
+def test_a_refused_submission_is_one_line(cluster, tmp_path, tiny_tasks):
+    suite = write_tiny_suite(tmp_path / "tiny.yaml", {"count": 6})
+    refused = sweep(suite, tiny_tasks, tmp_path / "results", "--partition", "no_such_partition")
+    assert_one_line_error(refused, "--executor slurm", "sbatch refused", "partition")
