@@ -98,7 +98,10 @@ def test_killed_run_leaves_no_partial_record(tmp_path, tiny_tasks):
     base = [sys.executable, "-m", "petlbench.cli", "run", "--suite", str(suite), "--methods", "linear",
             "--data-root", str(tiny_tasks), "--out", str(out), "--quiet"]
     assert subprocess.run(base + ["--tasks", "count"], capture_output=True).returncode == 0
-    finished = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}  # the record and its task weights
+    def files():  # a run's empty lock file (.<run>.lock) stays; it holds nothing and is free once its holder died
+        return [f for f in out.rglob("*") if f.is_file() and not (f.name.endswith(".lock") and not f.stat().st_size)]
+
+    finished = {p: p.read_bytes() for p in files()}  # the record and its task weights
     assert len(finished) == 2
 
     proc = subprocess.Popen(base + ["--tasks", "position", "--train", "epochs=100000"],
@@ -111,9 +114,9 @@ def test_killed_run_leaves_no_partial_record(tmp_path, tiny_tasks):
     finally:
         if proc.poll() is None:
             proc.kill()
-    files = [f for f in out.rglob("*") if f.is_file()]
-    assert not [f for f in files if f.name.endswith(".tmp")], "no temp file left behind"
-    assert {f: f.read_bytes() for f in files} == finished, "no record of the killed run; the finished one intact"
+    left = files()
+    assert not [f for f in left if f.name.endswith(".tmp")], "no temp file left behind"
+    assert {f: f.read_bytes() for f in left} == finished, "no record of the killed run; the finished one intact"
     records = load_records(out)
     assert len(records) == 1 and records[0]["status"] == "success" and records[0]["task"] == "count"
 
