@@ -11,6 +11,7 @@ import json
 import os
 import tarfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from petlbench.errors import UserError
@@ -67,18 +68,25 @@ def make_folder(dest: Path) -> None:
 def fetch(repo: str, dest: Path) -> None:
     """The repo's files into `dest` through huggingface_hub (resumes; files already there are kept)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     print(f"fetching the Hugging Face dataset {repo} into {dest} ...", flush=True)
-    try:
+    with hub_errors(repo):
         snapshot_download(repo_id=repo, repo_type="dataset", local_dir=dest)
+
+
+@contextmanager
+def hub_errors(repo: str):
+    """A hub call's failure as one line: no such (or gated) repo, or no network, and what to do instead."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    try:
+        yield
     except (RepositoryNotFoundError, GatedRepoError) as exc:
         raise UserError(f"--repo {repo}: no accessible Hugging Face dataset repo of that name "
                         f"({type(exc).__name__})") from None
     except Exception as exc:  # offline, DNS, proxy, timeouts: httpx and hub errors of many types
-        reason = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        reason = (str(exc).strip().splitlines() or [""])[0].split(": ")[-1].split(". ")[0][:160]
         raise UserError(f"cannot reach the Hugging Face hub for {repo} ({type(exc).__name__}: {reason}); "
-                        "download the archives elsewhere and pass --archive PATH") from None
+                        "download the archives elsewhere and pass each with --archive PATH") from None
 
 
 def find_archives(folder: Path) -> list[Path]:

@@ -128,17 +128,25 @@ class FeatureCache:
         else:
             width = compute(model, replace(data, images=data.images[:1], labels=data.labels[:1]), device, 1,
                             amp).shape[1]
-            layout = {"features": (np.dtype(np.float32), (len(labels), width)),
-                      "labels": (np.dtype(np.int64), labels.shape)}
-
-            def fill(arrays):
-                arrays["features"][:] = self.features(model_key, model, data, device, batch_size, amp)
-                arrays["labels"][:] = labels
-
-            def same_labels(arrays):
-                return None if np.array_equal(arrays["labels"], labels) else "cached labels differ from the data's"
-
-            arrays, checksum = store.fetch(self.folder, name, layout, fill, {"key": json.loads(key)},
-                                           check=same_labels, what="feature cache")
-            features = arrays["features"]
+            features, checksum = fetch_labelled(
+                self.folder, name, key, (len(labels), width), labels,
+                lambda out: out.__setitem__(..., self.features(model_key, model, data, device, batch_size, amp)))
         return FeatureData(torch.from_numpy(np.array(features)), torch.from_numpy(labels), checksum)
+
+
+def fetch_labelled(folder: Path, name: str, key: str, shape: tuple, labels: np.ndarray, fill,
+                   values: str = "features") -> tuple[np.ndarray, str]:
+    """A float32 array `values` of `shape` (features, a prefix's activations) beside its labels, from the verified
+    store, or filled by `fill(array)` and stored; an entry whose labels are not the data's is rebuilt."""
+    layout = {values: (np.dtype(np.float32), shape), "labels": (np.dtype(np.int64), labels.shape)}
+
+    def fill_both(arrays):
+        fill(arrays[values])
+        arrays["labels"][:] = labels
+
+    def same_labels(arrays):
+        return None if np.array_equal(arrays["labels"], labels) else "cached labels differ from the data's"
+
+    arrays, checksum = store.fetch(folder, name, layout, fill_both, {"key": json.loads(key)}, check=same_labels,
+                                   what="feature cache")
+    return arrays[values], checksum

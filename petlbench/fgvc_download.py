@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from petlbench.download import ARCHIVE_SUFFIXES, unpack
+from petlbench.download import ARCHIVE_SUFFIXES, hub_errors, unpack
 from petlbench.errors import UserError
 from petlbench.layouts import read_fgvc_json
 from petlbench.specs import Task
@@ -81,16 +81,8 @@ def plan_files(files: list[str], tasks: list[Task]) -> tuple[list[str], dict[str
 
 def list_mirror(repo: str) -> list[str]:
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-    try:
+    with hub_errors(repo):
         return HfApi().list_repo_files(repo, repo_type="dataset")
-    except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise UserError(f"--repo {repo}: no accessible Hugging Face dataset repo of that name "
-                        f"({type(exc).__name__})") from None
-    except Exception as exc:  # offline, DNS, proxy, timeouts
-        reason = (str(exc).strip().splitlines() or [""])[0].split(": ")[-1].split(". ")[0][:160]
-        raise UserError(f"cannot reach the Hugging Face hub for {repo} ({type(exc).__name__}: {reason}); download "
-                        "the archives elsewhere and pass each with --archive PATH") from None
 
 
 def fetch_files(repo: str, files: list[str], dest: Path) -> list[Path]:
@@ -99,12 +91,8 @@ def fetch_files(repo: str, files: list[str], dest: Path) -> list[Path]:
     paths = []
     for name in files:
         print(f"fetching {repo}/{name} ...", flush=True)
-        try:
+        with hub_errors(repo):
             paths.append(Path(hf_hub_download(repo, name, repo_type="dataset", local_dir=dest / ".download")))
-        except Exception as exc:
-            reason = (str(exc).strip().splitlines() or [""])[0][:160]
-            raise UserError(f"{repo}/{name}: download failed ({type(exc).__name__}: {reason}); the same command "
-                            "resumes it") from None
     return paths
 
 

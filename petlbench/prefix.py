@@ -27,7 +27,7 @@ from petlbench import store
 from petlbench.backbone import BackboneSpec, meta_model
 from petlbench.backbones import family_of
 from petlbench.data import TensorData
-from petlbench.features import FeatureCache, FeatureData
+from petlbench.features import FeatureCache, FeatureData, fetch_labelled
 from petlbench.params import FrozenStatsBatchNorm2d
 
 FORMAT = 1  # bump when what a prefix entry holds, or how it is computed, changes
@@ -200,19 +200,9 @@ def cached_prefix(cache: FeatureCache, model: nn.Module, k: int, data: TensorDat
         checksum = store.digest([found, labels])
     else:
         one = activations(model, k, replace(data, images=data.images[:1], labels=data.labels[:1]), device, 1, amp)
-        layout = {"activations": (np.dtype(np.float32), (len(labels), *one.shape[1:])),
-                  "labels": (np.dtype(np.int64), labels.shape)}
-
-        def fill(arrays):
-            activations(model, k, data, device, batch_size, amp, out=arrays["activations"])
-            arrays["labels"][:] = labels
-
-        def same_labels(arrays):
-            return None if np.array_equal(arrays["labels"], labels) else "cached labels differ from the data's"
-
-        arrays, checksum = store.fetch(cache.folder, name, layout, fill, {"key": json.loads(key)},
-                                       check=same_labels, what="feature cache")
-        found = arrays["activations"]
+        found, checksum = fetch_labelled(cache.folder, name, key, (len(labels), *one.shape[1:]), labels,
+                                         lambda out: activations(model, k, data, device, batch_size, amp, out=out),
+                                         values="activations")
     cache.prefix[name] = FeatureData(torch.from_numpy(np.array(found)), torch.from_numpy(labels), checksum)
     return cache.prefix[name]
 

@@ -97,9 +97,9 @@ class SlurmExecutor:
     def run(self, units: list[Unit], make_job, what: str, log) -> Results | None:
         import submitit
         results: Results = [None] * len(units)
-        todo = []
+        todo, out, hashes = [], make_job([]).out, {}
         for i, unit in enumerate(units):
-            records = [done_record(p, make_job([]).out) for p in unit.plans]  # not submitted again
+            records = [done_record(p, out, hashes) for p in unit.plans]  # not submitted again
             if all(records):
                 results[i] = records
             else:
@@ -111,7 +111,6 @@ class SlurmExecutor:
         o = self.options
         for job, _ in jobs:
             job.threads = o.cpus
-        out = make_job([]).out
         executor = submitit.AutoExecutor(folder=out / ".slurm" / "%j", cluster="slurm")
         executor.update_parameters(
             name="petlbench", timeout_min=o.time_min, cpus_per_task=o.cpus, mem_gb=o.mem_gb,

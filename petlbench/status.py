@@ -28,29 +28,35 @@ def config_records(plan: RunPlan, out: Path) -> list[dict[str, Any]]:
     return sorted((r for r in found if r), key=lambda r: str(r.get("finished_at")), reverse=True)
 
 
-def same_split_files(plan: RunPlan, record: dict[str, Any]) -> bool:
+def same_split_files(plan: RunPlan, record: dict[str, Any], hashes: dict[Path, str]) -> bool:
+    """The record's split files hash as today's (`hashes`: each file hashed once per sweep, not per run)."""
     recorded = (record.get("data") or {}).get("split_files_sha256")
     if not isinstance(recorded, dict):
         return True  # records of the batched grid do not hold them; their data id still guards the run
     task_dir = find_task_dir(plan.data_root, plan.task)
     try:
-        return all(file_sha256(split_file(plan.suite.layout, task_dir, split))[:16] == digest
-                   for split, digest in recorded.items())
+        for split, digest in recorded.items():
+            path = split_file(plan.suite.layout, task_dir, split)
+            if path not in hashes:
+                hashes[path] = file_sha256(path)[:16]
+            if hashes[path] != digest:
+                return False
+        return True
     except OSError:
         return False
 
 
-def done_record(plan: RunPlan, out: Path) -> dict[str, Any] | None:
+def done_record(plan: RunPlan, out: Path, hashes: dict[Path, str] | None = None) -> dict[str, Any] | None:
     """The newest successful record of the plan's configuration on the current split files, if any."""
     for record in config_records(plan, out):
-        if is_finished(record, plan.metric) and same_split_files(plan, record):
+        if is_finished(record, plan.metric) and same_split_files(plan, record, {} if hashes is None else hashes):
             return record
     return None
 
 
-def state_of(plan: RunPlan, out: Path) -> tuple[str, str | None]:
+def state_of(plan: RunPlan, out: Path, hashes: dict[Path, str]) -> tuple[str, str | None]:
     """(state, the error's last line for a failed run)."""
-    if done_record(plan, out):
+    if done_record(plan, out, hashes):
         return "done", None
     if is_running(plan, out):
         return "running", None
@@ -94,9 +100,9 @@ def newest_selection(base: RunPlan, out: Path) -> dict | None:
 def sweep_status(sweep) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows per task and method (counts per state) and the failed runs' lines."""
     counts: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
-    failures = []
+    failures, hashes = [], {}
     for stage, plan in expected(sweep):
-        state, error = state_of(plan, sweep.out)
+        state, error = state_of(plan, sweep.out, hashes)
         counts[(plan.task.name, method_label(plan.method), stage)][state] += 1
         if state == "failed":
             failures.append(f"{plan.task.name} {plan.record_stem()}: {error}")

@@ -8,7 +8,7 @@ as Slurm jobs (petlbench.executors, petlbench.slurm).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -134,17 +134,16 @@ def select(sweep: Sweep, s: Search, records: list[dict], log: Callable[[str], No
 
 
 def trains_head_only(plan: RunPlan) -> bool:
-    """Does the method train only the head? Built as every run builds it, on the meta device (no weights, no
-    memory): which parameters train decides whether a grid stays one unit (trained at once) or splits."""
-    from petlbench.backbone import meta_model
-    from petlbench.method import freeze, unfreeze
+    """Does the method train only the head? The model built as every run builds it (params.build_model), on the
+    meta device (no weights, no memory): it decides whether a grid stays one unit (trained at once) or splits."""
+    import torch
+
+    from petlbench.params import build_model
     try:
-        model = meta_model(plan.backbone, plan.task.classes)
-        freeze(model)
-        model = plan.method.apply(model)
-        unfreeze(model.get_classifier())
-        head = {id(p) for p in model.get_classifier().parameters()}
-        return all(id(p) in head for p in model.parameters() if p.requires_grad)
+        with torch.device("meta"):
+            _, counts, _ = build_model(replace(plan.backbone, pretrained=False, checkpoint=None), plan.method,
+                                       plan.task.classes, plan.seed)
+        return counts.trainable == counts.head
     except Exception:  # a method that cannot be built on the meta device: its points run as separate jobs
         return False
 
