@@ -1,20 +1,20 @@
 """petlbench: compare parameter-efficient transfer learning methods for vision models, fairly and fast.
 
 The API mirrors the CLI: `run`, `table`, `plot`, `register_method` (modules are named apart from these
-functions, e.g. petlbench.tables and petlbench.plots, so importing one never shadows them).
+functions, e.g. petlbench.report.tables and petlbench.report.plots, so importing one never shadows them).
 """
 __version__ = "0.1.0"
 
 
 def run(*args, **kwargs):
-    """Run methods x tasks x seeds of a suite; see petlbench.runner.run."""
-    from petlbench.runner import run as _run
+    """Run methods x tasks x seeds of a suite; see petlbench.sweep.runner.run."""
+    from petlbench.sweep.runner import run as _run
     return _run(*args, **kwargs)
 
 
 def table(results, fmt: str = "md", **kwargs) -> str:
-    """Tabulate the records under `results`; see petlbench.tables.render."""
-    from petlbench.tables import render
+    """Tabulate the records under `results`; see petlbench.report.tables.render."""
+    from petlbench.report.tables import render
     return render(results, fmt, **kwargs)
 
 
@@ -25,6 +25,6 @@ def register_method(cls):
 
 
 def plot(results, **kwargs) -> list:
-    """Accuracy vs trainable parameters as PNG and SVG; see petlbench.plots.plot."""
-    from petlbench.plots import plot as _plot
+    """Accuracy vs trainable parameters as PNG and SVG; see petlbench.report.plots.plot."""
+    from petlbench.report.plots import plot as _plot
     return _plot(results, **kwargs)

@@ -10,9 +10,9 @@ from petlbench.options import parse_pairs
 
 
 def cmd_run(args) -> int:
-    from petlbench.device import pick_device
-    from petlbench.runner import run
-    from petlbench.tables import render_records
+    from petlbench.engine.device import pick_device
+    from petlbench.sweep.runner import run
+    from petlbench.report.tables import render_records
 
     seeds = parse_seeds(args.seeds)
     if args.executor == "local":
@@ -59,7 +59,7 @@ def run_arguments(args, seeds: list[int], grid: dict | None) -> dict:
 def slurm_arguments(args):
     if args.executor != "slurm":
         return None
-    from petlbench.slurm import slurm_options
+    from petlbench.sweep.slurm import slurm_options
     flags = {"partition": args.partition, "time_min": args.time_min, "gpus": args.gpus, "cpus": args.cpus,
              "mem_gb": args.mem_gb, "max_parallel": args.max_parallel}
     if args.sbatch:
@@ -68,8 +68,8 @@ def slurm_arguments(args):
 
 
 def cmd_status(args) -> int:
-    from petlbench.status import records_status, sweep_status
-    from petlbench.runner import make_sweep
+    from petlbench.sweep.status import records_status, sweep_status
+    from petlbench.sweep.runner import make_sweep
     from tabulate import tabulate
     if args.methods:
         sweep = make_sweep(**run_arguments(args, parse_seeds(args.seeds), parse_grid(args.grid)),
@@ -123,14 +123,14 @@ def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 def cmd_table(args) -> int:
-    from petlbench.tables import render
+    from petlbench.report.tables import render
     print(render(args.results, args.format, suite=args.suite, published=args.published, report=args.report,
                  storage=args.storage), end="")
     return 0
 
 
 def cmd_plot(args) -> int:
-    from petlbench.plots import plot
+    from petlbench.report.plots import plot
     for path in plot(args.results, suite=args.suite, out=args.out, published=args.published):
         print(path)
     return 0
@@ -159,7 +159,7 @@ def cmd_params(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from petlbench.profile import profile
+    from petlbench.tools.profile import profile
     rows = profile(args.methods, args.backbone, parse_pairs(args.backbone_args, ",", "--backbone-args"),
                    args.images, args.eval_images, epochs=args.epochs, train=parse_pairs(args.train, ",", "--train"),
                    device=args.device)
@@ -172,7 +172,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from petlbench.speed import bench
+    from petlbench.tools.bench import bench
     rows = bench(args.methods, args.suite, args.task, args.epochs, args.data_root, grid=not args.no_grid,
                  log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.format == "json":
@@ -184,9 +184,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from petlbench.cache import resolve_cache_dir
-    from petlbench.deploy import evaluate_record
-    from petlbench.device import pick_device
+    from petlbench.data.cache import resolve_cache_dir
+    from petlbench.tools.deploy import evaluate_record
+    from petlbench.engine.device import pick_device
     result = evaluate_record(args.record, args.data_root, pick_device(args.device), resolve_cache_dir(args.cache_dir))
     verdict = "reproduced exactly" if result["same"] else "DIFFERS"
     print(f"{result['record']}: {result['metric']} {result['now']:.4%} on {result['images']} images; "
@@ -195,8 +195,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from petlbench.deploy import predict
-    from petlbench.device import pick_device
+    from petlbench.tools.deploy import predict
+    from petlbench.engine.device import pick_device
     if args.top < 1:
         raise UserError(f"--top: expected a positive integer, got {args.top}")
     rows = predict(args.record, args.images, args.top, pick_device(args.device))
@@ -211,7 +211,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from petlbench.deploy import export_merged
+    from petlbench.tools.deploy import export_merged
     result = export_merged(args.record, args.out)
     print(f"{result['file']}: {result['model']} with a {result['num_classes']}-class head, "
           f"{result['tensors']} tensors, {result['bytes']:,} bytes (timm state dict: "
@@ -255,10 +255,10 @@ def mergeable(cls) -> bool:
 def cmd_data(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     if args.data_command == "check":
-        from petlbench.datacheck import run_check
+        from petlbench.data.check import run_check
         return run_check(args.suite, args.data_root, tasks, strict=args.strict)
     if args.data_command == "show":
-        from petlbench.datashow import run_show
+        from petlbench.data.show import run_show
         return run_show(args.suite, args.data_root, tasks, args.out, args.per_class)
-    from petlbench.download import download
+    from petlbench.data.download import download
     return download(args.suite, args.to, repo=args.repo, archives=args.archive, tasks=tasks)

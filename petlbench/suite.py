@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petlbench.data import INTERPOLATION
+from petlbench.data.decode import INTERPOLATION
 from petlbench.errors import UserError
 from petlbench.options import build, load_yaml
 from petlbench.recipes import RECIPES

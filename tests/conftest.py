@@ -27,7 +27,7 @@ def private_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The demo's data and its pre-trained tiny ViT, made once per test session (about 40 s)."""
-    from petlbench.demo import prepare
+    from petlbench.data.demo import prepare
     from petlbench.suite import load_suite
     root = tmp_path_factory.mktemp("demo-data")
     prepare(root, load_suite("demo"), log=lambda line: None)
@@ -81,7 +81,7 @@ def write_tiny_suite(path: Path, tasks: dict[str, int], epochs: int = 2, extra: 
 @pytest.fixture
 def tiny_tasks(tmp_path) -> Path:
     """Two small tasks written by the demo generator in the NOAH layout."""
-    from petlbench.demo import write_task
+    from petlbench.data.demo import write_task
     root = tmp_path / "data"
     for i, name in enumerate(("count", "position")):
         write_task(root, name, seed=i, sizes={"train800": 48, "val200": 16, "test": 32})

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from petlbench.cache import CACHE_ENV, FORMAT, cached_split, content_digest, entry_key, entry_name, resolve_cache_dir
-from petlbench.data import decode_all, load_images, load_split_arrays
-from petlbench.layouts import find_task_dir, list_images, split_file
+from petlbench.data.cache import CACHE_ENV, FORMAT, cached_split, content_digest, entry_key, entry_name, resolve_cache_dir
+from petlbench.data.decode import decode_all, load_images, load_split_arrays
+from petlbench.data.layouts import find_task_dir, list_images, split_file
 from petlbench.errors import UserError
 from petlbench.suite import load_suite
 from tests.fixtures import write_fgvc_tree, write_vtab_tree

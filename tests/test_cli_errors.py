@@ -9,10 +9,10 @@ import argparse
 import pytest
 import torch
 
-from petlbench import device as device_module
+from petlbench.engine import device as device_module
 from petlbench.backbone import BackboneSpec, create_backbone, read_state_dict
 from petlbench.cli import main
-from petlbench.device import pick_device
+from petlbench.engine.device import pick_device
 from petlbench.errors import UserError
 from tests.conftest import TINY_ARGS, TINY_BACKBONE_ARGS, assert_one_line_error, petlbench_cli, write_tiny_suite
 
@@ -116,12 +116,12 @@ def test_pick_device_validates(monkeypatch):
 def test_train_module_no_longer_has_its_own_device_picker():
     import inspect
 
-    import petlbench.jobs
-    import petlbench.profile
-    import petlbench.train
-    assert not hasattr(petlbench.train, "pick_device")
-    assert petlbench.profile.pick_device is device_module.pick_device
-    assert "from petlbench.device import pick_device" in inspect.getsource(petlbench.jobs.context)  # where jobs run
+    import petlbench.sweep.jobs
+    import petlbench.tools.profile
+    import petlbench.engine.train
+    assert not hasattr(petlbench.engine.train, "pick_device")
+    assert petlbench.tools.profile.pick_device is device_module.pick_device
+    assert "from petlbench.engine.device import pick_device" in inspect.getsource(petlbench.sweep.jobs.context)  # where jobs run
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -11,7 +11,7 @@ from petlbench.backbones import ALL_FAMILIES, family_of
 from petlbench.params import build_model
 from petlbench.registry import available_methods, parse_method_spec
 from petlbench.specs import TrainConfig
-from petlbench.train import make_optimizer
+from petlbench.engine.train import make_optimizer
 from tests.families import tiny
 
 NUM_CLASSES = 5

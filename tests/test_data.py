@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from petlbench.backbone import BackboneSpec, create_backbone, file_sha256, read_state_dict
-from petlbench.data import TensorData, load_images
+from petlbench.data.decode import TensorData, load_images
 from petlbench.errors import UserError
-from petlbench.layouts import read_noah_split
+from petlbench.data.layouts import read_noah_split
 from petlbench.specs import Task
 from tests.conftest import TINY_ARGS
 

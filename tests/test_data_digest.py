@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from petlbench.data import SplitCache, load_images, load_split_arrays
+from petlbench.data.decode import SplitCache, load_images, load_split_arrays
 from petlbench.suite import load_suite
 from tests.fixtures import jpeg, write_fgvc_tree, write_vtab_tree
 

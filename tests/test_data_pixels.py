@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petlbench.data import decode, load_images
-from petlbench.datacheck import verify_image
+from petlbench.data.decode import decode, load_images
+from petlbench.data.check import verify_image
 from petlbench.errors import UserError
 from petlbench.specs import Task
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from PIL import Image
 
 from petlbench.cli import main
-from petlbench.datashow import class_names, show_task
-from petlbench.fgvc_download import plan_files
-from petlbench.layouts import list_images
+from petlbench.data.show import class_names, show_task
+from petlbench.data.fgvc import plan_files
+from petlbench.data.layouts import list_images
 from petlbench.suite import load_suite
 from tests.conftest import assert_one_line_error
 from tests.fixtures import write_fgvc_tree

@@ -9,14 +9,14 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from petlbench.deploy import rebuild
+from petlbench.tools.deploy import rebuild
 from petlbench.records import load_records
 from tests.conftest import TINY_ARGS, assert_one_line_error, petlbench_cli, write_tiny_suite
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from petlbench.demo import write_task
+    from petlbench.data.demo import write_task
     root = tmp_path_factory.mktemp("deploy")
     write_task(root / "data", "count", seed=3, sizes={"train800": 48, "val200": 16, "test": 40})
     suite = write_tiny_suite(root / "tiny.yaml", {"count": 6}, epochs=3)
@@ -67,7 +67,7 @@ def test_predict_prints_the_top_classes(trained):
     assert [r["image"] for r in rows] == list(map(str, images))
     assert all(len(r["top"]) == 3 and abs(sum(t["probability"] for t in r["top"]) - 1) < 1 for r in rows)
     deployed = rebuild(paths["bitfit"])  # the same answer as the model on the run's own evaluation tensors
-    from petlbench.data import SplitCache
+    from petlbench.data.decode import SplitCache
     data = SplitCache(None).get(deployed.plan, ["test"], deployed.prep, train=False)
     x, _ = data.batch(torch.arange(2))
     assert [r["top"][0]["class"] for r in rows] == deployed.model(x).argmax(1).tolist()

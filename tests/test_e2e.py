@@ -81,7 +81,7 @@ def test_failed_run_is_recorded_then_retried(tmp_path, tiny_tasks):
     assert len(failed) == 1 and "task folder not found" in failed[0]["error"]
     done = {p: p.read_bytes() for p in out.rglob("*.json") if json.loads(p.read_text())["status"] == "success"}
 
-    from petlbench.demo import write_task
+    from petlbench.data.demo import write_task
     write_task(tiny_tasks, "missing_task", seed=7, sizes={"train800": 24, "val200": 8, "test": 16}, kind="count")
     second = petlbench_cli("run", "--suite", str(suite), "--methods", "linear", "--data-root", str(tiny_tasks),
                            "--out", str(out), "--quiet")

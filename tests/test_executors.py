@@ -13,11 +13,11 @@ import pytest
 
 import petlbench
 from petlbench.errors import UserError
-from petlbench.jobs import lock_held
+from petlbench.sweep.jobs import lock_held
 from petlbench.method import Method
 from petlbench.records import load_records
 from petlbench.registry import unregister_method
-from petlbench.slurm import slurm_options
+from petlbench.sweep.slurm import slurm_options
 from tests.conftest import assert_one_line_error, petlbench_cli, write_tiny_suite
 
 
@@ -45,7 +45,7 @@ def test_local_workers_split_the_cores_and_lose_nothing(tmp_path, tiny_tasks):
     records = assert_complete(out, 8)
     share = max(1, records[0]["env"]["device"]["cpu_threads"])
     assert all(r["metrics"]["cpu_threads"] == [share] for r in records)
-    from petlbench.threads import physical_cores
+    from petlbench.engine.threads import physical_cores
     assert share == max(1, physical_cores() // 2)
     table = petlbench_cli("table", str(out))
     assert table.returncode == 0 and "linear" in table.stdout and "bitfit" in table.stdout

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from petlbench.cache import resolve_cache_dir
-from petlbench.data import SplitCache
-from petlbench.execute import execute
+from petlbench.data.cache import resolve_cache_dir
+from petlbench.data.decode import SplitCache
+from petlbench.engine.execute import execute
 from petlbench.plan import plan_one, resolve_backbone
 from petlbench.registry import parse_method_spec
 from petlbench.suite import load_suite

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from petlbench.features import FeatureData
-from petlbench.headgrid import batchable, fit_heads
+from petlbench.engine.features import FeatureData
+from petlbench.engine.headgrid import batchable, fit_heads
 from petlbench.specs import TrainConfig
-from petlbench.train import fit
+from petlbench.engine.train import fit
 
 
 def features(n: int, dim: int = 16, classes: int = 5, seed: int = 0) -> FeatureData:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from petlbench.data import load_images, stored_size
+from petlbench.data.decode import load_images, stored_size
 from petlbench.errors import UserError
-from petlbench.layouts import list_images
+from petlbench.data.layouts import list_images
 from petlbench.suite import load_suite
 from tests.fixtures import FGVC_IDS, write_fgvc_tree, write_vtab_tree
 

@@ -15,7 +15,7 @@ from petlbench.params import build_model
 from petlbench.plan import method_label
 from petlbench.registry import parse_method_spec
 from petlbench.specs import TrainConfig
-from petlbench.train import make_optimizer
+from petlbench.engine.train import make_optimizer
 from petlbench.weights import same_architecture
 from tests.conftest import TINY_ARGS
 from tests.families import tiny

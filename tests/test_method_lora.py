@@ -19,7 +19,7 @@ from petlbench.plan import method_label
 from petlbench.qkv import SplitQKV
 from petlbench.registry import parse_method_spec
 from petlbench.specs import TrainConfig
-from petlbench.train import make_optimizer
+from petlbench.engine.train import make_optimizer
 from petlbench.weights import same_architecture
 from tests.families import TINY, tiny
 

@@ -14,7 +14,7 @@ from petlbench.methods.peft import TYPES
 from petlbench.params import build_model
 from petlbench.registry import parse_method_spec
 from petlbench.specs import TrainConfig
-from petlbench.train import make_optimizer
+from petlbench.engine.train import make_optimizer
 from petlbench.weights import same_architecture
 from tests.conftest import TINY_BACKBONE_ARGS, assert_one_line_error, petlbench_cli
 from tests.families import TINY, tiny

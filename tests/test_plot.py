@@ -7,7 +7,7 @@ import pytest
 
 from conftest import assert_one_line_error, petlbench_cli
 from petlbench.errors import UserError
-from petlbench.plots import plot
+from petlbench.report.plots import plot
 from petlbench.records import SCHEMA, write_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from petlbench.backbone import BackboneSpec
-from petlbench.cache import resolve_cache_dir
+from petlbench.data.cache import resolve_cache_dir
 from petlbench.params import build_model
-from petlbench.prefix import Tail, first_block, prefix_forward
+from petlbench.engine.prefix import Tail, first_block, prefix_forward
 from petlbench.registry import parse_method_spec
 from tests.conftest import TINY_ARGS
 from tests.families import tiny

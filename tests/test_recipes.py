@@ -10,7 +10,7 @@ from petlbench.plan import plan_one, resolve_backbone, tune_grid
 from petlbench.recipes import IMAGENET_MEAN, RECIPES
 from petlbench.registry import parse_method_spec
 from petlbench.suite import load_suite
-from petlbench.train import effective_lr
+from petlbench.engine.train import effective_lr
 from tests.conftest import write_tiny_suite
 
 

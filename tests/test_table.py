@@ -9,7 +9,7 @@ import pytest
 
 from petlbench.errors import UserError
 from petlbench.records import SCHEMA, write_atomic
-from petlbench.tables import render
+from petlbench.report.tables import render
 
 
 def record(task, index, method, seed, top1, params, status="success"):
@@ -228,7 +228,7 @@ def test_latex_bold_best_per_column_and_blocks(tmp_path):
 
 
 def test_published_only_for_matching_backbones(tmp_path):
-    from petlbench.published import match
+    from petlbench.report.published import match
     assert match(ORIG, "timm-pretrained", ORIG) == "exact"
     assert match(AUGREG, "timm-pretrained", ORIG) == "near"
     assert match(ORIG, "random-init", ORIG) is None, "random weights are not the paper's backbone"
@@ -244,8 +244,8 @@ def test_published_only_for_matching_backbones(tmp_path):
 
 
 def test_shipped_published_files_map_onto_their_suites():
-    from petlbench.published import META, load_published, task_columns
-    from petlbench.summary import suite_info
+    from petlbench.report.published import META, load_published, task_columns
+    from petlbench.report.summary import suite_info
     for suite, count in (("vtab1k", 19), ("fgvc", 5)):
         table, path = load_published(suite)
         assert path.parent.name == "published" and (path.parent / "README.md").is_file()
@@ -287,8 +287,8 @@ def test_own_suite_file_gives_order_and_groups(tmp_path):
 def test_python_api_table_and_plot(results):
     """petlbench.table / petlbench.plot stay callable after their modules are imported."""
     import petlbench
-    import petlbench.plots  # noqa: F401
-    import petlbench.tables  # noqa: F401
+    import petlbench.report.plots  # noqa: F401
+    import petlbench.report.tables  # noqa: F401
     assert "| linear" in petlbench.table(results, "md")
     paths = petlbench.plot(results, suite="mini")
     assert paths and all(Path(p).is_file() for p in paths)

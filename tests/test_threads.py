@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import torch
 
-from petlbench import threads
+from petlbench.engine import threads
 from petlbench.errors import UserError
 
 

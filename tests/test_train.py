@@ -6,11 +6,11 @@ import copy
 import torch
 from torch import nn
 
-from petlbench.data import TensorData
+from petlbench.data.decode import TensorData
 from petlbench.params import build_model
 from petlbench.registry import parse_method_spec
 from petlbench.specs import TrainConfig
-from petlbench.train import evaluate, fit, make_optimizer, make_scheduler
+from petlbench.engine.train import evaluate, fit, make_optimizer, make_scheduler
 
 
 def tiny_data(n: int, classes: int, seed: int) -> TensorData:
@@ -87,7 +87,7 @@ class RunsOutOfMemoryAbove(torch.nn.Module):
 
 
 def test_out_of_memory_retries_with_micro_batches_and_the_same_result():
-    from petlbench.features import FeatureData
+    from petlbench.engine.features import FeatureData
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(96, 8, generator=g), torch.randint(0, 3, (96,), generator=g)
     data = FeatureData(x, y)
@@ -104,7 +104,7 @@ def test_out_of_memory_retries_with_micro_batches_and_the_same_result():
 
 
 def test_activation_checkpointing_gives_the_same_result(tiny_spec):
-    from petlbench.data import TensorData
+    from petlbench.data.decode import TensorData
     images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = TensorData(images, torch.arange(24) % 4, torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5))
     results = []
@@ -118,7 +118,7 @@ def test_activation_checkpointing_gives_the_same_result(tiny_spec):
 
 
 def test_resnets_train_channels_last():
-    from petlbench.train import memory_format
+    from petlbench.engine.train import memory_format
     from tests.families import tiny
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = TensorData(images, torch.arange(16) % 3, torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5))

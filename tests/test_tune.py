@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from petlbench.records import load_records
-from petlbench.tune import choose
+from petlbench.sweep.tune import choose
 from tests.conftest import petlbench_cli, write_tiny_suite
 
 GRID = "{lr: [0.5, 0.05], weight_decay: [0.0]}"

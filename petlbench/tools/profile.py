@@ -12,15 +12,15 @@ import time
 import torch
 
 from petlbench.backbone import BackboneSpec, check_backbone, preprocessing
-from petlbench.data import TensorData
-from petlbench.device import pick_device
+from petlbench.data.decode import TensorData
+from petlbench.engine.device import pick_device
 from petlbench.errors import UserError
 from petlbench.options import build
 from petlbench.params import build_model
 from petlbench.plan import method_label
 from petlbench.registry import parse_method_list, refuse_unsupported
 from petlbench.specs import TrainConfig
-from petlbench.train import evaluate, fit
+from petlbench.engine.train import evaluate, fit
 
 
 def synthetic(n: int, classes: int, prep: dict, seed: int) -> TensorData:

@@ -1,6 +1,6 @@
 """The frozen-prefix cache: when nothing before block k of a ViT trains or was changed by the method (Partial-k,
 or any method whose first trainable part sits in block k), the activations entering block k are computed once
-per backbone, weights, preprocessing, training data and k, kept in the verified store (petlbench.store), and
+per backbone, weights, preprocessing, training data and k, kept in the verified store (petlbench.data.store), and
 training runs blocks[k:], the final norm and the head on them: the same batches in the same order, so the
 same result up to float rounding, without running the prefix every epoch.
 
@@ -23,11 +23,11 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
 from torch import nn
 
-from petlbench import store
+from petlbench.data import store
 from petlbench.backbone import BackboneSpec, meta_model
 from petlbench.backbones import family_of
-from petlbench.data import TensorData
-from petlbench.features import FeatureCache, FeatureData, fetch_labelled
+from petlbench.data.decode import TensorData
+from petlbench.engine.features import FeatureCache, FeatureData, fetch_labelled
 from petlbench.params import FrozenStatsBatchNorm2d
 
 FORMAT = 1  # bump when what a prefix entry holds, or how it is computed, changes

@@ -18,15 +18,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
-from petlbench.data import INTERPOLATION
+from petlbench.data.decode import INTERPOLATION
 from petlbench.errors import UserError
-from petlbench.layouts import find_task_dir, list_images
+from petlbench.data.layouts import find_task_dir, list_images
 from petlbench.params import build_model
 from petlbench.plan import DATA_ROOT_ENV, method_label, plan_one, resolve_backbone, resolve_data_root
 from petlbench.registry import parse_method_list
 from petlbench.suite import load_suite
-from petlbench.threads import physical_cores
-from petlbench.train import effective_lr, make_optimizer, make_scheduler
+from petlbench.engine.threads import physical_cores
+from petlbench.engine.train import effective_lr, make_optimizer, make_scheduler
 
 
 class SameOrder(Sampler):
@@ -119,7 +119,7 @@ def bench(methods: str = "linear,full,adapter,vpt_deep", suite: str = "demo", ta
     the_suite = load_suite(suite)
     root = resolve_data_root(the_suite, data_root)
     if the_suite.prepare == "demo":
-        from petlbench.demo import prepare
+        from petlbench.data.demo import prepare
         prepare(root, the_suite, log=log)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")

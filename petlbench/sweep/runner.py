@@ -1,4 +1,4 @@
-"""The `run` entry point (CLI and API): a command -> a Sweep (petlbench.sweep) -> phases of jobs -> an executor.
+"""The `run` entry point (CLI and API): a command -> a Sweep (petlbench.sweep.phases) -> phases of jobs -> an executor.
 
 Everything that can be wrong with the command (suite, methods, options, grid, backbone, data root,
 --out) is found here, before any job starts, on the machine where the command was typed.
@@ -10,19 +10,19 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from petlbench import threads
+from petlbench.engine import threads
 from petlbench.backbone import check_backbone
-from petlbench.cache import resolve_cache_dir
+from petlbench.data.cache import resolve_cache_dir
 from petlbench.errors import UserError
-from petlbench.executors import make_executor
-from petlbench.jobs import say
+from petlbench.sweep.executors import make_executor
+from petlbench.sweep.jobs import say
 from petlbench.options import build
 from petlbench.plan import DATA_ROOT_ENV, resolve_backbone, resolve_data_root
 from petlbench.registry import parse_method_list, refuse_unsupported
 from petlbench.specs import PROTOCOLS, TrainConfig
 from petlbench.suite import load_suite
-from petlbench.sweep import Sweep, run_sweep
-from petlbench.tune import check_grid
+from petlbench.sweep.phases import Sweep, run_sweep
+from petlbench.sweep.tune import check_grid
 
 
 def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterable[int] = (0,),
@@ -41,7 +41,7 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
                            log)
     check_writable(the_sweep.out)
     if slurm is None and executor == "slurm":
-        from petlbench.slurm import SlurmOptions
+        from petlbench.sweep.slurm import SlurmOptions
         slurm = SlurmOptions()
     runner = make_executor(executor, workers, runs_per_job, slurm, wait)
     threads.register()  # this process's share of the cores, re-read every epoch
@@ -71,7 +71,7 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
         raise UserError("--seeds: expected at least one seed, e.g. 0 or 0,1,2")
     root = resolve_data_root(the_suite, data_root)
     if the_suite.prepare == "demo":
-        from petlbench.demo import prepare
+        from petlbench.data.demo import prepare
         prepare(root, the_suite, log=log)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")

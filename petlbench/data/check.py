@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from petlbench.data import open_rgb
+from petlbench.data.decode import open_rgb
 from petlbench.errors import UserError
-from petlbench.layouts import find_task_dir, list_images, split_duplicates
+from petlbench.data.layouts import find_task_dir, list_images, split_duplicates
 from petlbench.specs import Task
 from petlbench.suite import Suite, load_suite
 

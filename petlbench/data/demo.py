@@ -140,11 +140,11 @@ def pretrain_upstream(path: Path, backbone: dict, seconds_log: Callable[[str], N
     from safetensors.torch import save_file
 
     from petlbench.backbone import BackboneSpec, preprocessing
-    from petlbench.data import TensorData
+    from petlbench.data.decode import TensorData
     from petlbench.params import build_model
     from petlbench.registry import get_method
     from petlbench.specs import TrainConfig
-    from petlbench.train import fit
+    from petlbench.engine.train import fit
 
     rng = np.random.default_rng(1234)
     samples = [upstream_sample(rng) for _ in range(UPSTREAM_IMAGES)]

@@ -14,7 +14,7 @@ import pandas as pd
 
 import petlbench
 from petlbench.errors import UserError
-from petlbench.summary import KEYS, MAX_TEST, Stats, SuiteInfo, aggregate
+from petlbench.report.summary import KEYS, MAX_TEST, Stats, SuiteInfo, aggregate
 
 MODES = ("auto", "always", "never")
 META = ("method", "backbone", "trainable_params_M", "source", "test_selected")

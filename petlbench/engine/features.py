@@ -1,6 +1,6 @@
 """The feature cache: when everything that trains sits after the frozen backbone (the linear probe), each
 image's features are computed once per backbone, weights, preprocessing and data, kept in the verified
-store (petlbench.store) and the head trains on them: the same batches in the same order as training the
+store (petlbench.data.store) and the head trains on them: the same batches in the same order as training the
 whole model, so the same result up to float rounding, without running the backbone every epoch.
 
 It applies only when the frozen part computes the same thing in training as in evaluation: no trainable
@@ -19,11 +19,11 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from petlbench import store
-from petlbench.data import TensorData
+from petlbench.data import store
+from petlbench.data.decode import TensorData
 
 FORMAT = 1  # bump when what a feature entry holds, or how it is computed, changes
-MORE_THAN_HEAD = "the method trains more than the head"  # then a frozen prefix may be cached (petlbench.prefix)
+MORE_THAN_HEAD = "the method trains more than the head"  # then a frozen prefix may be cached (petlbench.engine.prefix)
 
 
 @dataclass
@@ -91,7 +91,7 @@ class FeatureCache:
 
     def __init__(self, folder: Path | None):
         self.folder, self.memory, self.rows = folder, {}, {}
-        self.prefix = {}  # the last frozen-prefix entry (petlbench.prefix): one, as a ViT-B one holds 600 MB
+        self.prefix = {}  # the last frozen-prefix entry (petlbench.engine.prefix): one, as a ViT-B one holds 600 MB
 
     def get(self, model: nn.Module, data: TensorData, identity: dict, device: torch.device, batch_size: int,
             amp: torch.dtype | None) -> FeatureData:

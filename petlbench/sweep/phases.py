@@ -2,9 +2,9 @@
 
 `final`: one phase, a job per run. `tune`: the search (per task and method, every grid point; a
 head-only grid stays one unit so it trains at once), then the selection (cheap, here, from the search
-records), then the finals with the chosen point. A job is plain data (petlbench.jobs.Job): it picks its
+records), then the finals with the chosen point. A job is plain data (petlbench.sweep.jobs.Job): it picks its
 device, threads and cache where it runs, so the same phases run in this process, in local workers or
-as Slurm jobs (petlbench.executors, petlbench.slurm).
+as Slurm jobs (petlbench.sweep.executors, petlbench.sweep.slurm).
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from petlbench.errors import UserError
-from petlbench.jobs import Job, Unit
+from petlbench.sweep.jobs import Job, Unit
 from petlbench.method import Method
 from petlbench.plan import RunPlan, method_label, plan_one, tune_grid
 from petlbench.registry import available_methods
 from petlbench.backbone import BackboneSpec
 from petlbench.specs import Task
 from petlbench.suite import Suite
-from petlbench.tune import apply_point, choose, grid_points, write_selection
+from petlbench.sweep.tune import apply_point, choose, grid_points, write_selection
 
 
 @dataclass
@@ -108,7 +108,7 @@ def search(sweep: Sweep, task: Task, method: Method) -> Search:
     plans = [apply_point(base, point, where) for point in points]
     wheres = [f"[tune {i}/{len(points)}] {where} " + " ".join(f"{k}={v}" for k, v in point.items())
               for i, point in enumerate(points, 1)]
-    if trains_head_only(base):  # one unit: the grid trains at once on cached features (petlbench.headgrid)
+    if trains_head_only(base):  # one unit: the grid trains at once on cached features (petlbench.engine.headgrid)
         units = [Unit(plans, wheres, search=True)]
     else:  # a unit per point: independent jobs
         units = [Unit([p], [w], search=True) for p, w in zip(plans, wheres)]

@@ -1,6 +1,6 @@
 """The on-disk cache of decoded splits, so a sweep decodes each image once in total, not once per run.
 
-An entry (petlbench.store: atomic, locked, checksummed, verified on every load) holds `images` (uint8,
+An entry (petlbench.data.store: atomic, locked, checksummed, verified on every load) holds `images` (uint8,
 N x 3 x H x W) and `labels` (int64, N), read back memory-mapped (processes share the page cache). Its
 name carries two hashes: the key (task folder, layout, split, stored size, interpolation, aspect kept or
 not) and the source fingerprint (the split file's bytes, then every listed image's relative path, label,
@@ -19,9 +19,9 @@ from typing import Callable
 
 import numpy as np
 
-from petlbench import store
+from petlbench.data import store
 from petlbench.errors import UserError
-from petlbench.layouts import absolute
+from petlbench.data.layouts import absolute
 
 CACHE_ENV = "PETLBENCH_CACHE"
 DEFAULT_CACHE = Path("~/.cache/petlbench/decoded")
@@ -43,7 +43,7 @@ def entry_key(task_dir: Path, layout: str, split: str, size: tuple[int, int], in
 
 
 def content_digest(images: np.ndarray, labels: np.ndarray) -> str:
-    """A split's checksum and identity, with or without a cache (petlbench.store.digest of both arrays)."""
+    """A split's checksum and identity, with or without a cache (petlbench.data.store.digest of both arrays)."""
     return store.digest([np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)])
 
 

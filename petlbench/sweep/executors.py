@@ -3,7 +3,7 @@
 `InProcess` (the default): one after another in this process, sharing one decoded-data cache.
 `LocalWorkers(N)`: N spawned processes on this machine, each with its share of the physical cores
 (PETLBENCH_THREADS) and, with several GPUs, its own GPU (CUDA_VISIBLE_DEVICES), so nothing is
-oversubscribed. `petlbench.slurm.SlurmExecutor` sends them to a cluster. Every executor returns, per
+oversubscribed. `petlbench.sweep.slurm.SlurmExecutor` sends them to a cluster. Every executor returns, per
 unit, its records, or None for a unit whose job did not finish (killed, cancelled, crashed): such runs
 have no record and are launched again by the next invocation.
 """
@@ -15,8 +15,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable
 
 from petlbench.errors import UserError
-from petlbench.jobs import Job, Unit, run_job
-from petlbench.threads import physical_cores
+from petlbench.sweep.jobs import Job, Unit, run_job
+from petlbench.engine.threads import physical_cores
 
 Results = list  # per unit: list[dict] (its records) or None (its job did not finish)
 
@@ -104,6 +104,6 @@ def make_executor(name: str, workers: int = 1, runs_per_job: int = 1, slurm: dic
             raise UserError("--no-wait: only with --executor slurm (local jobs end with this command)")
         return InProcess() if workers == 1 else LocalWorkers(workers, runs_per_job)
     if name == "slurm":
-        from petlbench.slurm import SlurmExecutor
+        from petlbench.sweep.slurm import SlurmExecutor
         return SlurmExecutor(slurm or {}, runs_per_job, wait)
     raise UserError(f"--executor: expected local or slurm, got {name!r}")

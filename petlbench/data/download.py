@@ -1,7 +1,7 @@
 """`petlbench data download`: fetch a suite's data, unpack it safely, then run the data check.
 
 VTAB-1k comes from the public NOAH-layout mirror on the Hugging Face hub (one vtab-1k.zip); FGVC from
-its public mirror of split files and image archives (petlbench.fgvc_download lays it out). --archive
+its public mirror of split files and image archives (petlbench.data.fgvc lays it out). --archive
 takes local archives instead (the offline route). Archive members that would land outside the target
 folder are refused before anything is written.
 """
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from petlbench.errors import UserError
-from petlbench.layouts import absolute, find_task_dir
+from petlbench.data.layouts import absolute, find_task_dir
 from petlbench.suite import Suite, load_suite
 
 MIRRORS = {"vtab1k": "XiN0919/VTAB-1k"}  # suite name -> public HF dataset repo in the suite's layout
@@ -25,7 +25,7 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 def download(suite: str, to: str | Path, repo: str | None = None, archives: list[str] | None = None,
              tasks: list[str] | None = None) -> int:
     """Fetch (or take the given archives), unpack into `to`, find the data root in it, check it."""
-    from petlbench.datacheck import run_check
+    from petlbench.data.check import run_check
 
     the_suite = load_suite(suite)
     selected = the_suite.select(tasks)
@@ -34,7 +34,7 @@ def download(suite: str, to: str | Path, repo: str | None = None, archives: list
     for path in paths:
         if not path.is_file():
             raise UserError(f"--archive {path}: file not found")
-    from petlbench.fgvc_download import download_fgvc, is_split_archive
+    from petlbench.data.fgvc import download_fgvc, is_split_archive
     if the_suite.layout == "fgvc" and (repo or not paths or any(is_split_archive(p.name) for p in paths)):
         # the mirror's shape: split files and image archives; else (archives of a laid-out tree) as below
         make_folder(dest)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from petlbench.data import open_rgb
+from petlbench.data.decode import open_rgb
 from petlbench.errors import UserError
-from petlbench.layouts import find_task_dir, list_images
+from petlbench.data.layouts import find_task_dir, list_images
 from petlbench.specs import Task
 from petlbench.suite import Suite
 

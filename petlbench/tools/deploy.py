@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from petlbench.backbone import BackboneSpec, create_backbone, file_sha256
-from petlbench.data import SplitCache, TensorData, decode, stored_size
+from petlbench.data.decode import SplitCache, TensorData, decode, stored_size
 from petlbench.errors import UserError
-from petlbench.layouts import fgvc_class_ids, find_task_dir
+from petlbench.data.layouts import fgvc_class_ids, find_task_dir
 from petlbench.options import build
 from petlbench.params import build_model
 from petlbench.plan import RunPlan
@@ -29,7 +29,7 @@ from petlbench.records import metric_of, parse_record
 from petlbench.registry import get_method
 from petlbench.specs import TrainConfig
 from petlbench.suite import load_suite
-from petlbench.train import evaluate
+from petlbench.engine.train import evaluate
 from petlbench.weights import load_task, same_architecture, weights_path
 
 

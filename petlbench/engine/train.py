@@ -11,9 +11,9 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from petlbench.data import TensorData
+from petlbench.data.decode import TensorData
 from petlbench.specs import TrainConfig
-from petlbench.threads import rebalance
+from petlbench.engine.threads import rebalance
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:

@@ -22,18 +22,18 @@ from typing import Any, Callable
 import torch
 
 from petlbench.backbone import file_sha256
-from petlbench.data import SplitCache, TensorData
+from petlbench.data.decode import SplitCache, TensorData
 from petlbench.errors import UserError
-from petlbench.layouts import find_task_dir, split_file
+from petlbench.data.layouts import find_task_dir, split_file
 from petlbench.options import as_dict
 from petlbench.params import build_model
 from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
                                write_atomic)
 from petlbench.registry import available_methods
-from petlbench import prefix
-from petlbench.features import MORE_THAN_HEAD, why_not
-from petlbench.train import Diverged, autocast_dtype, fit
+from petlbench.engine import prefix
+from petlbench.engine.features import MORE_THAN_HEAD, why_not
+from petlbench.engine.train import Diverged, autocast_dtype, fit
 from petlbench.weights import save_task, weights_path
 
 
@@ -119,8 +119,8 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
 
 def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], train: TensorData,
                 evaluation: TensorData, device: torch.device, progress: bool | None, cache: SplitCache) -> dict:
-    """The one training loop; on cached pre-logit features when only the head trains (petlbench.features), on
-    cached activations entering block k when nothing before it trains or changed (petlbench.prefix)."""
+    """The one training loop; on cached pre-logit features when only the head trains (petlbench.engine.features), on
+    cached activations entering block k when nothing before it trains or changed (petlbench.engine.prefix)."""
     reason = "off" if cache.features is None else why_not(model, task_keys, train)
     if reason is not None and reason != MORE_THAN_HEAD:
         return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress), "features": f"not cached: {reason}"}

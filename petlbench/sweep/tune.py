@@ -1,4 +1,4 @@
-"""The `tune` protocol's pieces (petlbench.sweep runs its phases), the VTAB-1k rule: choose hyper-parameters
+"""The `tune` protocol's pieces (petlbench.sweep.phases runs its phases), the VTAB-1k rule: choose hyper-parameters
 with the 1000 labelled examples only.
 
 For each task and method: train every grid point on `train` (train800), evaluate on `val` (val200),

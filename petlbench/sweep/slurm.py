@@ -1,6 +1,6 @@
 """`--executor slurm`: a phase's jobs go to Slurm through submitit, as one array job.
 
-Each Slurm job runs `petlbench.jobs.run_job` on its node, which picks the node's device and uses the
+Each Slurm job runs `petlbench.sweep.jobs.run_job` on its node, which picks the node's device and uses the
 job's CPUs. Runs already done (a successful record of the same configuration on the same split files)
 are not submitted. The job is checkpointable: on preemption or near its time limit Slurm signals it,
 submitit requeues it, and the requeued job skips the runs whose records exist. A cancelled or failed job
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 from petlbench.errors import UserError
-from petlbench.executors import Results, bundle
-from petlbench.jobs import Unit, run_job
+from petlbench.sweep.executors import Results, bundle
+from petlbench.sweep.jobs import Unit, run_job
 from petlbench.options import Range, build, load_yaml
-from petlbench.status import done_record
+from petlbench.sweep.status import done_record
 
 CONFIG_FILES = (Path("petlbench-slurm.yaml"), Path("~/.config/petlbench/slurm.yaml"))
 

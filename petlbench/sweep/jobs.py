@@ -49,8 +49,8 @@ _CONTEXTS: dict[tuple, Any] = {}
 def context(device: str, cache_dir: Path | None, contexts: dict | None = None):
     """The device and the split cache, kept across the jobs of one worker process (a task decoded once per
     worker) or, in-process, of one `run` call (`contexts`: a later call must see files changed since)."""
-    from petlbench.data import SplitCache
-    from petlbench.device import pick_device
+    from petlbench.data.decode import SplitCache
+    from petlbench.engine.device import pick_device
     contexts = _CONTEXTS if contexts is None else contexts
     key = (device, str(cache_dir))
     if key not in contexts:
@@ -60,9 +60,9 @@ def context(device: str, cache_dir: Path | None, contexts: dict | None = None):
 
 def run_job(job: Job, log: Callable[[str], None] | None = None, contexts: dict | None = None) -> list[list[dict]]:
     """Execute every unit of the job here; the records per unit (each also written to its file)."""
-    from petlbench import threads
-    from petlbench.execute import execute
-    from petlbench.headgrid import execute_grid
+    from petlbench.engine import threads
+    from petlbench.engine.execute import execute
+    from petlbench.engine.headgrid import execute_grid
     log = log or say
     os.environ.update(job.env)
     if job.threads:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from petlbench.cache import cached_split, content_digest, entry_key
+from petlbench.data.cache import cached_split, content_digest, entry_key
 from petlbench.errors import UserError
-from petlbench.layouts import find_task_dir, list_images, split_file
+from petlbench.data.layouts import find_task_dir, list_images, split_file
 
 INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
@@ -193,7 +193,7 @@ class SplitCache:
     """Keeps the decoded splits of the current task in memory across its methods, seeds and grid."""
 
     def __init__(self, cache_dir: Path | None = None, features: bool = True):
-        from petlbench.features import FeatureCache
+        from petlbench.engine.features import FeatureCache
         self.cache_dir, self.task, self.data = cache_dir, None, {}
         # pre-logit features of frozen backbones (linear probe): next to the decoded splits; None: not used
         self.features = FeatureCache(cache_dir / "features" if cache_dir else None) if features else None

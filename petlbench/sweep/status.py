@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from petlbench.backbone import file_sha256
-from petlbench.jobs import is_running, lock_held
-from petlbench.layouts import find_task_dir, split_file
+from petlbench.sweep.jobs import is_running, lock_held
+from petlbench.data.layouts import find_task_dir, split_file
 from petlbench.plan import RunPlan, method_label
 from petlbench.records import current, is_finished, load_records, read_record
 
@@ -68,8 +68,8 @@ def state_of(plan: RunPlan, out: Path, hashes: dict[Path, str]) -> tuple[str, st
 
 def expected(sweep) -> list[tuple[str, RunPlan]]:
     """Every run of the sweep's command, as (stage, plan): finals, or the tune search and chosen finals."""
-    from petlbench.sweep import search
-    from petlbench.tune import apply_point
+    from petlbench.sweep.phases import search
+    from petlbench.sweep.tune import apply_point
     runs = []
     for task in sweep.tasks:
         for method in sweep.methods:

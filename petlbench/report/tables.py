@@ -1,6 +1,6 @@
 """Tables: run records -> method x task top-1 with group and overall means, params, seeds, published rows.
 
-The numbers come from petlbench.summary (definitions there and in the notes under every table);
+The numbers come from petlbench.report.summary (definitions there and in the notes under every table);
 this module only turns them into Markdown, CSV or booktabs LaTeX.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pandas as pd
 from tabulate import SEPARATING_LINE, tabulate
 
 from petlbench.errors import UserError
-from petlbench.published import MODES, compare
+from petlbench.report.published import MODES, compare
 from petlbench.records import current, load_records
-from petlbench.summary import KEYS, Stats, aggregate, records_frame, suite_info
+from petlbench.report.summary import KEYS, Stats, aggregate, records_frame, suite_info
 
 FORMATS = ("md", "csv", "latex")
 REPORT_TITLE = {"last": "last epoch",

@@ -1,6 +1,6 @@
 """Accuracy vs trainable parameters (log x), the figure PETL papers open with; PNG and SVG.
 
-Uses the same numbers as `petlbench table` (petlbench.summary): y is the suite's headline mean (the
+Uses the same numbers as `petlbench table` (petlbench.report.summary): y is the suite's headline mean (the
 mean of group means for grouped suites such as VTAB-1k, else the mean over tasks), x the trainable
 parameters excluding the head. A log axis has no zero, so zero-parameter methods (linear) are drawn
 at a floor value that the axis label states. Drawn on the Agg canvas, without pyplot's global state.
@@ -16,8 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from petlbench.errors import UserError
-from petlbench.summary import Stats
-from petlbench.tables import describe, load_results, suite_parts
+from petlbench.report.summary import Stats
+from petlbench.report.tables import describe, load_results, suite_parts
 
 SUFFIXES = (".png", ".svg")
 

@@ -1,0 +1,1 @@
+"""Reports: records into tables and plots, beside the published numbers."""

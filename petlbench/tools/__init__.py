@@ -1,0 +1,1 @@
+"""Tools over finished runs and the engine: eval/predict/export, profile, bench."""
