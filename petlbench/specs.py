@@ -18,6 +18,7 @@ LAYOUT_SPLITS = {
     "fgvc": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
 }
 PROTOCOLS = ("final", "tune")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")  # PIL's resampling filters
 
 
 @dataclass

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petlbench.data.decode import INTERPOLATION
 from petlbench.errors import UserError
 from petlbench.options import build, load_yaml
 from petlbench.recipes import RECIPES
 from petlbench.registry import get_method
-from petlbench.specs import LAYOUT_SPLITS, Preprocessing, Task, TrainConfig
+from petlbench.specs import INTERPOLATIONS, LAYOUT_SPLITS, Preprocessing, Task, TrainConfig
 
 TOP_KEYS = {"name", "aliases", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
             "preprocessing", "recipe", "train", "method_options", "tasks"}
@@ -238,8 +237,8 @@ def _backbone(backbone: dict, where: str) -> dict:
         if not numbers:
             raise bad(key, "three numbers, one per RGB channel" if key == "mean"
                       else "three positive numbers, one per RGB channel")
-    if "interpolation" in backbone and backbone["interpolation"] not in INTERPOLATION:
-        raise bad("interpolation", f"one of {', '.join(INTERPOLATION)}")
+    if "interpolation" in backbone and backbone["interpolation"] not in INTERPOLATIONS:
+        raise bad("interpolation", f"one of {', '.join(INTERPOLATIONS)}")
     return backbone
 
 

@@ -27,7 +27,7 @@ def private_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The demo's data and its pre-trained tiny ViT, made once per test session (about 40 s)."""
-    from petlbench.data.demo import prepare
+    from petlbench.engine.demo_backbone import prepare
     from petlbench.suite import load_suite
     root = tmp_path_factory.mktemp("demo-data")
     prepare(root, load_suite("demo"), log=lambda line: None)

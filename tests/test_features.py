@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from petlbench.data.cache import resolve_cache_dir
-from petlbench.data.decode import SplitCache
+from petlbench.engine.features import RunCache
 from petlbench.engine.execute import execute
 from petlbench.plan import plan_one, resolve_backbone
 from petlbench.registry import parse_method_spec
@@ -19,7 +19,7 @@ def run(tmp_path, root, method="linear", features=True, out="results", recipe=No
     spec = resolve_backbone(suite, root, None, None, None, False)
     plan = plan_one(suite, suite.tasks[0], parse_method_spec(method), spec, 0, {"warmup_epochs": 1, **train}, recipe,
                     suite.protocol("final"), root)
-    cache = SplitCache(resolve_cache_dir(None), features=features)
+    cache = RunCache(resolve_cache_dir(None), features=features)
     return execute(plan, tmp_path / out, torch.device("cpu"), cache, False, lambda line: None, "test",
                    save_weights=False)
 

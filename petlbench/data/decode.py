@@ -20,9 +20,9 @@ from PIL import Image
 from petlbench.data.cache import cached_split, content_digest, entry_key
 from petlbench.errors import UserError
 from petlbench.data.layouts import find_task_dir, list_images, split_file
+from petlbench.specs import INTERPOLATIONS
 
-INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-                 "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+INTERPOLATION = {name: getattr(Image, name.upper()) for name in INTERPOLATIONS}
 
 
 @dataclass
@@ -192,11 +192,8 @@ def load_split_arrays(layout: str, task_dir: Path, task, split: str, prep: dict,
 class SplitCache:
     """Keeps the decoded splits of the current task in memory across its methods, seeds and grid."""
 
-    def __init__(self, cache_dir: Path | None = None, features: bool = True):
-        from petlbench.engine.features import FeatureCache
+    def __init__(self, cache_dir: Path | None = None):
         self.cache_dir, self.task, self.data = cache_dir, None, {}
-        # pre-logit features of frozen backbones (linear probe): next to the decoded splits; None: not used
-        self.features = FeatureCache(cache_dir / "features" if cache_dir else None) if features else None
 
     def get(self, plan, splits: list[str], prep: dict, train: bool) -> TensorData:
         task_dir = find_task_dir(plan.data_root, plan.task)

@@ -4,7 +4,7 @@ laid out as the `fgvc` suite reads it: <to>/<dataset>/{train,val,test}.json besi
 The mirror's files are listed through huggingface_hub, not assumed: an archive whose name holds "json" or
 "split" carries the VPT split files (a folder per dataset), and an image archive is matched to a dataset by
 its official name (CUB_200_2011.tgz, car_ims.tgz, ...) or by the dataset's name in it. Each archive is
-unpacked safely (petlbench.data.download.unpack) into a staging folder, then the folder that holds the split
+unpacked safely (petlbench.data.archives.unpack) into a staging folder, then the folder that holds the split
 files' images is found by looking for the first listed image, so the archive's own nesting does not
 matter. Downloads resume (huggingface_hub), unpacking and layout are skipped when done before.
 """
@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from petlbench.data.download import ARCHIVE_SUFFIXES, hub_errors, unpack
+from petlbench.data.archives import ARCHIVE_SUFFIXES, hub_errors, unpack
 from petlbench.errors import UserError
 from petlbench.data.layouts import read_fgvc_json
 from petlbench.specs import Task

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from petlbench.backbone import file_sha256
-from petlbench.data.decode import SplitCache, TensorData
+from petlbench.data.decode import TensorData
 from petlbench.errors import UserError
 from petlbench.data.layouts import find_task_dir, split_file
 from petlbench.options import as_dict
@@ -32,12 +32,12 @@ from petlbench.records import (SCHEMA, device_description, git_revision, is_fini
                                write_atomic)
 from petlbench.registry import available_methods
 from petlbench.engine import prefix
-from petlbench.engine.features import MORE_THAN_HEAD, why_not
+from petlbench.engine.features import MORE_THAN_HEAD, RunCache, why_not
 from petlbench.engine.train import Diverged, autocast_dtype, fit
 from petlbench.weights import save_task, weights_path
 
 
-def execute(plan: RunPlan, out: Path, device: torch.device, cache: SplitCache, progress: bool | None,
+def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, progress: bool | None,
             log: Callable[[str], None], where: str, extra: dict | None = None, save_weights: bool = True) -> dict:
     """Run a plan unless a successful record of it (same config, same data) exists; say what happened in one line."""
     record = new_record(plan, device, extra)
@@ -92,7 +92,7 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
 
 
 def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation: TensorData,
-            device: torch.device, progress: bool | None, cache: SplitCache) -> tuple[torch.nn.Module, list[str]] | None:
+            device: torch.device, progress: bool | None, cache: RunCache) -> tuple[torch.nn.Module, list[str]] | None:
     """Build, train and evaluate on loaded data; the outcome (success or failure) goes into `record`.
     Returns the trained model and its task keys on success."""
     if device.type == "cuda":
@@ -118,7 +118,7 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
 
 
 def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], train: TensorData,
-                evaluation: TensorData, device: torch.device, progress: bool | None, cache: SplitCache) -> dict:
+                evaluation: TensorData, device: torch.device, progress: bool | None, cache: RunCache) -> dict:
     """The one training loop; on cached pre-logit features when only the head trains (petlbench.engine.features), on
     cached activations entering block k when nothing before it trains or changed (petlbench.engine.prefix)."""
     reason = "off" if cache.features is None else why_not(model, task_keys, train)

@@ -20,7 +20,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from petlbench.data import store
-from petlbench.data.decode import TensorData
+from petlbench.data.decode import SplitCache, TensorData
 
 FORMAT = 1  # bump when what a feature entry holds, or how it is computed, changes
 MORE_THAN_HEAD = "the method trains more than the head"  # then a frozen prefix may be cached (petlbench.engine.prefix)
@@ -150,3 +150,12 @@ def fetch_labelled(folder: Path, name: str, key: str, shape: tuple, labels: np.n
     arrays, checksum = store.fetch(folder, name, layout, fill_both, {"key": json.loads(key)}, check=same_labels,
                                    what="feature cache")
     return arrays[values], checksum
+
+
+class RunCache(SplitCache):
+    """What runs read from: the decoded splits (data's SplitCache) plus, next to them, the pre-logit features of
+    frozen backbones (`features`; None: not used), so a linear probe never runs its backbone twice."""
+
+    def __init__(self, cache_dir: Path | None = None, features: bool = True):
+        super().__init__(cache_dir)
+        self.features = FeatureCache(cache_dir / "features" if cache_dir else None) if features else None

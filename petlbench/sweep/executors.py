@@ -93,17 +93,3 @@ def start_worker(slots, gpus: int) -> None:
     slot = slots.get()
     if gpus > 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-
-
-def make_executor(name: str, workers: int = 1, runs_per_job: int = 1, slurm: dict | None = None,
-                  wait: bool = True):
-    if runs_per_job < 1:
-        raise UserError(f"--runs-per-job: expected a positive integer, got {runs_per_job}")
-    if name == "local":
-        if not wait:
-            raise UserError("--no-wait: only with --executor slurm (local jobs end with this command)")
-        return InProcess() if workers == 1 else LocalWorkers(workers, runs_per_job)
-    if name == "slurm":
-        from petlbench.sweep.slurm import SlurmExecutor
-        return SlurmExecutor(slurm or {}, runs_per_job, wait)
-    raise UserError(f"--executor: expected local or slurm, got {name!r}")

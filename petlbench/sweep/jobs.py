@@ -49,12 +49,12 @@ _CONTEXTS: dict[tuple, Any] = {}
 def context(device: str, cache_dir: Path | None, contexts: dict | None = None):
     """The device and the split cache, kept across the jobs of one worker process (a task decoded once per
     worker) or, in-process, of one `run` call (`contexts`: a later call must see files changed since)."""
-    from petlbench.data.decode import SplitCache
     from petlbench.engine.device import pick_device
+    from petlbench.engine.features import RunCache
     contexts = _CONTEXTS if contexts is None else contexts
     key = (device, str(cache_dir))
     if key not in contexts:
-        contexts[key] = (pick_device(device), SplitCache(cache_dir))
+        contexts[key] = (pick_device(device), RunCache(cache_dir))
     return contexts[key]
 
 

@@ -14,7 +14,7 @@ from petlbench.engine import threads
 from petlbench.backbone import check_backbone
 from petlbench.data.cache import resolve_cache_dir
 from petlbench.errors import UserError
-from petlbench.sweep.executors import make_executor
+from petlbench.sweep.executors import InProcess, LocalWorkers
 from petlbench.sweep.jobs import say
 from petlbench.options import build
 from petlbench.plan import DATA_ROOT_ENV, resolve_backbone, resolve_data_root
@@ -22,6 +22,7 @@ from petlbench.registry import parse_method_list, refuse_unsupported
 from petlbench.specs import PROTOCOLS, TrainConfig
 from petlbench.suite import load_suite
 from petlbench.sweep.phases import Sweep, run_sweep
+from petlbench.sweep.slurm import SlurmExecutor, SlurmOptions
 from petlbench.sweep.tune import check_grid
 
 
@@ -40,15 +41,25 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
                            data_root, out, train, recipe, protocol, grid, device, cache_dir, progress, save_weights,
                            log)
     check_writable(the_sweep.out)
-    if slurm is None and executor == "slurm":
-        from petlbench.sweep.slurm import SlurmOptions
-        slurm = SlurmOptions()
     runner = make_executor(executor, workers, runs_per_job, slurm, wait)
     threads.register()  # this process's share of the cores, re-read every epoch
     try:
         return run_sweep(the_sweep, runner, log)
     finally:
         threads.unregister()
+
+
+def make_executor(name: str, workers: int = 1, runs_per_job: int = 1, slurm: dict | None = None,
+                  wait: bool = True):
+    if runs_per_job < 1:
+        raise UserError(f"--runs-per-job: expected a positive integer, got {runs_per_job}")
+    if name == "local":
+        if not wait:
+            raise UserError("--no-wait: only with --executor slurm (local jobs end with this command)")
+        return InProcess() if workers == 1 else LocalWorkers(workers, runs_per_job)
+    if name == "slurm":
+        return SlurmExecutor(slurm or SlurmOptions(), runs_per_job, wait)
+    raise UserError(f"--executor: expected local or slurm, got {name!r}")
 
 
 def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=None, checkpoint=None,
@@ -71,7 +82,7 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
         raise UserError("--seeds: expected at least one seed, e.g. 0 or 0,1,2")
     root = resolve_data_root(the_suite, data_root)
     if the_suite.prepare == "demo":
-        from petlbench.data.demo import prepare
+        from petlbench.engine.demo_backbone import prepare
         prepare(root, the_suite, log=log)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")

@@ -119,7 +119,7 @@ def bench(methods: str = "linear,full,adapter,vpt_deep", suite: str = "demo", ta
     the_suite = load_suite(suite)
     root = resolve_data_root(the_suite, data_root)
     if the_suite.prepare == "demo":
-        from petlbench.data.demo import prepare
+        from petlbench.engine.demo_backbone import prepare
         prepare(root, the_suite, log=log)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")

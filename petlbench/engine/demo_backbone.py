@@ -1,0 +1,60 @@
+"""The demo's pre-trained backbone: a tiny ViT fully trained on an upstream synthetic task (data.demo draws it),
+so that transfer from its frozen features means something; `prepare` writes the demo's tasks and this
+backbone once."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from petlbench.backbone import BackboneSpec, preprocessing
+from petlbench.data.decode import TensorData
+from petlbench.data.demo import COLOURS, SHAPES, TASKS, UPSTREAM_IMAGES, VERSION, upstream_sample, write_task
+from petlbench.engine.train import fit
+from petlbench.errors import UserError
+from petlbench.params import build_model
+from petlbench.registry import get_method
+from petlbench.specs import TrainConfig
+
+
+def pretrain_upstream(path: Path, backbone: dict, seconds_log: Callable[[str], None]) -> dict:
+    """Full training of the demo ViT on the upstream task, saved as safetensors (head dropped on load)."""
+    rng = np.random.default_rng(1234)
+    samples = [upstream_sample(rng) for _ in range(UPSTREAM_IMAGES)]
+    images = torch.from_numpy(np.stack([np.asarray(im).transpose(2, 0, 1) for im, _ in samples]))
+    labels = torch.tensor([label for _, label in samples])
+    spec = BackboneSpec(backbone["name"], backbone.get("args", {}), pretrained=False,
+                        mean=backbone.get("mean"), std=backbone.get("std"))
+    model, _, _ = build_model(spec, get_method("full")(), len(SHAPES) * len(COLOURS), seed=0)
+    prep = preprocessing(model, spec)
+    mean, std = (torch.tensor(prep[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    n_val = 1000
+    train = TensorData(images[n_val:], labels[n_val:], mean, std)
+    val = TensorData(images[:n_val], labels[:n_val], mean, std)
+    cfg = TrainConfig(optimizer="adamw", lr=2e-3, weight_decay=0.05, epochs=8, warmup_epochs=1, batch_size=128)
+    metrics = fit(model, train, val, cfg, torch.device("cpu"), seed=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    seconds_log(f"demo: upstream pre-training reached {metrics['top1']:.1%} on held-out upstream images")
+    return {"upstream_val_top1": metrics["top1"], "upstream_images": UPSTREAM_IMAGES, "train": cfg.__dict__}
+
+
+def prepare(root: Path, suite, log: Callable[[str], None] = print) -> None:
+    """Make the demo data and the pre-trained demo backbone under `root`, once (idempotent)."""
+    marker = root / "demo.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("version") == VERSION:
+        return
+    start = time.perf_counter()
+    log(f"demo: writing synthetic tasks to {root} and pre-training the demo backbone (once)")
+    for i, task in enumerate(suite.tasks):
+        if task.name not in TASKS:
+            raise UserError(f"{suite.path}: demo task {task.name!r} unknown; demo tasks: {', '.join(TASKS)}")
+        write_task(root, task.name, seed=100 + i)
+    ckpt = root / suite.backbone["checkpoint"]
+    info = pretrain_upstream(ckpt, suite.backbone, log)
+    marker.write_text(json.dumps({"version": VERSION, "upstream": info, "seconds": time.perf_counter() - start}, indent=2))
+    log(f"demo: ready in {time.perf_counter() - start:.0f}s")
