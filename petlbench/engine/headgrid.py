@@ -13,10 +13,14 @@ import time
 import torch
 from torch import nn
 
-from petlbench.engine.features import FeatureData
-from petlbench.specs import TrainConfig
+from petlbench.engine.execute import data_identity, execute, finish, new_record, report
+from petlbench.engine.features import FeatureData, why_not
 from petlbench.engine.threads import rebalance
 from petlbench.engine.train import DIVERGED, EXPLODED, autocast_dtype, diverged, effective_lr, make_scheduler
+from petlbench.errors import UserError
+from petlbench.params import build_model
+from petlbench.records import is_finished, read_record
+from petlbench.specs import TrainConfig
 
 SHARED = ("optimizer", "momentum", "epochs", "warmup_epochs", "batch_size", "eval_batch_size", "label_smoothing",
           "grad_clip", "precision", "eval_every")  # what every point must share to train together
@@ -134,11 +138,6 @@ def evaluate_heads(weight: torch.Tensor, bias: torch.Tensor, data: FeatureData, 
 def execute_grid(plans: list, out, device: torch.device, cache, progress, log, wheres: list[str]) -> list[dict]:
     """The search points of one task and method: at once when only the head trains on cached features and
     the points differ in lr and weight decay only; else one after another (petlbench.engine.execute)."""
-    from petlbench.errors import UserError
-    from petlbench.engine.execute import data_identity, execute, finish, new_record, report
-    from petlbench.engine.features import why_not
-    from petlbench.params import build_model
-    from petlbench.records import is_finished, read_record
 
     def one_by_one(todo):
         return {i: execute(plans[i], out, device, cache, progress, log, wheres[i], save_weights=False) for i in todo}
