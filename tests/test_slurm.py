@@ -199,4 +199,5 @@ def test_gpus_of_sinfo_gres_and_job_ids_in_slurm_notation():
                                    "shard:gpu:8", "gpu:1g.5gb:7,mps:100")] == [0, 2, 4, 4, 0, 7]
     assert job_list(["12_0", "12_1", "12_3", "12_4", "12_5", "13"]) == "13, 12_[0-1,3-5]"
     assert JobSize(4, 16).mem_mb == 16384 and JobSize(1, 1.5).mem_mb == 1536  # as submitit writes --mem
-    assert JobSize(4, 16).describe() == "4 CPUs and 16 GB" and JobSize(1, 0.5, 1).describe() == "1 CPU, 0.5 GB and 1 GPU"
+    assert JobSize(4, 16).describe() == "4 CPUs and 16 GB"
+    assert JobSize(1, 0.5, 1).describe() == "1 CPU, 0.5 GB and 1 GPU"

@@ -5,6 +5,9 @@ job's CPUs. Runs already done (a successful record of the same configuration on 
 are not submitted. The job is checkpointable: on preemption or near its time limit Slurm signals it,
 submitit requeues it, and the requeued job skips the runs whose records exist. A cancelled or failed job
 leaves its unfinished runs without a record; the next `petlbench run` launches them again.
+Slurm queues a job no node can hold and leaves it pending forever, so the job size is checked against the
+partition's nodes before submitting, and pending jobs whose reason cannot resolve are cancelled and reported
+instead of waited on (petlbench.sweep.cluster).
 Options: flags, over a named profile of a YAML file (`--slurm-config`, `--slurm-profile`), over defaults.
 """
 from __future__ import annotations
@@ -161,8 +164,8 @@ class SlurmExecutor:
             return None
         stuck = self.collect(submitted, jobs, results, todo, log)
         if stuck:
-            raise UserError(stuck_message(stuck, {job.job_id: bundled.runs for job, (bundled, _) in zip(submitted, jobs)},
-                                          out))
+            runs = {job.job_id: bundled.runs for job, (bundled, _) in zip(submitted, jobs)}
+            raise UserError(stuck_message(stuck, runs, out))
         return results
 
     def collect(self, submitted, jobs, results: Results, todo: list[int], log) -> dict[str, list[str]]:
