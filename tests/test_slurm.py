@@ -172,6 +172,30 @@ def test_jobs_that_cannot_start_are_reported_cancelled_and_left_not_done(drained
     assert sum(r["missing"] for r in rows) == 2 and sum(r["done"] for r in rows) == 0
 
 
+@pytest.fixture
+def short_partition(cluster):
+    """A partition of every node whose time limit (1 min) is below the jobs' 5 min: they pend for a partition limit."""
+    name = "petlbench_test_short"
+    subprocess.run(["scontrol", "create", f"PartitionName={name}", "Nodes=ALL", "MaxTime=1", "State=UP"], check=True,
+                   timeout=30)
+    try:
+        yield name
+    finally:
+        subprocess.run(["scancel", "-p", name], timeout=30)
+        subprocess.run(["scontrol", "delete", f"PartitionName={name}"], check=True, timeout=30)
+
+
+def test_a_job_over_the_partition_time_limit_is_reported_with_squeues_reason(short_partition, tmp_path, tiny_tasks):
+    suite = write_tiny_suite(tmp_path / "tiny.yaml", {"count": 6})
+    stuck = petlbench_cli("run", "--suite", str(suite), "--methods", "linear", "--data-root", str(tiny_tasks),
+                          "--out", str(tmp_path / "results"), "--quiet", "--no-weights", *SLURM_FLAGS,
+                          "--partition", short_partition, timeout=120)
+    array = re.search(r"as array (\d+)", stuck.stdout).group(1)
+    line = assert_one_line_error(stuck, f"jobs {array}", "cannot start", "cancelled them", "1 run(s) have no record")
+    assert re.search(r"cannot start, pending for Partition(TimeLimit|Config);", line), line  # squeue's own code
+    assert not subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True).stdout.strip()
+
+
 def test_a_slurm_config_that_is_not_utf8_names_the_file(tmp_path):
     config = tmp_path / "slurm.yaml"
     config.write_bytes("default: {partition: gpu, sbatch: {account: 'M\u00fcller'}}\n".encode("latin-1"))
