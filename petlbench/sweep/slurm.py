@@ -5,6 +5,9 @@ job's CPUs. Runs already done (a successful record of the same configuration on 
 are not submitted. The job is checkpointable: on preemption or near its time limit Slurm signals it,
 submitit requeues it, and the requeued job skips the runs whose records exist. A cancelled or failed job
 leaves its unfinished runs without a record; the next `petlbench run` launches them again.
+Slurm queues a job no node can hold and leaves it pending forever, so the job size is checked against the
+partition's nodes before submitting, and pending jobs whose reason cannot resolve are cancelled and reported
+instead of waited on (petlbench.sweep.cluster).
 Options: flags, over a named profile of a YAML file (`--slurm-config`, `--slurm-profile`), over defaults.
 """
 from __future__ import annotations
@@ -15,11 +18,12 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 from petlbench.errors import UserError
+from petlbench.sweep.cluster import JobSize, check_fits, job_list, job_partition, slurm_command, stuck_jobs
 from petlbench.sweep.executors import Results, bundle
 from petlbench.sweep.jobs import Unit, run_job
 from petlbench.options import Range, build, load_yaml
@@ -52,15 +56,7 @@ def slurm_options(config: str | None, profile: str | None, flags: dict[str, Any]
         raise UserError(f"--slurm-profile {profile}: no Slurm config file (give --slurm-config FILE, or create "
                         f"{' or '.join(map(str, CONFIG_FILES))})")
     if path is not None:
-        data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: expected a mapping of profile names to Slurm options")
-        name = profile or "default"
-        if profile and name not in data:
-            raise UserError(f"{path}: no profile {name!r}; profiles: {', '.join(map(str, data)) or 'none'}")
-        values = dict(data.get(name) or {})
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: profile {name!r}: expected a mapping of options")
+        values = profile_values(path, profile)
     values.update({k: v for k, v in flags.items() if v is not None})
     where = f"{path}: profile {profile or 'default'}" if path else "Slurm options"
     options = build(SlurmOptions, values, where)
@@ -69,6 +65,38 @@ def slurm_options(config: str | None, profile: str | None, flags: dict[str, Any]
         raise UserError(f"{where}: option 'sbatch' expects a mapping of sbatch option names to values, "
                         f"e.g. {{account: proj, qos: high}}, got {options.sbatch!r}")
     return options
+
+
+def profile_values(path: Path, profile: str | None) -> dict[str, Any]:
+    """The options of one profile of a Slurm config file: a YAML mapping of profile names to option mappings."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); expected "
+                        "a YAML mapping of profile names to Slurm options") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    data = load_yaml(text, str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of profile names to Slurm options, e.g. "
+                        f"default: {{cpus: 8, mem_gb: 32}}; got a {type(data).__name__}")
+    options = [key for key in data if key in {f.name for f in fields(SlurmOptions)}]
+    if options:
+        raise UserError(f"{path}: top-level key {options[0]!r} is a Slurm option, but top-level keys name profiles; "
+                        f"write it under one, e.g. default: {{{options[0]}: ...}}")
+    name = profile or "default"
+    if name not in data and (profile or data):
+        raise UserError(f"{path}: no profile {name!r}; profiles: {', '.join(map(str, data)) or 'none'}"
+                        + ("" if profile else " (pass --slurm-profile NAME, or add a 'default' profile)"))
+    values = data.get(name)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: profile {name!r}: expected a mapping of options, e.g. {{cpus: 8, mem_gb: 32}}; "
+                        f"got {values!r}")
+    return dict(values)
 
 
 class SlurmRun:
@@ -93,6 +121,8 @@ class SlurmExecutor:
         if shutil.which("sbatch") is None:
             raise UserError("--executor slurm: no `sbatch` on PATH; run this on a Slurm login node")
         self.options, self.runs_per_job, self.wait = options, runs_per_job, wait
+        self.size = JobSize(options.cpus, options.mem_gb, options.gpus)
+        self.partition = check_fits(self.size, job_partition(options.partition, options.sbatch))  # before any job
 
     def run(self, units: list[Unit], make_job, what: str, log) -> Results | None:
         import submitit
@@ -132,23 +162,35 @@ class SlurmExecutor:
             log(f"slurm: --no-wait: `squeue -j {array}` follows them; `petlbench status {out}` shows what is done; "
                 "the same command again collects them (and launches what is missing)")
             return None
-        return self.collect(submitted, jobs, results, todo, log)
+        stuck = self.collect(submitted, jobs, results, todo, log)
+        if stuck:
+            runs = {job.job_id: bundled.runs for job, (bundled, _) in zip(submitted, jobs)}
+            raise UserError(stuck_message(stuck, runs, out))
+        return results
 
-    def collect(self, submitted, jobs, results: Results, todo: list[int], log) -> Results:
+    def collect(self, submitted, jobs, results: Results, todo: list[int], log) -> dict[str, list[str]]:
+        """Wait for the jobs and fill `results`; pending jobs that can never start are cancelled and returned
+        (reason -> job ids) instead of waited on."""
         from submitit.core.utils import UncompletedJobError
-        last, delay = None, 1.0
+        last, delay, stuck = None, 1.0, {}
         while True:
-            states = [job.state for job in submitted]
-            counts = summarize(states)
-            line = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+            cancelled = {i for ids in stuck.values() for i in ids}  # sacct may never list them one by one
+            live = [job for job in submitted if job.job_id not in cancelled]
+            counts = summarize([job.state for job in live])
+            line = ", ".join(f"{n} {k}" for k, n in counts.items() if n) + (
+                f"{', ' if live else ''}{len(cancelled)} cancelled (cannot start)" if cancelled else "")
             if line != last:
                 log(f"slurm: {line}")
                 last = line
-            if counts["pending"] == counts["running"] == 0 and all(job.done() for job in submitted):
+            if counts["pending"] == counts["running"] == 0 and all(job.done() for job in live):
                 break
+            if counts["pending"] and self.cancel_stuck([job.job_id for job in live], stuck, log):
+                continue  # some were just cancelled: count again now
             time.sleep(delay)
             delay = min(self.options.poll_s, delay * 1.5)  # quick at first: short jobs are seen at once
         for job, (_, members) in zip(submitted, jobs):
+            if job.job_id in cancelled:
+                continue
             try:
                 for member, records in zip(members, job.result()):
                     results[todo[member]] = records
@@ -156,7 +198,30 @@ class SlurmExecutor:
                 log(f"slurm: job {job.job_id} did not finish ({last_line(exc)}); its runs have no record")
             except Exception as exc:  # the job raised: its finished runs have records, the rest do not
                 log(f"slurm: job {job.job_id} failed: {last_line(exc)}")
-        return results
+        return stuck
+
+    def cancel_stuck(self, job_ids: list[str], stuck: dict[str, list[str]], log) -> bool:
+        """Cancel the pending jobs squeue says cannot start (nothing that could still run); add them to `stuck`.
+        True when it found some."""
+        seen = {i for ids in stuck.values() for i in ids}
+        found = stuck_jobs([i for i in job_ids if i not in seen], self.size, self.partition)
+        for why, ids in found.items():
+            log(f"slurm: jobs {job_list(ids)} cannot start, {why}; cancelling them")
+            stuck.setdefault(why, []).extend(ids)
+        if found:
+            try:
+                slurm_command(["scancel", "--state=PENDING", *[i for ids in found.values() for i in ids]])
+            except UserError as exc:
+                log(f"slurm: {exc}")
+        return bool(found)
+
+
+def stuck_message(stuck: dict[str, list[str]], runs: dict[str, int], out: Path) -> str:
+    """One line: which jobs cannot start and why, that they were cancelled, and that their runs are not done."""
+    why = "; ".join(f"jobs {job_list(ids)} cannot start, {reason}" for reason, ids in stuck.items())
+    count = sum(runs.get(i, 0) for ids in stuck.values() for i in ids)
+    return (f"--executor slurm: {why}; cancelled them: their {count} run(s) have no record (`petlbench status {out}` "
+            "shows them missing); the same command runs them once that is fixed")
 
 
 def summarize(states: list[str]) -> dict[str, int]:
