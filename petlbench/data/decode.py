@@ -102,17 +102,29 @@ def to_rgb(im: Image.Image, path: Path) -> Image.Image:
     return im.convert("RGB")  # 1, L, P, RGB(A/X), LA, PA, CMYK, YCbCr, ...
 
 
+class Opened(NamedTuple):
+    image: Image.Image  # 8-bit RGB
+    format: str | None  # the file's format as PIL names it (JPEG, PNG, ...)
+    size: tuple[int, int]  # the file's full (width, height), before any draft
+
+
 def open_rgb(path: Path, draft: tuple[int, int] | None = None) -> Image.Image:
     """The image as 8-bit RGB; the one decode `run` and `data check` share, so they refuse the same files.
 
     `draft` (data check) lets JPEGs decode at reduced scale; every block is still read.
     """
+    return open_image(path, draft).image
+
+
+def open_image(path: Path, draft: tuple[int, int] | None = None) -> Opened:
+    """open_rgb, with the file's format and full size (data check compares a JPEG's draft only with JPEGs)."""
     try:
         with Image.open(path) as im:
+            fmt, size = im.format, im.size
             if draft:
                 im.draft("RGB", draft)
             im.load()
-            return to_rgb(im, path)
+            return Opened(to_rgb(im, path), fmt, size)
     except UserError:
         raise
     except Exception as exc:  # OSError, SyntaxError, struct.error, DecompressionBombError (not an OSError), ...
