@@ -86,9 +86,9 @@ def expected(sweep) -> list[tuple[str, RunPlan]]:
 
 
 def newest_selection(base: RunPlan, out: Path) -> dict | None:
-    files = base.record_dir(out).parent.glob(f"{method_label(base.method)}__selection__*.json")
+    from petlbench.sweep.tune import selection_files
     selections = []
-    for path in files:
+    for path in selection_files(base, out):
         try:
             selections.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
