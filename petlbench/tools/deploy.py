@@ -22,6 +22,7 @@ from petlbench.data.decode import SplitCache, TensorData, decode, stored_size
 from petlbench.errors import UserError
 from petlbench.data.layouts import fgvc_class_ids, find_task_dir
 from petlbench.options import build
+from petlbench.outputs import check_output_file, written_whole
 from petlbench.params import build_model
 from petlbench.plan import RunPlan
 from petlbench.recipes import RECIPES
@@ -138,8 +139,10 @@ def class_names(deployed: Deployed) -> dict[int, str]:
 
 def export_merged(record_path: str | Path, out: str | Path) -> dict[str, Any]:
     """Fold the method into the backbone (Method.merge) and save a plain timm state dict, head included."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    check_output_file(Path(out), "export OUT", "the state dict")  # before the model is rebuilt
     deployed = rebuild(record_path)
     merged = deployed.plan.method.merge(deployed.model)
     plain = create_backbone(dataclasses.replace(deployed.plan.backbone, pretrained=False, checkpoint=None),
@@ -149,8 +152,8 @@ def export_merged(record_path: str | Path, out: str | Path) -> dict[str, Any]:
         raise UserError(f"{record_path}: method {deployed.plan.method.name!r} did not merge into the backbone's "
                         f"architecture ({difference})")
     state = {k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata={"format": "timm state dict", "model": deployed.plan.backbone.name})
+    with written_whole(Path(out), "export OUT", "the state dict", errors=(SafetensorError,)) as tmp:
+        save_file(state, str(tmp), metadata={"format": "timm state dict", "model": deployed.plan.backbone.name})
     return {"file": str(out), "bytes": Path(out).stat().st_size, "tensors": len(state),
             "model": deployed.plan.backbone.name, "num_classes": deployed.plan.task.classes,
             "args": deployed.plan.backbone.args}
