@@ -9,6 +9,7 @@ configuration exists on the same split files (a change inside image files is fou
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ def records_status(out: Path, suite: str | None = None) -> tuple[list[dict[str, 
     """Rows per suite, task and method from the records on disk (newest per configuration)."""
     counts: dict[tuple, dict[str, int]] = defaultdict(lambda: {"done": 0, "failed": 0})
     failures = []
-    for r in current(load_records(out)):
+    for r in current(load_records(out, warn), warn):
         if suite and r.get("suite") != suite:
             continue
         stage = (r.get("protocol") or {}).get("stage") or "final"
@@ -131,6 +132,11 @@ def records_status(out: Path, suite: str | None = None) -> tuple[list[dict[str, 
     if running:
         failures.insert(0, f"{running} run(s) running now (their lock is held)")
     return rows, failures
+
+
+def warn(message: str) -> None:
+    """A record that cannot be read is named and skipped: the rest of the folder is still shown."""
+    print(f"petlbench: warning: {message}", file=sys.stderr, flush=True)
 
 
 def last_line(error: Any) -> str:

@@ -26,7 +26,7 @@ from petlbench.outputs import check_output_file, written_whole
 from petlbench.params import build_model
 from petlbench.plan import RunPlan
 from petlbench.recipes import RECIPES
-from petlbench.records import metric_of, parse_record
+from petlbench.records import MISSING, lookup, metric_of, parse_record
 from petlbench.registry import get_method
 from petlbench.specs import TrainConfig
 from petlbench.suite import load_suite
@@ -53,7 +53,19 @@ def read(record_path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a successful run record")
     if (record.get("protocol") or {}).get("stage") == "search":
         raise UserError(f"{path}: a tuning (search) run; its weights are not kept, use a final run's record")
+    for keys, expected in REBUILD_KEYS:
+        value = lookup(record, keys)
+        if not isinstance(value, expected):
+            found = "missing" if value is MISSING else f"{value!r:.60}"
+            raise UserError(f"{path}: a damaged run record: the key {'.'.join(keys)} is {found}, expected "
+                            f"{'a mapping' if expected is dict else 'a string'} (to rebuild the run)")
     return record
+
+
+# What rebuild reads beyond what every record holds (records.structure_problem checks those when it is read).
+REBUILD_KEYS = ((("suite_file",), str), (("method", "options"), dict), (("backbone", "args"), dict),
+                (("train",), dict), (("recipe", "name"), str), (("protocol",), dict), (("data", "root"), str),
+                (("data", "preprocessing"), dict))
 
 
 def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
