@@ -52,7 +52,7 @@ class TaskCheck:
 
 def split_names(suite: Suite) -> list[str]:
     """Every split file the suite's protocols read, in role order (train, val, trainval, test)."""
-    return list(dict.fromkeys(s for role in ("train", "val", "trainval", "test") for s in suite.splits[role]))
+    return suite.split_names()
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def list_task(suite: Suite, data_root: Path, task: Task) -> tuple[TaskCheck, lis
     labels, paths = set(), {}
     for split in split_names(suite):
         try:
-            items = list_images(suite.layout, task_dir, task, split)
+            items = list_images(suite.layout, task_dir, task, split, suite.split_names())
         except UserError as exc:
             check.counts[split] = None
             if str(exc) not in check.problems:  # e.g. FGVC's class count, said once for all splits

@@ -68,7 +68,7 @@ def show_task(suite: Suite, data_root: Path, task: Task, out: Path, per_class: i
 
     task_dir = find_task_dir(data_root, task)
     roles = {role: suite.splits[role] for role in ("train", "val", "test")}
-    per_split = {split: list_images(suite.layout, task_dir, task, split)
+    per_split = {split: list_images(suite.layout, task_dir, task, split, suite.split_names())
                  for splits in roles.values() for split in splits}
     train = [item for split in roles["train"] for item in per_split[split]]
     by_class = defaultdict(list)

@@ -143,7 +143,7 @@ def class_names(deployed: Deployed) -> dict[int, str]:
     if plan.suite.layout != "fgvc":
         return {}
     try:
-        ids = fgvc_class_ids(find_task_dir(plan.data_root, plan.task), plan.task)
+        ids = fgvc_class_ids(find_task_dir(plan.data_root, plan.task), plan.task, plan.suite.split_names())
     except UserError:
         return {}
     return {label: f"class id {cid}" for cid, label in ids.items()}
