@@ -126,7 +126,7 @@ def records_status(out: Path, suite: str | None = None) -> tuple[list[dict[str, 
             counts[key]["failed"] += 1
             failures.append(f"{r.get('suite')}/{r.get('task')} {(r.get('method') or {}).get('label')} "
                             f"seed {r.get('seed')}: {last_line(r.get('error'))}")
-    running = sum(1 for lock in out.rglob(".*.lock") if lock_held(lock))
+    running = sum(1 for lock in out.rglob(".*.lock") if lock.is_file() and lock_held(lock))
     rows = [{"suite": s, "task": t, "method": m, "stage": st, **c} for (s, t, m, st), c in sorted(counts.items(),
                                                                                                 key=str)]
     if running:

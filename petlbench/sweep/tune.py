@@ -19,7 +19,7 @@ from typing import Any
 from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import as_dict, build
-from petlbench.plan import RunPlan, method_label
+from petlbench.plan import RunPlan, file_label, method_label
 from petlbench.records import write_atomic
 from petlbench.specs import TrainConfig
 
@@ -74,7 +74,7 @@ def selection_dir(base: RunPlan, out: Path) -> Path:
 
 
 def selection_files(base: RunPlan, out: Path) -> list[Path]:
-    return sorted(selection_dir(base, out).glob(f"{method_label(base.method)}__selection__*.json"))
+    return sorted(selection_dir(base, out).glob(f"{file_label(method_label(base.method))}__selection__*.json"))
 
 
 def write_selection(base: RunPlan, grid: dict, results: list[tuple[dict, dict]], chosen: dict | None,
@@ -82,7 +82,7 @@ def write_selection(base: RunPlan, grid: dict, results: list[tuple[dict, dict]],
     data = sorted({str(r.get("data_id")) for _, r in results})  # the same search on changed data is another
     key = json.dumps({"base": base.config(), "grid": grid, "data": data}, sort_keys=True, default=str)
     selection_id = hashlib.sha256(key.encode()).hexdigest()[:12]
-    path = selection_dir(base, out) / f"{method_label(base.method)}__selection__{selection_id}.json"
+    path = selection_dir(base, out) / f"{file_label(method_label(base.method))}__selection__{selection_id}.json"
     write_atomic(path, {
         "kind": "selection", "selection_id": selection_id, "suite": base.suite.name, "task": base.task.name,
         "method": method_label(base.method), "recipe": base.recipe.describe(), "protocol": base.protocol,
