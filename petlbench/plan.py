@@ -35,6 +35,18 @@ def method_label(method: Method) -> str:
     return ":".join([method.name, *changed])
 
 
+LABEL_CHARS = 80  # a label longer than this (a peft config path, many options) is shortened in file names
+
+
+def file_label(label: str) -> str:
+    """A method label as part of a file name: safe characters only, and a long one cut short with a hash of the
+    whole label, so the name stays far below the file system's 255 bytes (the record keeps the full label)."""
+    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", label)
+    if len(slug) <= LABEL_CHARS:
+        return slug
+    return f"{slug[:LABEL_CHARS - 17]}~{hashlib.sha256(label.encode()).hexdigest()[:16]}"
+
+
 @dataclass
 class RunPlan:
     suite: Suite
@@ -77,7 +89,7 @@ class RunPlan:
 
     def record_stem(self) -> str:
         """The record's file name without the run id: method label and seed (search: the grid point)."""
-        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", method_label(self.method))
+        slug = file_label(method_label(self.method))
         if self.is_search:
             return f"{slug}__lr{self.train.lr:g}_wd{self.train.weight_decay:g}"
         return f"{slug}__seed{self.seed}"

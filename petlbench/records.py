@@ -62,7 +62,91 @@ def parse_record(path: Path) -> dict[str, Any] | None:
     if record["schema"] != SCHEMA:
         raise ValueError(f"a record of schema {record['schema']!r}, this petlbench reads {SCHEMA}; "
                          "run the command again to make a new one")
+    wrong = structure_problem(record)
+    if wrong:
+        raise ValueError(f"a damaged run record: {wrong}")
     return record
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_curve(value: Any) -> bool:
+    """[[epoch, top-1], ...] as `fit` records it with eval_every."""
+    return isinstance(value, list) and all(isinstance(point, list) and len(point) == 2 and is_int(point[0])
+                                           and is_number(point[1]) for point in value)
+
+
+# (key path, what it must be, its check): what the readers of records (table, plot, status, eval, ...) rely on.
+ALWAYS = ((("run_id",), "a string", lambda v: isinstance(v, str)),
+          (("status",), "a string", lambda v: isinstance(v, str)),
+          (("suite",), "a string", lambda v: isinstance(v, str)),
+          (("task",), "a string", lambda v: isinstance(v, str)),
+          (("seed",), "an integer", is_int),
+          (("method",), "a mapping", lambda v: isinstance(v, dict)),
+          (("method", "name"), "a string", lambda v: isinstance(v, str)),
+          (("method", "label"), "a string", lambda v: isinstance(v, str)))
+WHEN_PRESENT = ((("error",), "a string or null", lambda v: v is None or isinstance(v, str)),
+                (("config_id",), "a string", lambda v: isinstance(v, str)),
+                (("finished_at",), "a string", lambda v: isinstance(v, str)),
+                (("task_index",), "an integer", is_int),
+                (("task_group",), "a string", lambda v: isinstance(v, str)),
+                (("suite_file",), "a string", lambda v: isinstance(v, str)),
+                (("method", "options"), "a mapping", lambda v: isinstance(v, dict)),
+                (("protocol",), "a mapping", lambda v: isinstance(v, dict)),
+                (("protocol", "stage"), "a string", lambda v: isinstance(v, str)),
+                (("backbone",), "a mapping", lambda v: isinstance(v, dict)),
+                (("backbone", "name"), "a string", lambda v: isinstance(v, str)),
+                (("backbone", "weights"), "a string", lambda v: isinstance(v, str)),
+                (("data",), "a mapping", lambda v: isinstance(v, dict)),
+                (("data", "split_files_sha256"), "a mapping", lambda v: isinstance(v, dict)),
+                (("params",), "a mapping", lambda v: isinstance(v, dict)),
+                (("params", "trainable_excl_head"), "an integer", is_int),
+                (("params", "backbone"), "an integer", is_int),
+                (("weights",), "a mapping", lambda v: isinstance(v, dict)),
+                (("weights", "bytes"), "an integer", is_int),
+                (("metrics",), "a mapping", lambda v: isinstance(v, dict)),
+                (("metrics", "test_top1"), "a number", is_number),
+                (("metrics", "val_top1"), "a number", is_number),
+                (("metrics", "test_curve"), "a list of [epoch, top-1] pairs", is_curve),
+                (("metrics", "val_curve"), "a list of [epoch, top-1] pairs", is_curve))
+MISSING = object()
+
+
+def lookup(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = record
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return MISSING
+        value = value[key]
+    return value
+
+
+def structure_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a record's keys and types (checked once, when it is read), or None. A success must
+    hold its metric; every key the readers use must have the type they expect, wherever it is present."""
+    required = ALWAYS
+    if record.get("status") == "success":
+        stage = record.get("protocol", {}).get("stage") if isinstance(record.get("protocol"), dict) else None
+        metric = "val_top1" if stage == "search" else "test_top1"
+        required += ((("metrics",), "a mapping", lambda v: isinstance(v, dict)),
+                     (("metrics", metric), "a number (a successful run's result)", is_number))
+    for path, expected, ok in required:
+        value = lookup(record, path)
+        if value is MISSING:
+            return f"the key {'.'.join(path)} is missing (expected {expected})"
+        if not ok(value):
+            return f"the key {'.'.join(path)} is {value!r:.60}, expected {expected}"
+    for path, expected, ok in WHEN_PRESENT:
+        value = lookup(record, path)
+        if value is not MISSING and not ok(value):
+            return f"the key {'.'.join(path)} is {value!r:.60}, expected {expected}"
+    return None
 
 
 def is_finished(record: dict[str, Any] | None, metric: str) -> bool:

@@ -48,6 +48,10 @@ class Suite:
     train: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method defaults here
 
+    def split_names(self) -> list[str]:
+        """Every split file its protocols read, in role order (train, val, trainval, test), each once."""
+        return list(dict.fromkeys(s for role in ("train", "val", "trainval", "test") for s in self.splits[role]))
+
     def select(self, names: list[str] | None) -> list[Task]:
         if not names:
             return self.tasks

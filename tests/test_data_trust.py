@@ -60,10 +60,12 @@ def test_fgvc_download_from_mirror_shaped_archives(tmp_path, capsys):
     for task in ("CUB", "OxfordFlowers"):
         assert sorted(p.name for p in (dest / task).glob("*.json")) == ["test.json", "train.json", "val.json"]
     first = next(iter(json.loads((dest / "CUB" / "train.json").read_text())))
-    assert (dest / "CUB" / "images" / first).is_file() and (dest / "CUB" / "README").is_file()
+    assert (dest / "CUB" / "images" / first).is_file()
+    assert not (dest / "CUB" / "README").exists(), "only what the layout needs is unpacked"
+    assert not (dest / ".unpacked").exists(), "the staging copy is removed"
 
-    again = cli(capsys, *args)  # resumed: nothing unpacked or moved again
-    assert again.returncode == 0 and again.stdout.count("unpacked before, skipped") == 3
+    again = cli(capsys, *args)  # resumed: only the split files unpacked again, no image moved
+    assert again.returncode == 0 and again.stdout.count("unpacking ") == 1, again.stdout
     assert again.stdout.count("laid out before, kept") == 2
 
     run = cli(capsys, "data", "check", "--suite", "fgvc", "--data-root", str(dest), "--tasks", "CUB")

@@ -87,6 +87,18 @@ def test_export_merged_is_a_plain_timm_state_dict(trained, tmp_path):
     assert not (tmp_path / "a.safetensors").exists()
 
 
+def test_export_to_an_unwritable_path_is_one_line_before_any_work(trained, tmp_path):
+    _, _, paths = trained
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    under_a_file = petlbench_cli("export", str(paths["bitfit"]), str(tmp_path / "blocker" / "m.safetensors"),
+                                 "--merged")
+    assert_one_line_error(under_a_file, "export OUT", str(tmp_path / "blocker"), "cannot write the state dict")
+    (tmp_path / "folder.safetensors").mkdir()
+    onto_a_folder = petlbench_cli("export", str(paths["bitfit"]), str(tmp_path / "folder.safetensors"), "--merged")
+    assert_one_line_error(onto_a_folder, str(tmp_path / "folder.safetensors"), "is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "folder.safetensors"], "nothing half written"
+
+
 def test_no_weights_and_storage_column(trained, tmp_path):
     root, _, _ = trained
     suite = write_tiny_suite(tmp_path / "tiny.yaml", {"count": 6}, epochs=1)

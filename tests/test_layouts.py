@@ -157,3 +157,19 @@ def test_fgvc_json_not_utf8_names_file_and_line(tmp_path):
         list_images("fgvc", info.dir, task, "test")  # every split file is read for the class ids
     msg = str(err.value)
     assert msg.startswith(f"{bad}:3: ") and "UTF-8" in msg and "\n" not in msg, msg
+
+
+def test_other_json_in_an_fgvc_task_folder_is_not_read(tmp_path, capsys):
+    """A macOS `._train.json` (AppleDouble: binary) and a `classes.json` ({name: id}) beside the split files are
+    not split files: labels stay as they were and data check finds nothing wrong (fault 12)."""
+    from petlbench.cli import main
+    info = write_fgvc_tree(tmp_path / "fgvc", ["OxfordFlowers"])["OxfordFlowers"]
+    task = FGVC.select(["OxfordFlowers"])[0]
+    before = {split: list_images("fgvc", info.dir, task, split) for split in ("train", "val", "test")}
+    (info.dir / "._train.json").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe")
+    (info.dir / "classes.json").write_text('{"pink primrose": 1000, "globe thistle": 1001}')
+    for split, items in before.items():
+        assert list_images("fgvc", info.dir, task, split) == items
+        assert list_images("fgvc", info.dir, task, split, FGVC.split_names()) == items
+    assert main(["data", "check", "--suite", "fgvc", "--data-root", str(tmp_path / "fgvc"),
+                 "--tasks", "OxfordFlowers"]) == 0, capsys.readouterr().out

@@ -55,6 +55,13 @@ def test_search_selects_on_val_and_never_reads_test(tmp_path, tiny_tasks):
     table = petlbench_cli("table", str(out), "--format", "csv")
     assert table.returncode == 0 and table.stdout.count("linear") == 1, "search runs are not tabulated"
 
+    status = petlbench_cli("status", str(out), "--suite", str(suite), "--methods", "linear", "--tasks", "count",
+                           "--data-root", str(tiny_tasks), "--protocol", "tune", "--grid", GRID, "--seeds", "0,1",
+                           "--format", "json")
+    assert status.returncode == 0, status.stderr
+    stages = {row["stage"]: row for row in json.loads(status.stdout)["rows"]}
+    assert stages["search"]["done"] == 2 and stages["final"]["done"] == 2, "the finals found by the selection file"
+
 
 def test_grid_may_tune_method_options(tmp_path, tiny_tasks):
     suite = write_tiny_suite(tmp_path / "tiny.yaml", {"count": 6}, epochs=1)

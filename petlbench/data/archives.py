@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from petlbench.data.layouts import absolute
 from petlbench.errors import UserError
@@ -36,8 +38,18 @@ def find_archives(folder: Path) -> list[Path]:
                   and ".cache" not in p.relative_to(folder).parts)
 
 
-def unpack(archive: Path, dest: Path) -> None:
-    """Unpack a zip or tar (any compression) into dest; skipped when this very file was unpacked before."""
+MAX_RATIO = 100  # unpacked bytes per archive byte beyond which an archive is refused (JPEGs ~1x, JSON ~10x)
+ANY_RATIO_UP_TO = 64 << 20  # this much may be unpacked at any ratio (a small zip of split files)
+CHUNK = 1 << 20
+
+
+def unpack(archive: Path, dest: Path, keep: Callable[[str], bool] | None = None) -> None:
+    """Unpack a zip or tar (any compression) into dest; skipped when this very file was unpacked before.
+
+    `keep` (member name -> bool): only the members the layout needs, where that is known. The bytes unpacked
+    are bounded before anything is written (the headers' sizes: at most MAX_RATIO times the archive, or
+    ANY_RATIO_UP_TO, and no more than the free space) and counted while writing (no more than the headers said).
+    """
     stat = archive.stat()
     marker = dest / f".petlbench-unpacked-{archive.name}.json"
     stamp = {"archive": str(absolute(archive)), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -47,20 +59,9 @@ def unpack(archive: Path, dest: Path) -> None:
     print(f"unpacking {archive} into {dest} ...", flush=True)
     try:
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for name in zf.namelist():
-                    check_member(archive, name, dest)
-                zf.extractall(dest)
+            unpack_zip(archive, dest, keep)
         elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                members = tf.getmembers()
-                for member in members:
-                    check_member(archive, member.name, dest)
-                    if member.issym():  # a link's target counts from the link's own folder
-                        check_member(archive, str(Path(member.name).parent / member.linkname), dest, member.name)
-                    elif member.islnk():
-                        check_member(archive, member.linkname, dest, member.name)
-                tf.extractall(dest, members=members, filter="data")  # links and devices refused too
+            unpack_tar(archive, dest, keep)
         else:
             raise UserError(f"{archive}: not a zip or tar archive")
     except tarfile.FilterError as exc:
@@ -69,6 +70,63 @@ def unpack(archive: Path, dest: Path) -> None:
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         raise UserError(f"{archive}: cannot unpack ({exc})") from None
     marker.write_text(json.dumps(stamp))
+
+
+def unpack_zip(archive: Path, dest: Path, keep: Callable[[str], bool] | None) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():  # every member, kept or not: an archive that reaches out is refused whole
+            check_member(archive, info.filename, dest)
+        infos = [i for i in zf.infolist() if keep is None or i.is_dir() or keep(i.filename)]
+        budget = Budget(archive, dest, sum(i.file_size for i in infos if not i.is_dir()))
+        for info in infos:
+            target = dest / info.filename
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as source, open(target, "wb") as out:
+                while chunk := source.read(CHUNK):
+                    budget.spend(len(chunk))
+                    out.write(chunk)
+
+
+def unpack_tar(archive: Path, dest: Path, keep: Callable[[str], bool] | None) -> None:
+    with tarfile.open(archive) as tf:
+        for member in tf.getmembers():  # every member, kept or not: an archive that reaches out is refused whole
+            check_member(archive, member.name, dest)
+            if member.issym():  # a link's target counts from the link's own folder
+                check_member(archive, str(Path(member.name).parent / member.linkname), dest, member.name)
+            elif member.islnk():
+                check_member(archive, member.linkname, dest, member.name)
+        members = [m for m in tf.getmembers() if keep is None or m.isdir() or keep(m.name)]
+        budget = Budget(archive, dest, sum(m.size for m in members if m.isfile()))
+        for member in members:
+            budget.spend(member.size if member.isfile() else 0)  # tar writes exactly the header's size
+            tf.extract(member, dest, filter="data")  # links and devices refused too
+
+
+class Budget:
+    """The bytes an archive may unpack: its headers' total, refused up front when that is a bomb's (more than
+    MAX_RATIO times the archive beyond ANY_RATIO_UP_TO) or more than the disk's free space; then counted."""
+
+    def __init__(self, archive: Path, dest: Path, declared: int):
+        self.archive, self.declared, self.written = archive, declared, 0
+        size = archive.stat().st_size
+        if declared > max(MAX_RATIO * size, ANY_RATIO_UP_TO):
+            raise UserError(f"{archive}: would unpack {declared:,} bytes from {size:,} ({declared / max(size, 1):,.0f}"
+                            f" times its size; at most {MAX_RATIO} times beyond {ANY_RATIO_UP_TO >> 20} MB); "
+                            "refusing what looks like a zip bomb, nothing was written")
+        dest.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(dest).free
+        if declared > free:
+            raise UserError(f"{archive}: would unpack {declared:,} bytes, {dest} has {free:,} free; nothing was "
+                            "written")
+
+    def spend(self, count: int) -> None:
+        self.written += count
+        if self.written > self.declared:
+            raise UserError(f"{self.archive}: unpacks to more than its headers say ({self.declared:,} bytes); "
+                            "refusing it")
 
 
 def check_member(archive: Path, name: str, dest: Path, member: str | None = None) -> None:

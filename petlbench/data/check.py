@@ -7,9 +7,11 @@ a missing or undecodable image. Images go through the decode `run` uses (`data.o
 check refuses what a run would. Problems are collected, not raised, so one pass shows all of them.
 
 Leakage: an image of a training split (train, val, trainval) that is also in the test split, by path or by
-content (a hash of the decoded pixels, so a copy under another name is caught), is reported as a warning,
-an error with --strict. The hash comes from the decode the check does anyway (JPEGs at 1/8 scale, which
-every copy of the same file decodes alike), so it costs a small fraction of it.
+content (the same decoded pixels under another name or in another format), is reported as a warning, an error
+with --strict. Pixels are hashed from the decode the check does anyway: full for PNGs and other formats, 1/8
+scale for JPEGs (its block means: it proposes a match, never makes one). JPEGs are decoded in full only where a
+match is possible: a draft equal to one on the other side, or a non-JPEG of the same size there (a JPEG saved
+losslessly as PNG). So the check costs little more than reading every image once.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ import hashlib
 import os
 import sys
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from petlbench.data.decode import open_rgb
+from petlbench.data.decode import open_image, open_rgb
 from petlbench.errors import UserError
 from petlbench.data.layouts import find_task_dir, list_images, split_duplicates
 from petlbench.specs import Task
@@ -49,21 +52,41 @@ class TaskCheck:
 
 def split_names(suite: Suite) -> list[str]:
     """Every split file the suite's protocols read, in role order (train, val, trainval, test)."""
-    return list(dict.fromkeys(s for role in ("train", "val", "trainval", "test") for s in suite.splits[role]))
+    return suite.split_names()
 
 
-def verify_image(path: Path) -> tuple[str | None, str | None]:
-    """(None, pixel hash) when `run` would decode the file; else (what it would say, without the path; None)."""
+@dataclass(frozen=True)
+class Pixels:
+    """An image's pixel hash as the check's decode gave it, and whether that decode was a JPEG draft."""
+    digest: str
+    size: tuple[int, int]  # the file's full (width, height)
+    draft: bool  # hashed at reduced scale: equal drafts only propose a match
+
+
+def verify_image(path: Path) -> tuple[str | None, Pixels | None]:
+    """(None, its pixel hash) when `run` would decode the file; else (what it would say, without the path; None)."""
     if not path.is_file():
         return "listed image not found", None
     try:
-        im = open_rgb(path, draft=(1, 1))  # JPEG: decode at 1/8 scale; every block is still read
+        opened = open_image(path, draft=(1, 1))  # JPEG: decode at 1/8 scale; every block is still read
     except UserError as exc:
         return str(exc).removeprefix(f"{path}: "), None
+    return None, Pixels(pixel_digest(opened.image), opened.size, opened.image.size != opened.size)
+
+
+def pixel_digest(im) -> str:
     start = time.perf_counter()
     digest = hashlib.blake2b(f"{im.size}".encode() + im.tobytes(), digest_size=16).hexdigest()
     HASH_SECONDS.append(time.perf_counter() - start)
-    return None, digest
+    return digest
+
+
+def full_digest(path: Path) -> str | None:
+    """The hash of the full decode (a JPEG whose draft proposed a match); None if it cannot be read now."""
+    try:
+        return pixel_digest(open_rgb(path))
+    except UserError:
+        return None
 
 
 def check_suite(suite: Suite, data_root: Path, tasks: list[Task] | None = None,
@@ -77,30 +100,58 @@ def check_suite(suite: Suite, data_root: Path, tasks: list[Task] | None = None,
             owners.setdefault(path, check)
     if owners:
         print(f"checking {len(owners):,} images under {data_root} ...", file=sys.stderr, flush=True)
-    digests, start = {}, time.perf_counter()
+    seen, start = {}, time.perf_counter()
     HASH_SECONDS.clear()
     with ThreadPoolExecutor(max_workers=workers or min(32, 4 * (os.cpu_count() or 1))) as pool:
-        for path, (why, digest) in zip(owners, pool.map(verify_image, owners)):
+        for path, (why, pixels) in zip(owners, pool.map(verify_image, owners)):
             if why:
                 owners[path].problems.append(f"{path}: {why}")
-            digests[path] = digest
+            seen[path] = pixels
+        confirm = sorted(set().union(*(to_confirm(c.train_paths, c.test_paths, seen) for c in checks)))
+        full = dict(zip(confirm, pool.map(full_digest, confirm)))
     if owners:
         print(f"checked {len(owners):,} images in {time.perf_counter() - start:.1f} s; the leakage check's pixel "
-              f"hashes took {sum(HASH_SECONDS):.2f} s of thread time", file=sys.stderr, flush=True)
+              f"hashes took {sum(HASH_SECONDS):.2f} s of thread time ({len(confirm):,} JPEG(s) decoded in full to "
+              f"confirm a match)", file=sys.stderr, flush=True)
     for check in checks:
-        check.leaks = leakage(check.train_paths, check.test_paths, digests)
+        check.leaks = leakage(check.train_paths, check.test_paths, seen, full)
     return checks
 
 
-def leakage(train: set[Path], test: set[Path], digests: dict[Path, str | None]) -> list[tuple[str, Path, Path]]:
-    """Test images that a training split also lists (same path) or holds under another name (same pixels)."""
+def to_confirm(train: set[Path], test: set[Path], seen: dict[Path, Pixels | None]) -> set[Path]:
+    """The JPEGs hashed from a draft that could match across train/test: an equal draft on the other side, or an
+    image hashed in full (a PNG, ...) of the same size there. Only these are decoded in full."""
+    sides = {"train": [p for p in train - test if seen.get(p)], "test": [p for p in test - train if seen.get(p)]}
+    drafts = defaultdict(list)
+    for path in sides["train"]:
+        if seen[path].draft:
+            drafts[seen[path].digest].append(path)
+    need = set()
+    for path in sides["test"]:
+        if seen[path].draft and seen[path].digest in drafts:
+            need.add(path)
+            need.update(drafts[seen[path].digest])
+    for side, other in (("train", "test"), ("test", "train")):
+        exact_sizes = {seen[p].size for p in sides[other] if not seen[p].draft}
+        need.update(p for p in sides[side] if seen[p].draft and seen[p].size in exact_sizes)
+    return need
+
+
+def leakage(train: set[Path], test: set[Path], seen: dict[Path, Pixels | None],
+            full: dict[Path, str | None]) -> list[tuple[str, Path, Path]]:
+    """Test images that a training split also lists (same path) or holds under another name (same pixels, by
+    the hash of their full decode: a draft's hash alone never makes a match)."""
+    def exact(path: Path) -> str | None:
+        pixels = seen.get(path)
+        return None if pixels is None else full.get(path) if pixels.draft else pixels.digest
+
     leaks = [("by path", path, path) for path in sorted(train & test)]
     by_digest = {}
     for path in sorted(train - test):
-        if digests.get(path):
-            by_digest.setdefault(digests[path], path)
-    leaks += [("by content", by_digest[digests[path]], path) for path in sorted(test - train)
-              if digests.get(path) in by_digest]
+        if exact(path):
+            by_digest.setdefault(exact(path), path)
+    leaks += [("by content", by_digest[exact(path)], path) for path in sorted(test - train)
+              if exact(path) in by_digest]
     return leaks
 
 
@@ -111,7 +162,7 @@ def list_task(suite: Suite, data_root: Path, task: Task) -> tuple[TaskCheck, lis
     labels, paths = set(), {}
     for split in split_names(suite):
         try:
-            items = list_images(suite.layout, task_dir, task, split)
+            items = list_images(suite.layout, task_dir, task, split, suite.split_names())
         except UserError as exc:
             check.counts[split] = None
             if str(exc) not in check.problems:  # e.g. FGVC's class count, said once for all splits

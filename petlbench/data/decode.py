@@ -102,17 +102,29 @@ def to_rgb(im: Image.Image, path: Path) -> Image.Image:
     return im.convert("RGB")  # 1, L, P, RGB(A/X), LA, PA, CMYK, YCbCr, ...
 
 
+class Opened(NamedTuple):
+    image: Image.Image  # 8-bit RGB
+    format: str | None  # the file's format as PIL names it (JPEG, PNG, ...)
+    size: tuple[int, int]  # the file's full (width, height), before any draft
+
+
 def open_rgb(path: Path, draft: tuple[int, int] | None = None) -> Image.Image:
     """The image as 8-bit RGB; the one decode `run` and `data check` share, so they refuse the same files.
 
     `draft` (data check) lets JPEGs decode at reduced scale; every block is still read.
     """
+    return open_image(path, draft).image
+
+
+def open_image(path: Path, draft: tuple[int, int] | None = None) -> Opened:
+    """open_rgb, with the file's format and full size (data check compares a JPEG's draft only with JPEGs)."""
     try:
         with Image.open(path) as im:
+            fmt, size = im.format, im.size
             if draft:
                 im.draft("RGB", draft)
             im.load()
-            return to_rgb(im, path)
+            return Opened(to_rgb(im, path), fmt, size)
     except UserError:
         raise
     except Exception as exc:  # OSError, SyntaxError, struct.error, DecompressionBombError (not an OSError), ...
@@ -153,9 +165,10 @@ def decode_all(items: list[tuple[Path, int]], prep: dict,
 
 
 def load_images(layout: str, task_dir: Path, task, splits: list[str], prep: dict, train: bool = False,
-                cache_dir: Path | None = None) -> TensorData:
-    """The images of `splits` (concatenated, e.g. FGVC's train + val) as one TensorData."""
-    parts = [load_split_arrays(layout, task_dir, task, split, prep, cache_dir) for split in splits]
+                cache_dir: Path | None = None, split_names: list[str] | None = None) -> TensorData:
+    """The images of `splits` (concatenated, e.g. FGVC's train + val) as one TensorData; `split_names`: every
+    split file of the suite (layouts.list_images)."""
+    parts = [load_split_arrays(layout, task_dir, task, split, prep, cache_dir, split_names) for split in splits]
     if len(parts) == 1:  # keep a cached split memory-mapped; batches index it, nothing writes to it
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -178,9 +191,9 @@ class SplitArrays(NamedTuple):
 
 
 def load_split_arrays(layout: str, task_dir: Path, task, split: str, prep: dict,
-                      cache_dir: Path | None = None) -> SplitArrays:
+                      cache_dir: Path | None = None, split_names: list[str] | None = None) -> SplitArrays:
     """Decoded uint8 images and labels of one split file, from the on-disk cache when there is one."""
-    items = list_images(layout, task_dir, task, split)
+    items = list_images(layout, task_dir, task, split, split_names)
     if cache_dir is None:
         images, labels = decode_all(items, prep)
         return SplitArrays(images, labels, content_digest(images, labels))
@@ -201,5 +214,6 @@ class SplitCache:
             self.task, self.data = task_dir, {}
         key = (tuple(splits), repr(sorted(prep.items())), train)
         if key not in self.data:
-            self.data[key] = load_images(plan.suite.layout, task_dir, plan.task, splits, prep, train, self.cache_dir)
+            self.data[key] = load_images(plan.suite.layout, task_dir, plan.task, splits, prep, train, self.cache_dir,
+                                         plan.suite.split_names())
         return self.data[key]

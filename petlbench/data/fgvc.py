@@ -4,16 +4,18 @@ laid out as the `fgvc` suite reads it: <to>/<dataset>/{train,val,test}.json besi
 The mirror's files are listed through huggingface_hub, not assumed: an archive whose name holds "json" or
 "split" carries the VPT split files (a folder per dataset), and an image archive is matched to a dataset by
 its official name (CUB_200_2011.tgz, car_ims.tgz, ...) or by the dataset's name in it. Each archive is
-unpacked safely (petlbench.data.archives.unpack) into a staging folder, then the folder that holds the split
-files' images is found by looking for the first listed image, so the archive's own nesting does not
-matter. Downloads resume (huggingface_hub), unpacking and layout are skipped when done before.
+unpacked safely (petlbench.data.archives.unpack, its expansion bounded) into a staging folder, only the
+members the layout needs (split files; the images they list), then the folder that holds the split files'
+images is found by looking for the first listed image, so the archive's own nesting does not matter; the
+staging folder is removed after. Downloads resume (huggingface_hub); a dataset laid out before is kept and
+its archives are not unpacked again.
 """
 from __future__ import annotations
 
 import re
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from petlbench.data.archives import ARCHIVE_SUFFIXES, hub_errors, unpack
 from petlbench.errors import UserError
@@ -118,17 +120,46 @@ def download_fgvc(tasks: list[Task], dest: Path, repo: str | None, archives: lis
     paths = dict(zip(remote, fetch_files(repo or MIRROR, remote, dest))) if remote else {}
     paths.update({f: local[f] for f in wanted if f in local})
     stage = dest / ".unpacked"
-    split_dir = stage / squash(Path(splits[-1]).name)
-    unpack(paths[splits[-1]], split_dir)
-    for task in tasks:
-        if not images[task.name]:
-            continue
-        jsons = find_split_folder(split_dir, task)
-        trees = []
-        for name in images[task.name]:
-            trees.append(stage / squash(Path(name).name))
-            unpack(paths[name], trees[-1])
-        lay_out(task, jsons, trees, dest / task.name)
+    try:
+        split_dir = stage / squash(Path(splits[-1]).name)
+        unpack(paths[splits[-1]], split_dir, keep=lambda name: PurePosixPath(name).name in SPLIT_FILES)
+        for task in tasks:
+            if not images[task.name]:
+                continue
+            jsons = find_split_folder(split_dir, task)
+            if laid_out(task, jsons, dest / task.name):
+                continue
+            needed = listed_images(task, jsons)
+            trees = []
+            for name in images[task.name]:
+                trees.append(stage / squash(Path(name).name))
+                unpack(paths[name], trees[-1], keep=lambda member: is_listed(member, needed))
+            lay_out(task, jsons, trees, dest / task.name)
+    finally:  # what the layout took was moved out; the rest (READMEs, unlisted files, other datasets) goes
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def listed_images(task: Task, jsons: Path) -> set[str]:
+    """'<image root>/<path>' of every image the task's split files list: all the layout takes from an archive."""
+    root = PurePosixPath(task.images)
+    return {str(root / rel) for name in SPLIT_FILES for rel in read_fgvc_json(jsons / name)}
+
+
+def is_listed(member: str, needed: set[str]) -> bool:
+    """Does an archive member end in a listed '<image root>/<path>' (under whatever folders the archive adds)?"""
+    parts = [p for p in member.replace("\\", "/").split("/") if p not in ("", ".")]
+    return any("/".join(parts[i:]) in needed for i in range(len(parts)))
+
+
+def laid_out(task: Task, jsons: Path, target: Path) -> bool:
+    """Laid out by an earlier download: the split files copied again, the images kept, nothing unpacked."""
+    first = next(iter(read_fgvc_json(jsons / "train.json")), None)
+    if first is None or not (target / task.images / first).is_file():
+        return False
+    for name in SPLIT_FILES:
+        shutil.copyfile(jsons / name, target / name)
+    print(f"{task.name}: laid out before, kept", flush=True)
+    return True
 
 
 def find_split_folder(root: Path, task: Task) -> Path:

@@ -15,10 +15,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from petlbench.errors import UserError
-from petlbench.specs import Task
+from petlbench.specs import LAYOUT_SPLITS, Task
 
 LABEL = re.compile(r"-?[0-9]+")  # not str.isdigit: it (and int()) also accept '²', '٣' or '１'
 
@@ -31,11 +31,15 @@ def find_task_dir(data_root: Path, task: Task) -> Path:
     return data_root / task.name
 
 
-def list_images(layout: str, task_dir: Path, task: Task, split: str) -> list[tuple[Path, int]]:
+def list_images(layout: str, task_dir: Path, task: Task, split: str,
+                split_names: Sequence[str] | None = None) -> list[tuple[Path, int]]:
+    """The (image, label) entries of one split file. `split_names`: every split file of the suite (FGVC numbers
+    its class ids over all of them); default the layout's (fgvc: train, val, test)."""
     if not task_dir.is_dir():
         names = " or ".join(repr(n) for n in (task.name, *task.aliases))
         raise UserError(f"{task_dir}: task folder not found (looked for {names} under {task_dir.parent})")
-    items = read_noah_split(task_dir, split, task.classes) if layout == "noah" else read_fgvc_split(task_dir, split, task)
+    items = (read_noah_split(task_dir, split, task.classes) if layout == "noah"
+             else read_fgvc_split(task_dir, split, task, split_names))
     if not items:
         raise UserError(f"{split_file(layout, task_dir, split)}: no images listed")
     return items
@@ -123,21 +127,26 @@ def split_duplicates(layout: str, task_dir: Path, task: Task, split: str) -> lis
     return problems
 
 
-def fgvc_class_ids(task_dir: Path, task: Task) -> dict[int, int]:
-    """Original class id -> contiguous label, from the ids of every split file of the task (sorted)."""
-    ids, files = set(), sorted(task_dir.glob("*.json"))
+def fgvc_class_ids(task_dir: Path, task: Task, split_names: Sequence[str] | None = None) -> dict[int, int]:
+    """Original class id -> contiguous label, from the ids of the task's split files (sorted): the suite's
+    `split_names` (default the layout's train, val, test) that exist. No other JSON in the folder is read: a
+    macOS `._train.json` or a `classes.json` beside them is not a split file."""
+    names = split_names or [s for role in LAYOUT_SPLITS["fgvc"].values() for s in role]
+    files = [f for f in dict.fromkeys(split_file("fgvc", task_dir, s) for s in names) if f.is_file()]
+    ids = set()
     for json_file in files:
         ids.update(read_fgvc_json(json_file).values())
     if len(ids) != task.classes:
-        raise UserError(f"{task_dir}: the split files ({', '.join(f.name for f in files)}) hold {len(ids)} "
+        raise UserError(f"{task_dir}: the split files ({', '.join(sorted(f.name for f in files))}) hold {len(ids)} "
                         f"distinct class ids, expected {task.classes}")
     return {cid: i for i, cid in enumerate(sorted(ids))}
 
 
-def read_fgvc_split(task_dir: Path, split: str, task: Task) -> list[tuple[Path, int]]:
+def read_fgvc_split(task_dir: Path, split: str, task: Task,
+                    split_names: Sequence[str] | None = None) -> list[tuple[Path, int]]:
     json_file = split_file("fgvc", task_dir, split)
     data = read_fgvc_json(json_file)
-    remap = fgvc_class_ids(task_dir, task)
+    remap = fgvc_class_ids(task_dir, task, [*(split_names or []), split] if split_names else None)
     root = task_dir / task.images
     return [(inside(task_dir, root, rel, str(json_file)), remap[cid]) for rel, cid in data.items()]
 

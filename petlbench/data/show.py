@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 
 from petlbench.data.decode import open_rgb
 from petlbench.errors import UserError
+from petlbench.outputs import check_writable, written_whole
 from petlbench.data.layouts import find_task_dir, list_images
 from petlbench.specs import Task
 from petlbench.suite import Suite
@@ -67,7 +68,7 @@ def show_task(suite: Suite, data_root: Path, task: Task, out: Path, per_class: i
 
     task_dir = find_task_dir(data_root, task)
     roles = {role: suite.splits[role] for role in ("train", "val", "test")}
-    per_split = {split: list_images(suite.layout, task_dir, task, split)
+    per_split = {split: list_images(suite.layout, task_dir, task, split, suite.split_names())
                  for splits in roles.values() for split in splits}
     train = [item for split in roles["train"] for item in per_split[split]]
     by_class = defaultdict(list)
@@ -96,9 +97,9 @@ def show_task(suite: Suite, data_root: Path, task: Task, out: Path, per_class: i
     bars.legend(fontsize=7)
     fig.suptitle(f"{suite.name} / {task.name}: {task.classes} classes, training images of split "
                  f"{'+'.join(roles['train'])}", fontsize=9)
-    out.mkdir(parents=True, exist_ok=True)
     png = out / f"{suite.name}_{task.name}.png"
-    fig.savefig(png, dpi=90, bbox_inches="tight")
+    with written_whole(png, "--out", "the picture") as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight")
     tiles = sum(ax.get_label() == "class tile" for ax in fig.axes)
     plt.close(fig)
     return {"task": task.name, "png": str(png), "tiles": tiles, "classes": task.classes,
@@ -117,7 +118,9 @@ def run_show(suite: str | Suite, data_root: str | None, tasks: list[str] | None,
     root = resolve_data_root(the_suite, data_root)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or $PETLBENCH_DATA_ROOT)")
-    for task in the_suite.select(tasks):
+    selected = the_suite.select(tasks)
+    check_writable(Path(out), "--out", "pictures")  # before any image is read
+    for task in selected:
         shown = show_task(the_suite, root, task, Path(out), per_class)
         counts = ", ".join(f"{split} {n}" for split, n in shown["images"].items())
         print(f"{task.name}: {counts}; classes {shown['classes_seen']}/{task.classes}; sizes {shown['sizes']}; "

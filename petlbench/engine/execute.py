@@ -50,6 +50,9 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
         record.update(status="failed", error=str(exc))
         return report(finish(record, plan, out, device, start), log, where)
     plan = dataclasses.replace(plan, data_id=data_identity(train, evaluation))
+    if plan.record_path(out).is_dir():  # found before training, not when the result has nowhere to go
+        raise UserError(f"{plan.record_path(out)}: a folder where the run's record file goes; move it away and run "
+                        "again")
     existing = read_record(plan.record_path(out))
     if is_finished(existing, plan.metric):
         log(f"{where}: done before, skipped ({existing['metrics'][plan.metric]:.1%})")

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from petlbench.errors import UserError
+from petlbench.outputs import check_writable, written_whole
 from petlbench.report.summary import Stats
 from petlbench.report.tables import describe, load_results, suite_parts
 
@@ -37,14 +38,11 @@ def plot(results: str | Path, suite: str | None = None, out: str | Path | None =
         if stem.suffix.lower() in SUFFIXES:
             stem = stem.with_suffix("")
         figure = draw(name, stats, comparison.stats if comparison is not None else None)
-        stem.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(stem.parent, "--out", "plots")
         for suffix in SUFFIXES:
             path = stem.parent / (stem.name + suffix)
-            try:
-                with rc_context({"svg.fonttype": "none"}):  # SVG text stays text, editable for a paper
-                    figure.savefig(path, dpi=150, bbox_inches="tight")
-            except OSError as exc:
-                raise UserError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
+            with written_whole(path, "--out", "the plot") as tmp, rc_context({"svg.fonttype": "none"}):
+                figure.savefig(tmp, dpi=150, bbox_inches="tight")  # SVG text stays text, editable for a paper
             written.append(path)
     return written
 

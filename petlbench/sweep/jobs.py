@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from petlbench.errors import UserError
 from petlbench.plan import RunPlan
 
 
@@ -91,8 +92,13 @@ def run_locks(plans: list[RunPlan], out: Path, wheres: list[str], log: Callable[
     """Hold every run's lock (in path order, so two processes never wait on each other in a circle)."""
     with ExitStack() as stack:
         for path, where in sorted(zip((lock_path(p, out) for p in plans), wheres)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = stack.enter_context(open(path, "a"))
+            if path.is_dir():
+                raise UserError(f"{path}: a folder where the run's lock file goes; move it away and run again")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle = stack.enter_context(open(path, "a"))
+            except OSError as exc:
+                raise UserError(f"{path}: cannot create the run's lock file ({exc.strerror or exc})") from None
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -104,7 +110,7 @@ def run_locks(plans: list[RunPlan], out: Path, wheres: list[str], log: Callable[
 def is_running(plan: RunPlan, out: Path) -> bool:
     """Does some process hold this run's lock now (training it)?"""
     path = lock_path(plan, out)
-    return path.exists() and lock_held(path)
+    return path.is_file() and lock_held(path)
 
 
 def lock_held(path: Path) -> bool:

@@ -5,8 +5,6 @@ Everything that can be wrong with the command (suite, methods, options, grid, ba
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -16,6 +14,7 @@ from petlbench.data.cache import resolve_cache_dir
 from petlbench.errors import UserError
 from petlbench.sweep.executors import InProcess, LocalWorkers
 from petlbench.sweep.jobs import say
+from petlbench import outputs
 from petlbench.options import build
 from petlbench.plan import DATA_ROOT_ENV, resolve_backbone, resolve_data_root
 from petlbench.registry import parse_method_list, refuse_unsupported
@@ -95,11 +94,4 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
 
 def check_writable(out: Path) -> None:
     """Find an unwritable --out (a file, read-only, full) before hours of training, not when the record is due."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".petlbench-write-check-") as probe:
-            probe.write(b"\0" * (1 << 20))  # a record is a few KB; a disk without 1 MB to spare is full
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot write records there ({exc.strerror or exc})") from None
+    outputs.check_writable(out, "--out", "records")

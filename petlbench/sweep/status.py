@@ -9,6 +9,7 @@ configuration exists on the same split files (a change inside image files is fou
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,9 @@ def expected(sweep) -> list[tuple[str, RunPlan]]:
 
 
 def newest_selection(base: RunPlan, out: Path) -> dict | None:
-    files = base.record_dir(out).parent.glob(f"{method_label(base.method)}__selection__*.json")
+    from petlbench.sweep.tune import selection_files
     selections = []
-    for path in files:
+    for path in selection_files(base, out):
         try:
             selections.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
@@ -114,7 +115,7 @@ def records_status(out: Path, suite: str | None = None) -> tuple[list[dict[str, 
     """Rows per suite, task and method from the records on disk (newest per configuration)."""
     counts: dict[tuple, dict[str, int]] = defaultdict(lambda: {"done": 0, "failed": 0})
     failures = []
-    for r in current(load_records(out)):
+    for r in current(load_records(out, warn), warn):
         if suite and r.get("suite") != suite:
             continue
         stage = (r.get("protocol") or {}).get("stage") or "final"
@@ -125,12 +126,17 @@ def records_status(out: Path, suite: str | None = None) -> tuple[list[dict[str, 
             counts[key]["failed"] += 1
             failures.append(f"{r.get('suite')}/{r.get('task')} {(r.get('method') or {}).get('label')} "
                             f"seed {r.get('seed')}: {last_line(r.get('error'))}")
-    running = sum(1 for lock in out.rglob(".*.lock") if lock_held(lock))
+    running = sum(1 for lock in out.rglob(".*.lock") if lock.is_file() and lock_held(lock))
     rows = [{"suite": s, "task": t, "method": m, "stage": st, **c} for (s, t, m, st), c in sorted(counts.items(),
                                                                                                 key=str)]
     if running:
         failures.insert(0, f"{running} run(s) running now (their lock is held)")
     return rows, failures
+
+
+def warn(message: str) -> None:
+    """A record that cannot be read is named and skipped: the rest of the folder is still shown."""
+    print(f"petlbench: warning: {message}", file=sys.stderr, flush=True)
 
 
 def last_line(error: Any) -> str:

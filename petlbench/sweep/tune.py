@@ -19,7 +19,7 @@ from typing import Any
 from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import as_dict, build
-from petlbench.plan import RunPlan, method_label
+from petlbench.plan import RunPlan, file_label, method_label
 from petlbench.records import write_atomic
 from petlbench.specs import TrainConfig
 
@@ -68,12 +68,21 @@ def choose(results: list[tuple[dict, dict]]) -> dict | None:
     return max(done, key=lambda pr: (pr[1]["metrics"]["val_top1"], -lr(*pr)))[0]
 
 
+def selection_dir(base: RunPlan, out: Path) -> Path:
+    """Where a search's selection files live: beside its records (`search/`); `status` looks there too."""
+    return base.record_dir(out)
+
+
+def selection_files(base: RunPlan, out: Path) -> list[Path]:
+    return sorted(selection_dir(base, out).glob(f"{file_label(method_label(base.method))}__selection__*.json"))
+
+
 def write_selection(base: RunPlan, grid: dict, results: list[tuple[dict, dict]], chosen: dict | None,
                     out: Path) -> Path:
     data = sorted({str(r.get("data_id")) for _, r in results})  # the same search on changed data is another
     key = json.dumps({"base": base.config(), "grid": grid, "data": data}, sort_keys=True, default=str)
     selection_id = hashlib.sha256(key.encode()).hexdigest()[:12]
-    path = base.record_path(out).parent / f"{method_label(base.method)}__selection__{selection_id}.json"
+    path = selection_dir(base, out) / f"{file_label(method_label(base.method))}__selection__{selection_id}.json"
     write_atomic(path, {
         "kind": "selection", "selection_id": selection_id, "suite": base.suite.name, "task": base.task.name,
         "method": method_label(base.method), "recipe": base.recipe.describe(), "protocol": base.protocol,

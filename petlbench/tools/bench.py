@@ -68,7 +68,7 @@ def reference(plan, prep: dict, seed: int) -> dict:
     start = time.perf_counter()
     model, _, _ = build_model(plan.backbone, plan.method, plan.task.classes, seed)
     datasets = [SplitFiles([item for split in plan.protocol[key] for item in list_images(
-        plan.suite.layout, task_dir, plan.task, split)], transform) for key in ("train_splits", "eval_splits")]
+        plan.suite.layout, task_dir, plan.task, split, plan.suite.split_names())], transform) for key in ("train_splits", "eval_splits")]
     # own generators: a DataLoader otherwise draws its workers' seed from the global RNG, which the model's
     # dropout also draws from (VPT-deep), and the two loops would stop drawing the same masks
     loaders = [DataLoader(datasets[0], batch_size=cfg.batch_size, sampler=SameOrder(len(datasets[0]), seed),

@@ -22,10 +22,11 @@ from petlbench.data.decode import SplitCache, TensorData, decode, stored_size
 from petlbench.errors import UserError
 from petlbench.data.layouts import fgvc_class_ids, find_task_dir
 from petlbench.options import build
+from petlbench.outputs import check_output_file, written_whole
 from petlbench.params import build_model
 from petlbench.plan import RunPlan
 from petlbench.recipes import RECIPES
-from petlbench.records import metric_of, parse_record
+from petlbench.records import MISSING, lookup, metric_of, parse_record
 from petlbench.registry import get_method
 from petlbench.specs import TrainConfig
 from petlbench.suite import load_suite
@@ -52,7 +53,19 @@ def read(record_path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a successful run record")
     if (record.get("protocol") or {}).get("stage") == "search":
         raise UserError(f"{path}: a tuning (search) run; its weights are not kept, use a final run's record")
+    for keys, expected in REBUILD_KEYS:
+        value = lookup(record, keys)
+        if not isinstance(value, expected):
+            found = "missing" if value is MISSING else f"{value!r:.60}"
+            raise UserError(f"{path}: a damaged run record: the key {'.'.join(keys)} is {found}, expected "
+                            f"{'a mapping' if expected is dict else 'a string'} (to rebuild the run)")
     return record
+
+
+# What rebuild reads beyond what every record holds (records.structure_problem checks those when it is read).
+REBUILD_KEYS = ((("suite_file",), str), (("method", "options"), dict), (("backbone", "args"), dict),
+                (("train",), dict), (("recipe", "name"), str), (("protocol",), dict), (("data", "root"), str),
+                (("data", "preprocessing"), dict))
 
 
 def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
@@ -130,7 +143,7 @@ def class_names(deployed: Deployed) -> dict[int, str]:
     if plan.suite.layout != "fgvc":
         return {}
     try:
-        ids = fgvc_class_ids(find_task_dir(plan.data_root, plan.task), plan.task)
+        ids = fgvc_class_ids(find_task_dir(plan.data_root, plan.task), plan.task, plan.suite.split_names())
     except UserError:
         return {}
     return {label: f"class id {cid}" for cid, label in ids.items()}
@@ -138,8 +151,10 @@ def class_names(deployed: Deployed) -> dict[int, str]:
 
 def export_merged(record_path: str | Path, out: str | Path) -> dict[str, Any]:
     """Fold the method into the backbone (Method.merge) and save a plain timm state dict, head included."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    check_output_file(Path(out), "export OUT", "the state dict")  # before the model is rebuilt
     deployed = rebuild(record_path)
     merged = deployed.plan.method.merge(deployed.model)
     plain = create_backbone(dataclasses.replace(deployed.plan.backbone, pretrained=False, checkpoint=None),
@@ -149,8 +164,8 @@ def export_merged(record_path: str | Path, out: str | Path) -> dict[str, Any]:
         raise UserError(f"{record_path}: method {deployed.plan.method.name!r} did not merge into the backbone's "
                         f"architecture ({difference})")
     state = {k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata={"format": "timm state dict", "model": deployed.plan.backbone.name})
+    with written_whole(Path(out), "export OUT", "the state dict", errors=(SafetensorError,)) as tmp:
+        save_file(state, str(tmp), metadata={"format": "timm state dict", "model": deployed.plan.backbone.name})
     return {"file": str(out), "bytes": Path(out).stat().st_size, "tensors": len(state),
             "model": deployed.plan.backbone.name, "num_classes": deployed.plan.task.classes,
             "args": deployed.plan.backbone.args}
