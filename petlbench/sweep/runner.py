@@ -87,8 +87,11 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)
     refuse_unsupported(method_list, check_backbone(spec), spec.name)
     cache = resolve_cache_dir(cache_dir)
-    return Sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root, Path(out),
-                 device, cache, save_weights, progress)
+    the_sweep = Sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root,
+                      Path(out), device, cache, save_weights, progress)
+    for method in method_list:  # built once on the meta device (plan_one): options that do not fit are refused now
+        the_sweep.plan(selected[0], method, seeds[0])
+    return the_sweep
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take 0..2**32-1; a larger seed fails every run
