@@ -57,7 +57,8 @@ class KAdaptation(Method):
         widths = target_widths(model, self.config.targets, self.name)
         if widths:
             refuse_unfit_factor(self, "option 'factor'", self.config.factor, widths)
-            refuse_above(self, "option 'rank'", self.config.rank, widths[0], "the width of the narrowest Linear it adapts")
+            refuse_above(self, "option 'rank'", self.config.rank, widths[0],
+                         "the width of the narrowest Linear it adapts")
 
     def apply(self, model):
         cfg = self.config

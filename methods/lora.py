@@ -41,7 +41,8 @@ class LoRA(Method):
     def check_fit(self, model):
         widths = target_widths(model, self.config.targets, self.name)
         if widths:
-            refuse_above(self, "option 'rank'", self.config.rank, widths[0], "the width of the narrowest Linear it adapts")
+            refuse_above(self, "option 'rank'", self.config.rank, widths[0],
+                         "the width of the narrowest Linear it adapts")
 
     def apply(self, model):
         cfg = self.config

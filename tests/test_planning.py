@@ -174,10 +174,11 @@ def test_seeds_no_generator_takes_are_refused_when_parsed():
 @pytest.mark.parametrize("seeds,ok", [([-1], False), ([2**32], False), ([True], False), ([0, 2**32 - 1], True)])
 def test_seed_bounds(tmp_path, tiny_tasks, seeds, ok):
     suite = write_tiny_suite(tmp_path / "tiny.yaml", {"count": 6})
-    run = lambda: make_sweep(str(suite), "linear", seeds, data_root=str(tiny_tasks), out=str(tmp_path / "o"))  # noqa: E731
+    def plan():
+        return make_sweep(str(suite), "linear", seeds, data_root=str(tiny_tasks), out=str(tmp_path / "o"))
     if ok:
-        assert run().seeds == seeds
+        assert plan().seeds == seeds
     else:
         with pytest.raises(UserError, match="--seeds"):
-            run()
+            plan()
 
