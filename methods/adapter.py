@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from torch import nn
 
-from petlbench.method import Method
+from petlbench.method import Method, refuse_above
 from petlbench.options import Range
 from petlbench.backbones import anatomy
 
@@ -48,6 +48,10 @@ class Adapter(Method):
     Config = AdapterConfig
     families = ("vit", "swin")  # needs each block's attention and MLP outputs (last dim = width)
     recipe = "noah"  # the 0.16M adapter numbers come from NOAH
+
+    def check_fit(self, model):
+        refuse_above(self, "option 'bottleneck'", self.config.bottleneck,
+                     min(b.dim for b in anatomy(model, self.name).blocks), "the width of the blocks it adapts")
 
     def apply(self, model):
         cfg = self.config

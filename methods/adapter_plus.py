@@ -21,7 +21,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from petlbench.backbones import anatomy
-from petlbench.method import Method
+from petlbench.method import Method, refuse_above
 from petlbench.options import Range
 
 SOURCE = ("bottleneck 8, drop-path 0.1 in the adapter, no adapter norm, Houlsby init (std 0.01), GELU, channel scale, "
@@ -67,6 +67,10 @@ class AdapterPlus(Method):
     # Adapter+ normalises with the backbone's own mean/std (0.5 for orig_in21k), not ImageNet's (paper, sec. 4)
     backbone_defaults = {"mean": "backbone", "std": "backbone"}
     defaults_source = SOURCE
+
+    def check_fit(self, model):
+        refuse_above(self, "option 'bottleneck'", self.config.bottleneck,
+                     min(b.dim for b in anatomy(model, self.name).blocks), "the width of the blocks it adapts")
 
     def apply(self, model):
         cfg = self.config

@@ -25,7 +25,7 @@ from torch import nn
 
 from petlbench.backbones import anatomy, replace_module
 from petlbench.errors import UserError
-from petlbench.method import Method
+from petlbench.method import Method, refuse_above
 from petlbench.options import Range
 
 SOURCE = ("bottleneck 8: the 0.16M VTAB-1k AdaptFormer (SSF's VTAB-1k table; visinf/adapter_plus "
@@ -83,6 +83,10 @@ class AdaptFormer(Method):
     families = ("vit", "swin")  # pre-norm blocks: x + mlp(norm2(x)), tokens with the width last
     recipe = "noah"
     defaults_source = SOURCE
+
+    def check_fit(self, model):
+        refuse_above(self, "option 'bottleneck'", self.config.bottleneck,
+                     min(b.dim for b in anatomy(model, self.name).blocks), "the width of the blocks it adapts")
 
     def apply(self, model):
         cfg = self.config

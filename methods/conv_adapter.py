@@ -22,7 +22,7 @@ from torch import nn
 
 from petlbench.backbones import anatomy, replace_module
 from petlbench.errors import UserError
-from petlbench.method import Method
+from petlbench.method import Method, refuse_above
 from petlbench.options import Range
 
 SOURCE = ("compression 8 (hidden = C_in / 8), per-channel scale 1, ReLU/GELU: Hhhhhhao/Conv-Adapter (main.py "
@@ -82,6 +82,17 @@ class ConvAdapter(Method):
     train_defaults = {"warmup_epochs": 0}
     backbone_defaults = {"drop_path_rate": 0.0}  # Conv-Adapter trains without stochastic depth (main.py)
     defaults_source = SOURCE
+
+    def check_fit(self, model):
+        """A compression above the channels it reads would silently be a 1-channel bottleneck."""
+        body = anatomy(model, self.name)
+        if self.config.placement == "conv":
+            reads = [c.in_channels for b in body.blocks for c in b.convs if max(c.kernel_size) > 1]
+        else:
+            reads = [b.in_dim for b in body.blocks]
+        if reads:
+            refuse_above(self, "option 'compression'", self.config.compression, min(reads),
+                         "the fewest input channels it adapts")
 
     def apply(self, model):
         cfg = self.config

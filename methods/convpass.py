@@ -23,7 +23,7 @@ from torch import nn
 
 from petlbench.backbones import anatomy
 from petlbench.errors import UserError
-from petlbench.method import Method
+from petlbench.method import Method, refuse_above
 from petlbench.options import Range
 
 SCALES = [0.01, 0.1, 1.0, 10.0, 100.0]
@@ -103,6 +103,10 @@ class Convpass(Method):
     recipe = "noah"
     tune_grid = {"scale": SCALES, "conv_init": ["identity", "xavier"]}  # what the per-task configs choose from
     defaults_source = SOURCE
+
+    def check_fit(self, model):
+        refuse_above(self, "option 'dim'", self.config.dim, min(b.dim for b in anatomy(model, self.name).blocks),
+                     "the width of the blocks it adapts")
 
     def apply(self, model):
         cfg = self.config

@@ -21,7 +21,7 @@ from torch import nn
 
 from petlbench.backbones import anatomy
 from petlbench.errors import UserError
-from petlbench.method import Method
+from petlbench.method import Method, refuse_above
 from petlbench.options import Range
 
 # Most common per-task values in FacT's VTAB-1k configs (configs/tt, configs/tk; 19 tasks each).
@@ -146,6 +146,10 @@ class FacT(Method):
     @property
     def scale(self) -> float:
         return self.config.scale if self.config.scale is not None else DEFAULT_SCALE[self.config.variant]
+
+    def check_fit(self, model):
+        refuse_above(self, "option 'rank'", self.rank, anatomy(model, self.name).embed_dim,
+                     "the width of the factors U and V (the model's width)")
 
     def apply(self, model):
         vit = anatomy(model, self.name)

@@ -25,8 +25,8 @@ from typing import Annotated
 import peft
 
 from petlbench.errors import UserError
-from petlbench.method import Method
-from petlbench.methods.peft import Target, inject, merge_adapters
+from petlbench.method import Method, refuse_above
+from petlbench.methods.peft import Target, inject, merge_adapters, refuse_unfit_factor, target_widths
 from petlbench.options import Range
 
 
@@ -51,6 +51,14 @@ class KAdaptation(Method):
                        "eric-ai-lab/PEViT vision_benchmark/evaluation/model.py (phm_dim 32, phm_rank 1, kdropout 0.5, "
                        "b); scale 1 (alpha = rank), not the code's 160, which offsets its 1e-4-sized slow weights; "
                        "lr 1e-3, wd 1e-4: NOAH's recipe (the paper has no VTAB-1k recipe)")
+
+    def check_fit(self, model):
+        """The factor must divide every adapted width (else LoKr trains another one); the rank is at most a width."""
+        widths = target_widths(model, self.config.targets, self.name)
+        if widths:
+            refuse_unfit_factor(self, "option 'factor'", self.config.factor, widths)
+            refuse_above(self, "option 'rank'", self.config.rank, widths[0],
+                         "the width of the narrowest Linear it adapts")
 
     def apply(self, model):
         cfg = self.config

@@ -13,8 +13,8 @@ from typing import Annotated
 
 import peft
 
-from petlbench.method import Method
-from petlbench.methods.peft import Target, inject, merge_adapters
+from petlbench.method import Method, refuse_above
+from petlbench.methods.peft import Target, inject, merge_adapters, target_widths
 from petlbench.options import Range
 
 
@@ -37,6 +37,12 @@ class LoRA(Method):
                        "ViT-B_prompt_lora_8.yaml, LORA_DIM 8); alpha 8 = rank (scale 1): LoRA section 4.1 ('we set "
                        "alpha to the first r we try'), and NOAH adds B A unscaled (model/module/qkv_super_prompt.py); "
                        "no dropout, as NOAH; lr 1e-3, wd 1e-4: NOAH configs/LoRA/VTAB/slurm_train_lora_vtab.sh")
+
+    def check_fit(self, model):
+        widths = target_widths(model, self.config.targets, self.name)
+        if widths:
+            refuse_above(self, "option 'rank'", self.config.rank, widths[0],
+                         "the width of the narrowest Linear it adapts")
 
     def apply(self, model):
         cfg = self.config

@@ -16,7 +16,7 @@ from torch import nn
 
 from petlbench.backbones import anatomy
 from petlbench.errors import UserError
-from petlbench.method import ANY_FAMILY, Method, unfreeze
+from petlbench.method import ANY_FAMILY, Method, refuse_above, unfreeze
 from petlbench.options import Range
 from petlbench.recipes import VPT_FINETUNE, VPT_FINETUNE_GRID, VPT_FINETUNE_SOURCE
 
@@ -37,6 +37,10 @@ class Partial(Method):
     tune_grid = VPT_FINETUNE_GRID
     defaults_source = (VPT_FINETUNE_SOURCE + "; base lr 5e-4 from that grid, as full fine-tuning (VPT published no "
                        "per-task values for Partial-k)")
+
+    def check_fit(self, model):
+        refuse_above(self, "option 'blocks'", self.config.blocks, anatomy(model, self.name).depth,
+                     "the number of blocks the backbone has")
 
     def apply(self, model):
         body = anatomy(model, self.name)

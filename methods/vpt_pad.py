@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from petlbench.backbones import anatomy, replace_module
-from petlbench.method import Method
+from petlbench.method import Method, refuse_above
 from petlbench.options import Range
 from petlbench.recipes import IMAGENET_MEAN, IMAGENET_STD, WEIGHT_DECAYS
 
@@ -80,6 +80,10 @@ class VPTPad(Method):
     recipe = "vpt"
     tune_grid = {"lr": [5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05, 0.025, 0.01], "weight_decay": WEIGHT_DECAYS}
     defaults_source = SOURCE
+
+    def check_fit(self, model):
+        refuse_above(self, "option 'pixels'", self.config.pixels, min(anatomy(model, self.name).input_size),
+                     "the side of the backbone's input (a border wider than the image)")
 
     def apply(self, model):
         body = anatomy(model, self.name)

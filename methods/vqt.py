@@ -20,7 +20,7 @@ from petlbench.backbones import Block, anatomy, replace_module
 from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import Range
-from petlbench.prompts import make_prompts
+from petlbench.prompts import MAX_TOKENS, make_prompts
 from petlbench.recipes import WEIGHT_DECAYS
 
 SOURCE = ("VQT's VTAB-1k scripts (andytu28/VQT): 1 query per layer on 12 of 19 tasks (run_demo_exp.sh; README: "
@@ -32,7 +32,7 @@ SOURCE = ("VQT's VTAB-1k scripts (andytu28/VQT): 1 query per layer on 12 of 19 t
 
 @dataclass
 class VQTConfig:
-    tokens: Annotated[int, Range(min=1)] = 1  # query tokens per layer
+    tokens: Annotated[int, Range(min=1, max=MAX_TOKENS)] = 1  # query tokens per layer
     dropout: Annotated[float, Range(min=0, lt=1)] = 0.1  # on the queries, before each layer
     pool: Literal["concat", "mean"] = "concat"  # how a layer's query outputs reach the head
     normalize: bool = True  # L2-normalise the pooled feature and each layer's query outputs

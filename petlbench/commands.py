@@ -39,10 +39,12 @@ def cmd_run(args) -> int:
 
 
 def parse_seeds(text: str) -> list[int]:
+    from petlbench.sweep.runner import check_seeds
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    return check_seeds(seeds)
 
 
 def run_arguments(args, seeds: list[int], grid: dict | None) -> dict:

@@ -52,6 +52,12 @@ class Method:
         """Add modules and/or mark parameters trainable on a frozen timm model; return the model."""
         raise NotImplementedError
 
+    def check_fit(self, model: nn.Module) -> None:
+        """Refuse, in one line, options that do not fit this backbone: a rank or bottleneck above the width it
+        adapts, a count above what the backbone has, a factor that does not divide a width (see `refuse_above`).
+        Every build calls it on the frozen model `apply` receives, planning's meta-device build too
+        (petlbench.params.meta_counts), so a misfit is refused before any run starts."""
+
     def identity(self) -> dict[str, Any]:
         """What makes two configurations of the method the same run: its options; a method whose options name
         a file adds the file's content (so editing the file is a new run)."""
@@ -72,6 +78,12 @@ class Method:
 
 
 ANY_FAMILY = ALL_FAMILIES  # for methods that only touch the head or every parameter (linear, full, bitfit)
+
+
+def refuse_above(method: Method, option: str, value: int | None, most: int, what: str) -> None:
+    """`check_fit`'s refusal of a size: `option` as the user named it ("option 'rank'", "config F: key 'r'")."""
+    if value is not None and value > most:
+        raise UserError(f"method {method.name}: {option} is {value}, above {most}, {what}")
 
 
 def freeze(model: nn.Module) -> None:

@@ -99,6 +99,17 @@ def load_yaml(text: str, where: str) -> Any:
         raise UserError(f"{where}: not valid YAML ({at}{what})") from None
 
 
+def finite(value: Any) -> bool:
+    """No NaN or inf anywhere in a value (inside lists and mappings too): for values no dataclass types."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    return True
+
+
 def parse_scalar(text: str) -> Any:
     """'32' -> 32, '1e-3' -> 0.001, 'true' -> True, 'none' -> None, anything else stays a string."""
     if text.strip().lower() in ("none", "null"):

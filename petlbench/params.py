@@ -1,6 +1,8 @@
 """Build backbone + method the way every run does, and count parameters the way papers report them."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -8,6 +10,7 @@ import torch
 from torch import nn
 
 from petlbench.backbone import BackboneSpec, create_backbone
+from petlbench.errors import UserError
 from petlbench.method import Method, freeze, unfreeze
 
 BACKBONE_INIT_SEED = 0  # every run of a random-init backbone sees the same backbone
@@ -47,6 +50,7 @@ def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int)
     backbone = before - numel(model.get_classifier().parameters())
     known = {id(t) for t in (*model.parameters(), *model.buffers())}
     freeze(model)
+    method.check_fit(model)
     model = method.apply(model)
     unfreeze(model.get_classifier())
     head = numel(model.get_classifier().parameters())  # after apply: a method may widen the head (VQT)
@@ -56,6 +60,29 @@ def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int)
     trainable = numel(p for p in model.parameters() if p.requires_grad)
     counts = ParamCounts(trainable, trainable - head, head, backbone, total - backbone - head, total)
     return Built(model, counts, task_keys)
+
+
+_META_COUNTS: dict[str, ParamCounts | None] = {}
+
+
+def meta_counts(spec: BackboneSpec, method: Method) -> ParamCounts | None:
+    """The method built on the backbone as every run builds it, on the meta device (no weights, no memory, nothing
+    fetched), once per method configuration and backbone: planning's proof that the configuration builds at all.
+
+    An option that does not fit the backbone (check_fit, or a refusal inside apply) is a UserError, raised here, at
+    planning, before any run. None: the method cannot be built without real tensors (its apply reads weights), so
+    only its runs can tell."""
+    key = json.dumps([method.name, method.identity(), spec.name, spec.args], sort_keys=True, default=repr)
+    if key not in _META_COUNTS:
+        meta = dataclasses.replace(spec, pretrained=False, checkpoint=None, checkpoint_sha256=None)
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                _META_COUNTS[key] = build_model(meta, method, num_classes=2, seed=0).counts
+        except UserError:
+            raise
+        except Exception:  # noqa: BLE001 -- needs real tensors; not a verdict on the configuration
+            _META_COUNTS[key] = None
+    return _META_COUNTS[key]
 
 
 def task_state_keys(model: nn.Module, known: set[int]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -19,7 +20,8 @@ from typing import Any
 from petlbench.backbone import BackboneSpec, file_sha256, meta_model, preprocessing
 from petlbench.errors import UserError
 from petlbench.method import Method
-from petlbench.options import as_dict, build
+from petlbench.options import as_dict, build, finite
+from petlbench.params import meta_counts
 from petlbench.recipes import RECIPES, Recipe
 from petlbench.specs import Task, TrainConfig
 from petlbench.suite import Suite
@@ -162,7 +164,12 @@ def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict
     if ckpt and not Path(ckpt).expanduser().is_file():
         where = "--checkpoint" if checkpoint else f"{suite.path}: key 'backbone.checkpoint'"
         raise UserError(f"{where}: {ckpt}: file not found")
-    return BackboneSpec(name=name, args={**base.get("args", {}), **(args or {})},
+    merged = {**base.get("args", {}), **(args or {})}
+    for key, value in merged.items():  # timm takes a NaN drop-path rate, and every run then fails
+        if not finite(value):
+            where = "--backbone-args" if key in (args or {}) else f"{suite.path}: key 'backbone.args'"
+            raise UserError(f"{where}: {key!r} expects finite numbers, got {value!r}")
+    return BackboneSpec(name=name, args=merged,
                         checkpoint=ckpt, checkpoint_sha256=file_sha256(Path(ckpt).expanduser()) if ckpt else None,
                         pretrained=bool(base.get("pretrained", True)) and not random_init,
                         mean=_triple(mean or base.get("mean")), std=_triple(std or base.get("std")),
@@ -194,14 +201,18 @@ def resolve_data_root(suite: Suite, data_root: str | None) -> Path:
 
 def plan_one(suite: Suite, task: Task, method: Method, spec: BackboneSpec, seed: int, overrides: dict[str, Any],
              recipe: str | None, protocol: dict[str, Any], data_root: Path) -> RunPlan:
+    """One run, resolved; the method is built on the backbone's meta device first (once per configuration and
+    backbone), so options that do not fit the backbone are refused here, not by every run failing."""
     chosen, _ = recipe_for(method, suite, recipe)
-    return RunPlan(suite, task, method, backbone_for(spec, chosen, method), seed,
-                   resolve_train(method, suite, overrides, recipe), chosen, protocol, data_root)
+    backbone = backbone_for(spec, chosen, method)
+    meta_counts(backbone, method)
+    return RunPlan(suite, task, method, backbone, seed, resolve_train(method, suite, overrides, recipe), chosen,
+                   protocol, data_root)
 
 
 def _triple(value) -> tuple[float, ...] | None:
     if not value:
         return None
-    if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
-        raise UserError(f"mean/std: expected three numbers (one per RGB channel), got {value!r}")
+    if len(value) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+        raise UserError(f"mean/std: expected three finite numbers (one per RGB channel), got {value!r}")
     return tuple(float(v) for v in value)

@@ -16,10 +16,15 @@ from torch import nn
 from petlbench.options import Range
 
 
+# Prompts add no parameters to speak of, but every block attends over them: VPT's largest is 200 (ViT-B, 196
+# patches); thousands of tokens only fill the memory. vqt's queries per layer share the bound.
+MAX_TOKENS = 1000
+
+
 @dataclass
 class PromptConfig:
     """Options of both VPT variants."""
-    tokens: Annotated[int, Range(min=1)] = 50
+    tokens: Annotated[int, Range(min=1, max=MAX_TOKENS)] = 50
     dropout: Annotated[float, Range(min=0, lt=1)] = 0.1  # VPT's prompt dropout (deep)
     init: Literal["xavier", "normal", "zeros"] = "xavier"  # xavier: VPT's uniform init
 

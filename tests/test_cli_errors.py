@@ -53,7 +53,7 @@ def test_run_suite_alias_as_users_write_it(no_data_root):
     ("--train", "batch_size=0", ["--train", "'batch_size'"]),
     ("--train", "lr=-1e-3", ["--train", "'lr'", "> 0"]),
     ("--train", "momentum=1", ["--train", "'momentum'", "[0, 1)"]),
-    ("--methods", "vpt_deep:tokens=0", ["method vpt_deep", "'tokens'", ">= 1"]),
+    ("--methods", "vpt_deep:tokens=0", ["method vpt_deep", "'tokens'", "in [1, 1000]"]),
     ("--methods", "adapter:bottleneck=0", ["method adapter", "'bottleneck'"]),
     ("--device", "foo", ["--device", "'foo'", "cpu", "cuda"]),
     ("--grid", "{lr: [0.1], lr: [0.2]}", ["--grid", "'lr'", "twice"]),

@@ -87,7 +87,7 @@ def test_resnet_last_block_with_its_shortcut_and_statistics():
 
 
 def test_blocks_beyond_the_depth_or_below_one_are_refused():
-    with pytest.raises(UserError, match="only 2 blocks"):
+    with pytest.raises(UserError, match="'blocks' is 3, above 2, the number of blocks"):
         build(tiny("vit"), "partial:blocks=3")
     with pytest.raises(UserError, match="blocks"):
         parse_method_spec("partial:blocks=0")

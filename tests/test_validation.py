@@ -91,8 +91,8 @@ def test_train_boundaries_that_do_make_sense():
 
 
 @pytest.mark.parametrize("spec,needle", [
-    ("vpt_deep:tokens=0", "'tokens' expects int >= 1"),
-    ("vpt_shallow:tokens=-2", "'tokens' expects int >= 1"),
+    ("vpt_deep:tokens=0", "'tokens' expects int in [1, 1000]"),
+    ("vpt_shallow:tokens=-2", "'tokens' expects int in [1, 1000]"),
     ("vpt_deep:dropout=1", "'dropout' expects float in [0, 1)"),
     ("vpt_shallow:dropout=1.5", "'dropout' expects float in [0, 1)"),  # its own default, the same range
     ("vpt_deep:dropout=-0.1", "'dropout'"),
@@ -106,7 +106,7 @@ def test_method_options_that_make_no_sense(spec, needle):
 
 
 def test_ls_methods_shows_the_ranges():
-    assert "tokens=50 (int >= 1)" in describe_fields(PromptConfig)
+    assert "tokens=50 (int in [1, 1000])" in describe_fields(PromptConfig)
     assert "dropout=0.1 (float in [0, 1))" in describe_fields(PromptConfig)
     from petlbench.registry import get_method
     assert "bottleneck=8 (int >= 1)" in method_options_help(get_method("adapter"))

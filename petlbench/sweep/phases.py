@@ -8,13 +8,14 @@ as Slurm jobs (petlbench.sweep.executors, petlbench.sweep.slurm).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from petlbench.errors import UserError
 from petlbench.sweep.jobs import Job, Unit
 from petlbench.method import Method
+from petlbench.params import meta_counts
 from petlbench.plan import RunPlan, method_label, plan_one, tune_grid
 from petlbench.registry import available_methods
 from petlbench.backbone import BackboneSpec
@@ -106,6 +107,8 @@ def search(sweep: Sweep, task: Task, method: Method) -> Search:
     where = f"{sweep.suite.name}/{task.name} {method_label(method)}"
     points = grid_points(space, base, "--grid" if sweep.grid else f"recipe {base.recipe.name}")
     plans = [apply_point(base, point, where) for point in points]
+    for plan in plans:  # a grid point's method options (a bottleneck, a rank) must fit the backbone too
+        meta_counts(plan.backbone, plan.method)
     wheres = [f"[tune {i}/{len(points)}] {where} " + " ".join(f"{k}={v}" for k, v in point.items())
               for i, point in enumerate(points, 1)]
     if trains_head_only(base):  # one unit: the grid trains at once on cached features (petlbench.engine.headgrid)
@@ -134,18 +137,11 @@ def select(sweep: Sweep, s: Search, records: list[dict], log: Callable[[str], No
 
 
 def trains_head_only(plan: RunPlan) -> bool:
-    """Does the method train only the head? The model built as every run builds it (params.build_model), on the
-    meta device (no weights, no memory): it decides whether a grid stays one unit (trained at once) or splits."""
-    import torch
-
-    from petlbench.params import build_model
-    try:
-        with torch.device("meta"):
-            _, counts, _ = build_model(replace(plan.backbone, pretrained=False, checkpoint=None), plan.method,
-                                       plan.task.classes, plan.seed)
-        return counts.trainable == counts.head
-    except Exception:  # a method that cannot be built on the meta device: its points run as separate jobs
-        return False
+    """Does the method train only the head? The model built as every run builds it, on the meta device (planning's
+    build, params.meta_counts): it decides whether a grid stays one unit (trained at once) or splits. A method that
+    cannot be built on the meta device: its points run as separate jobs."""
+    counts = meta_counts(plan.backbone, plan.method)
+    return counts is not None and counts.trainable == counts.head
 
 
 def refuse_runtime_methods(methods: list[Method], executor: str) -> None:

@@ -76,9 +76,7 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     for method in method_list if grid is not None else []:
         check_grid(grid, method, "--grid")
     selected = the_suite.select(tasks)
-    seeds = list(seeds)
-    if not seeds:
-        raise UserError("--seeds: expected at least one seed, e.g. 0 or 0,1,2")
+    seeds = check_seeds(list(seeds))
     root = resolve_data_root(the_suite, data_root)
     if the_suite.prepare == "demo":
         from petlbench.engine.demo_backbone import prepare
@@ -88,8 +86,24 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)
     refuse_unsupported(method_list, check_backbone(spec), spec.name)
     cache = resolve_cache_dir(cache_dir)
-    return Sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root, Path(out),
-                 device, cache, save_weights, progress)
+    the_sweep = Sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root,
+                      Path(out), device, cache, save_weights, progress)
+    for method in method_list:  # built once on the meta device (plan_one): options that do not fit are refused now
+        the_sweep.plan(selected[0], method, seeds[0])
+    return the_sweep
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take 0..2**32-1; a larger seed fails every run
+
+
+def check_seeds(seeds: list) -> list[int]:
+    """Seeds are checked with the command: a seed no generator takes would fail every run, one record each."""
+    if not seeds:
+        raise UserError("--seeds: expected at least one seed, e.g. 0 or 0,1,2")
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise UserError(f"--seeds: expected integers from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
+    return seeds
 
 
 def check_writable(out: Path) -> None:
