@@ -1,12 +1,14 @@
 """Shared fixtures and helpers: a tiny timm ViT (random weights, nothing fetched), tiny NOAH-layout tasks, and the
-real CLI run in a subprocess."""
+real CLI (in this process, or in a subprocess where the process is what is tested)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
@@ -40,18 +42,47 @@ def tiny_spec() -> BackboneSpec:
 
 
 def petlbench_cli(*args: str, env: dict | None = None, cwd: Path | None = None, pythonpath: Path | None = None,
-                  timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the real CLI (`python -m petlbench.cli ARGS`) in a subprocess, as users would; text output captured.
+                  timeout: int = 600, process: bool = False) -> subprocess.CompletedProcess:
+    """Run the real CLI as users would, its output captured: `petlbench.cli.main(ARGS)` with the environment
+    `env` added, in `cwd` (default: a fresh empty folder) and sys.stdout/stderr captured; anything escaping
+    `main` is written to the captured stderr as the interpreter would (a traceback, exit 1).
 
-    `pythonpath`, if given, goes in front of PYTHONPATH. Without `cwd` it runs from a fresh empty directory, so
-    what is on sys.path (a plugin, the source tree) is only what the installation and PYTHONPATH put there.
+    In this process by default (a Python start with torch costs about 3 s of CPU, the suite runs the CLI about a
+    hundred times); in a subprocess (`python -m petlbench.cli`) with `process=True`, where the process is what is
+    tested (worker processes writing to our stdout, signals), and always with `pythonpath` (plugins found on
+    sys.path at start-up). There, what is on sys.path is only what the installation and PYTHONPATH put there.
     """
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    if pythonpath is not None:
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full_env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() if cwd is None else contextlib.nullcontext(cwd) as where:
-        return subprocess.run([sys.executable, "-m", "petlbench.cli", *args], capture_output=True, text=True,
-                              env=full_env, cwd=where, timeout=timeout)
+        if process or pythonpath is not None:
+            full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+            if pythonpath is not None:
+                full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full_env.get("PYTHONPATH")]))
+            return subprocess.run([sys.executable, "-m", "petlbench.cli", *args], capture_output=True, text=True,
+                                  env=full_env, cwd=where, timeout=timeout)
+        return cli_in_process(list(args), env or {}, Path(where))
+
+
+def cli_in_process(argv: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    from petlbench.cli import main
+    out, err, saved_env, saved_cwd = io.StringIO(), io.StringIO(), dict(os.environ), os.getcwd()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse's own errors and --help
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if not isinstance(exc.code, (int, type(None))):
+                    print(exc.code, file=sys.stderr)
+            except BaseException:  # what a user would see: the interpreter's traceback, exit 1
+                traceback.print_exc(file=sys.stderr)
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["petlbench", *argv], code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:

@@ -23,7 +23,7 @@ from tests.conftest import assert_one_line_error, petlbench_cli, write_tiny_suit
 
 def run_cli(suite, data, out, *extra):
     return petlbench_cli("run", "--suite", str(suite), "--methods", "linear,bitfit", "--data-root", str(data),
-                         "--out", str(out), "--quiet", "--seeds", "0,1", "--no-weights", *extra)
+                         "--out", str(out), "--quiet", "--seeds", "0,1", "--no-weights", *extra, process=True)
 
 
 def assert_complete(out, expected: int):
