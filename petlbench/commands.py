@@ -140,7 +140,7 @@ def cmd_plot(args) -> int:
 
 def cmd_params(args) -> int:
     from petlbench.backbone import BackboneSpec, check_backbone
-    from petlbench.params import build_model
+    from petlbench.params import count_params
     from petlbench.plan import method_label
     from petlbench.registry import parse_method_list, refuse_unsupported
 
@@ -150,8 +150,7 @@ def cmd_params(args) -> int:
     rows, methods = [], parse_method_list(args.methods)
     refuse_unsupported(methods, check_backbone(spec), spec.name)
     for method in methods:
-        _, counts, _ = build_model(spec, method, args.num_classes, seed=0)
-        rows.append({"method": method_label(method), **counts.as_dict()})
+        rows.append({"method": method_label(method), **count_params(spec, method, args.num_classes).as_dict()})
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:

@@ -85,6 +85,18 @@ def meta_counts(spec: BackboneSpec, method: Method) -> ParamCounts | None:
     return _META_COUNTS[key]
 
 
+def count_params(spec: BackboneSpec, method: Method, num_classes: int) -> ParamCounts:
+    """`petlbench params`: the counts of the model every run builds, on the meta device (ViT-B in a blink, no
+    memory); built for real only when the method's apply reads weights (the counts are the same)."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            return build_model(spec, method, num_classes, seed=0).counts
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 -- needs real tensors
+        return build_model(spec, method, num_classes, seed=0).counts
+
+
 def task_state_keys(model: nn.Module, known: set[int]) -> list[str]:
     """What defines a trained task: the parameters that train, the buffers the method added, and the buffers
     of modules that train (a fine-tuned BatchNorm's running statistics)."""
