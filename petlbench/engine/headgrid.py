@@ -135,7 +135,7 @@ def execute_grid(plans: list, out, device: torch.device, cache, progress, log, w
     """The search points of one task and method: at once when only the head trains on cached features and
     the points differ in lr and weight decay only; else one after another (petlbench.engine.execute)."""
     from petlbench.errors import UserError
-    from petlbench.engine.execute import data_identity, execute, finish, new_record, report
+    from petlbench.engine.execute import confirm, data_identity, execute, finish, new_record, report
     from petlbench.engine.features import why_not
     from petlbench.params import build_model
     from petlbench.records import is_finished, read_record
@@ -158,8 +158,8 @@ def execute_grid(plans: list, out, device: torch.device, cache, progress, log, w
     for i, plan in enumerate(plans):
         record = read_record(plan.record_path(out))
         if is_finished(record, plan.metric):
-            done[i] = record
             log(f"{wheres[i]}: done before, skipped ({record['metrics'][plan.metric]:.1%})")
+            done[i] = confirm(record, plan, out, log, wheres[i])
     pending = [i for i in range(len(plans)) if i not in done]
     if len(pending) < 2:
         return [done.get(i) or r for i, r in sorted({**done, **one_by_one(pending)}.items())]
