@@ -4,8 +4,8 @@ weights (said in the record), and an --out that breaks mid-run keeps the record 
 from __future__ import annotations
 
 import json
+import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -64,7 +64,6 @@ def test_table_shows_the_data_the_last_run_used(tmp_path):
 
 def cli(args: list[str], cwd: Path, env: dict | None = None, file_size_limit: int | None = None, **popen):
     """The real CLI in a subprocess; `file_size_limit`: RLIMIT_FSIZE, a real write that fails like a full disk."""
-    import os
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
     return subprocess.Popen([sys.executable, "-m", "petlbench.cli", *args], cwd=cwd, text=True,
@@ -120,4 +119,3 @@ def test_out_broken_mid_run_rescues_the_record_says_where_and_fails(tmp_path):
     assert len(rescued) == 1 and json.loads(rescued[0].read_text())["status"] == "success"
     assert f"the record is at {rescued[0]}" in stderr and "Traceback" not in stderr
     assert f"records: {out}/tiny/" not in stdout, "the summary does not send the user to the broken folder"
-    shutil.rmtree(temp)
