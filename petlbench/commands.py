@@ -25,17 +25,27 @@ def cmd_run(args) -> int:
     if len(failed) < len(records):
         print()
         print(render_records(records, "md"))
-    suites = sorted({r["suite"] for r in records})
+    unsaved = [r for r in records if r.get("unsaved")]
+    lost = [r for r in records if (r.get("weights") or {}).get("lost")]
+    suites = sorted({r["suite"] for r in records if not r.get("unsaved")})
     if suites:
         print(f"records: {', '.join(f'{args.out}/{s}/' for s in suites)} (`petlbench table {args.out}` tabulates them all)")
     not_done = getattr(records, "not_done", 0)
     if failed:
         print(f"petlbench: {len(failed)} of {len(records)} runs failed; run the same command again to retry them",
               file=sys.stderr)
+    for r in unsaved:
+        u = r["unsaved"]
+        print(f"petlbench: {u['meant_for']}: not written ({u['reason']}); " + (
+            f"the record is at {u['rescued_to']}: move it there once --out is writable" if u["rescued_to"]
+            else "the record could not be written anywhere and is lost"), file=sys.stderr)
+    if lost:
+        print(f"petlbench: {len(lost)} run(s) lost their task weights (their records say why); the same command "
+              "again trains them again", file=sys.stderr)
     if not_done and not args.no_wait:
         print(f"petlbench: {not_done} run(s) did not finish; `petlbench status {args.out}` shows them and the same "
               "command again launches them", file=sys.stderr)
-    return 1 if failed or (not_done and not args.no_wait) else 0
+    return 1 if failed or unsaved or lost or (not_done and not args.no_wait) else 0
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -158,8 +158,13 @@ def is_finished(record: dict[str, Any] | None, metric: str) -> bool:
 def load_records(root: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every record under `root` (recursively). A JSON file that is not a readable record is skipped,
     and `warn` (if given) hears its name and why."""
+    return [record for _, record in record_files(root, warn)]
+
+
+def record_files(root: str | Path, warn: Callable[[str], None] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, record) of every record under `root`, as load_records reads them."""
     root = Path(root)
-    records = []
+    found = []
     for path in [root] if root.is_file() else sorted(root.rglob("*.json")):
         try:
             record = parse_record(path)
@@ -168,8 +173,8 @@ def load_records(root: str | Path, warn: Callable[[str], None] | None = None) ->
                 warn(f"{path}: skipped, {exc.strerror if isinstance(exc, OSError) else exc}")
             continue
         if record is not None:
-            records.append(record)
-    return records
+            found.append((path, record))
+    return found
 
 
 TABLE_FIELDS = (("suite",), ("task",), ("seed",), ("method", "name"), ("method", "label"), ("backbone", "name"),
@@ -193,9 +198,16 @@ def metric_of(record: dict[str, Any]) -> str:
     return "val_top1" if (record.get("protocol") or {}).get("stage") == "search" else "test_top1"
 
 
+def recency(record: dict[str, Any]) -> str:
+    """When a `run` last used the record: it finished, or a later `run` found it done and skipped
+    (`confirmed_at`, stamped when the data had changed in between and changed back)."""
+    return max(str(record.get("finished_at") or ""), str(record.get("confirmed_at") or ""))
+
+
 def current(records: list[dict[str, Any]], warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """What a table shows: per config, its newest successful record (an older one ran on data that has changed
-    since); failed records only for configs that never succeeded; a "success" without its metric is skipped."""
+    """What a table shows: per config, the successful record the last `run` of it used (finished or confirmed;
+    older ones ran on data that changed since); failed records only for configs that never succeeded; a
+    "success" without its metric is skipped."""
     newest: dict[str, dict[str, Any]] = {}
     failed, superseded = [], 0
     for r in records:
@@ -208,12 +220,13 @@ def current(records: list[dict[str, Any]], warn: Callable[[str], None] | None = 
         elif r.get("status") == "success":
             if key in newest:
                 superseded += 1
-            if key not in newest or str(r.get("finished_at")) > str(newest[key].get("finished_at")):
+            if key not in newest or recency(r) > recency(newest[key]):
                 newest[key] = r
         else:
             failed.append((key, r))
     if superseded and warn is not None:
-        warn(f"{superseded} older record(s) of runs whose data changed since are not shown (the newest is)")
+        warn(f"{superseded} older record(s) of the same configurations are not shown (their data changed since, or "
+             "their weights were replaced); the one each last run used is")
     return list(newest.values()) + [r for key, r in failed if key not in newest]
 
 

@@ -1,6 +1,7 @@
 """Per-task weights, the point of PETL: only the tensors that define a trained task (what trained, the
 buffers the method owns, the head), as safetensors beside the run's record. A few hundred kilobytes per
-task instead of the whole backbone; the record holds the file's size.
+task instead of the whole backbone; the record holds the file's size and sha256, so a file deleted,
+damaged or edited since the run is found before it is used (or before `run` counts the run as done).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from petlbench.backbone import file_sha256
 from petlbench.errors import UserError
 from petlbench.records import current_umask
 
@@ -21,21 +23,49 @@ def weights_path(record_path: Path) -> Path:
 
 
 def save_task(model: nn.Module, keys: list[str], path: Path) -> dict:
-    """Write the task's tensors atomically (temp file + rename, the umask's mode); what the record says of them."""
+    """Write the task's tensors; what the record says of them (sha256 included, checked before every use)."""
     state = model.state_dict()
     tensors = {key: state[key].detach().to("cpu").contiguous() for key in keys}
+    sha256 = write_safetensors(tensors, path, {"format": "petlbench task weights"})
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256, "tensors": len(tensors),
+            "parameters": int(sum(t.numel() for t in tensors.values()))}
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
+    """Temp file + rename (never half a file at `path`), with the umask's mode (safetensors alone makes 0600,
+    unreadable in a shared folder); the file's sha256. Fails with safetensors' own error on a full disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"format": "petlbench task weights"})
+        save_file(tensors, tmp, metadata=metadata)
         os.chmod(tmp, 0o666 & ~current_umask())
+        sha256 = file_sha256(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return {"file": path.name, "bytes": path.stat().st_size, "tensors": len(tensors),
-            "parameters": int(sum(t.numel() for t in tensors.values()))}
+    return sha256
+
+
+def weights_problem(record: dict, record_path: Path) -> str | None:
+    """Why the task weights beside a record are not the ones its run saved: lost, missing, changed (one line
+    naming the file); None when they are, or when the run kept none (--no-weights, a tuning run)."""
+    saved = record.get("weights")
+    if not isinstance(saved, dict):
+        return None
+    path = weights_path(record_path)
+    lost = saved.get("lost") or saved.get("error")
+    if lost:
+        return f"{path}: task weights lost when the run saved them ({lost})"
+    if not path.is_file():
+        return f"{path}: task weights missing (deleted or moved since the run)"
+    if saved.get("sha256"):
+        if file_sha256(path) != saved["sha256"]:
+            return f"{path}: task weights changed since the run (sha256 differs from the record's)"
+    elif saved.get("bytes") is not None and path.stat().st_size != saved["bytes"]:  # records before the sha256
+        return f"{path}: task weights changed since the run (size differs from the record's)"
+    return None
 
 
 def load_task(model: nn.Module, path: Path, keys: list[str]) -> None:

@@ -9,6 +9,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from petlbench.cli import main
 from petlbench.tools.deploy import rebuild
 from petlbench.records import load_records
 from tests.conftest import TINY_ARGS, assert_one_line_error, petlbench_cli, write_tiny_suite
@@ -108,3 +109,96 @@ def test_no_weights_and_storage_column(trained, tmp_path):
     assert proc.returncode == 0 and not list(out.rglob("*.safetensors"))
     table = petlbench_cli("table", str(root / "results"), "--storage")
     assert "storage/task (KB)" in table.stdout
+
+
+def test_export_refuses_to_overwrite_the_runs_own_files(trained, tmp_path, capsys):
+    root, records, paths = trained
+    bitfit = paths["bitfit"]
+    others = {bitfit: "the run's record", bitfit.with_suffix(".safetensors"): "the run's task weights",
+              paths["linear"].with_suffix(".safetensors"): "task weights of the run",
+              paths["adapter"]: "a run record", root / "tiny.yaml": "the run's suite file",
+              root / "data" / "count" / "test.txt": "the run's data folder"}
+    for target, what in others.items():
+        before = target.read_bytes()
+        in_process_error(capsys, ["export", str(bitfit), str(target), "--merged"], str(target), what,
+                         "refuses to overwrite")
+        assert target.read_bytes() == before
+    in_process_error(capsys, ["export", str(bitfit), str(tmp_path), "--merged"], str(tmp_path), "is a folder")
+
+
+def test_export_and_task_weights_follow_the_umask(trained, tmp_path):
+    import os
+    _, _, paths = trained
+    old = os.umask(0o002)
+    try:
+        assert main(["export", str(paths["linear"]), str(tmp_path / "linear.safetensors"), "--merged"]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "linear.safetensors").stat().st_mode & 0o777 == 0o664
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def copy_run(paths, name, folder):
+    """A run's record and weights copied elsewhere (the module's own stay intact for the other tests)."""
+    import shutil
+    folder.mkdir()
+    record = folder / paths[name].name
+    shutil.copy(paths[name], record)
+    shutil.copy(paths[name].with_suffix(".safetensors"), record.with_suffix(".safetensors"))
+    return record
+
+
+def test_changed_or_missing_weights_are_refused_by_eval_predict_export(trained, tmp_path, capsys):
+    from safetensors.torch import save_file
+    root, _, paths = trained
+    record = copy_run(paths, "linear", tmp_path / "run")
+    weights = record.with_suffix(".safetensors")
+    tensors = load_file(str(weights))
+    save_file({k: v * 2 for k, v in tensors.items()}, str(weights),  # a scaled head: the same argmax, not the run's
+              metadata={"format": "petlbench task weights"})
+    image = str(sorted((root / "data" / "count" / "images" / "test").glob("*.jpg"))[0])
+    for args in (["eval", str(record)], ["predict", str(record), image],
+                 ["export", str(record), str(tmp_path / "m.safetensors"), "--merged"]):
+        in_process_error(capsys, args, str(weights), "weights changed since the run")
+    weights.unlink()
+    in_process_error(capsys, ["eval", str(record)], str(weights), "weights missing")
+
+
+def test_a_run_whose_weights_changed_or_vanished_trains_again_keeping_the_old_record(trained, tmp_path, capsys):
+    import shutil
+    root, records, paths = trained
+    out = tmp_path / "results"
+    shutil.copytree(root / "results", out)
+    task = out / "tiny" / "count"
+    (task / paths["linear"].with_suffix(".safetensors").name).unlink()
+    bitfit_weights = task / paths["bitfit"].with_suffix(".safetensors").name
+    bitfit_weights.write_bytes(bitfit_weights.read_bytes()[:-4] + b"\0\0\0\0")
+    command = ["--suite", str(root / "tiny.yaml"), "--methods", "linear,bitfit,adapter", "--data-root",
+               str(root / "data")]
+    assert main(["status", str(out), *command]) == 0
+    status = capsys.readouterr().out
+    assert "1 done, 0 failed, 0 running, 2 missing" in status, status
+    assert "weights missing" in status and "weights changed since the run" in status
+    assert main(["status", str(out)]) == 0
+    plain = capsys.readouterr().out
+    assert "weights missing" in plain and "weights changed since the run" in plain
+    assert main(["run", *command, "--out", str(out), "--quiet"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("training again") == 2 and again.count("done before, skipped") == 1
+    kept = sorted(p.name.split("__")[0] for p in (task / "replaced").glob("*.json"))
+    assert kept == ["bitfit", "linear"]
+    assert (task / "replaced" / next((task / "replaced").glob("bitfit*.json")).name).read_bytes() == \
+        paths["bitfit"].read_bytes(), "the old record kept as it was"
+    for name in ("linear", "bitfit"):
+        assert main(["eval", str(task / paths[name].name)]) == 0
+    assert main(["status", str(out), *command]) == 0
+    assert "3 done" in capsys.readouterr().out
+
+
+def in_process_error(capsys, argv: list[str], *needles: str) -> None:
+    """`petlbench.cli.main` in this process (seconds faster than a subprocess): exit 2, one line naming each needle."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("petlbench: error: "), (code, err)
+    assert all(needle in lines[0] for needle in needles), (needles, lines[0])

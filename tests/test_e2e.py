@@ -155,3 +155,10 @@ def test_missing_data_root_or_seeds_is_one_line_and_writes_nothing(tmp_path):
         assert result.returncode == 2 and needle in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_demo_checkpoint_follows_the_umask(demo_root):
+    from petlbench.records import current_umask
+    from petlbench.suite import load_suite
+    checkpoint = demo_root / load_suite("demo").backbone["checkpoint"]
+    assert checkpoint.stat().st_mode & 0o777 == 0o666 & ~current_umask()

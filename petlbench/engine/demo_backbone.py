@@ -10,7 +10,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from petlbench.backbone import BackboneSpec, preprocessing
 from petlbench.data.decode import TensorData
@@ -20,6 +19,7 @@ from petlbench.errors import UserError
 from petlbench.params import build_model
 from petlbench.registry import get_method
 from petlbench.specs import TrainConfig
+from petlbench.weights import write_safetensors
 
 
 def pretrain_upstream(path: Path, backbone: dict, seconds_log: Callable[[str], None]) -> dict:
@@ -38,7 +38,7 @@ def pretrain_upstream(path: Path, backbone: dict, seconds_log: Callable[[str], N
     val = TensorData(images[:n_val], labels[:n_val], mean, std)
     cfg = TrainConfig(optimizer="adamw", lr=2e-3, weight_decay=0.05, epochs=8, warmup_epochs=1, batch_size=128)
     metrics = fit(model, train, val, cfg, torch.device("cpu"), seed=0)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    write_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, path)  # the umask's mode
     seconds_log(f"demo: upstream pre-training reached {metrics['top1']:.1%} on held-out upstream images")
     return {"upstream_val_top1": metrics["top1"], "upstream_images": UPSTREAM_IMAGES, "train": cfg.__dict__}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import resource
 import sys
 import tempfile
@@ -29,12 +30,12 @@ from petlbench.options import as_dict
 from petlbench.params import build_model
 from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
-                               write_atomic)
+                               recency, write_atomic)
 from petlbench.registry import available_methods
 from petlbench.engine import prefix
 from petlbench.engine.features import MORE_THAN_HEAD, RunCache, why_not
 from petlbench.engine.train import Diverged, autocast_dtype, fit
-from petlbench.weights import save_task, weights_path
+from petlbench.weights import save_task, weights_path, weights_problem
 
 
 def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, progress: bool | None,
@@ -50,13 +51,21 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
         record.update(status="failed", error=str(exc))
         return report(finish(record, plan, out, device, start), log, where)
     plan = dataclasses.replace(plan, data_id=data_identity(train, evaluation))
-    if plan.record_path(out).is_dir():  # found before training, not when the result has nowhere to go
-        raise UserError(f"{plan.record_path(out)}: a folder where the run's record file goes; move it away and run "
-                        "again")
-    existing = read_record(plan.record_path(out))
+    path = plan.record_path(out)
+    if path.is_dir():  # found before training, not when the result has nowhere to go
+        raise UserError(f"{path}: a folder where the run's record file goes; move it away and run again")
+    existing = read_record(path)
     if is_finished(existing, plan.metric):
-        log(f"{where}: done before, skipped ({existing['metrics'][plan.metric]:.1%})")
-        return existing
+        problem = weights_problem(existing, path)
+        if problem is None:
+            log(f"{where}: done before, skipped ({existing['metrics'][plan.metric]:.1%})")
+            return confirm(existing, plan, out, log, where)
+        try:
+            kept = set_aside(path)
+        except OSError as exc:
+            log(f"{where}: {problem}; cannot move its record aside to train again ({exc.strerror or exc}); skipped")
+            return existing
+        log(f"{where}: {problem}; training again (the old record kept as {kept})")
     changed = superseded(plan, out)
     if changed:
         log(f"{where}: the data changed since {changed.name} (kept); training again")
@@ -65,11 +74,43 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
                           train_digest=train.digest, eval_digest=evaluation.digest)
     trained = run_one(plan, record, train, evaluation, device, progress, cache)
     if trained is not None and save_weights and not plan.is_search:
+        target = weights_path(path)
         try:
-            record["weights"] = save_task(*trained, weights_path(plan.record_path(out)))
-        except OSError as exc:  # the result stands; only its weights are lost
-            record["weights"] = {"error": f"cannot write the task weights ({exc.strerror or exc})"}
+            record["weights"] = save_task(*trained, target)
+        except Exception as exc:  # a full disk raises safetensors' own error, not OSError: the result stands
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            record["weights"] = {"file": target.name, "lost": f"cannot write the task weights ({reason})"}
+            log(f"{where}: weights lost: {target}: {reason}")
     return report(finish(record, plan, out, device, start), log, where)
+
+
+def confirm(record: dict[str, Any], plan: RunPlan, out: Path, log: Callable[[str], None], where: str) -> dict:
+    """A skipped run's record is what its config shows again: when a sibling (the same config on data since
+    changed back) is more recent, stamp `confirmed_at` so tables pick this one. Only then is it rewritten."""
+    path = plan.record_path(out)
+    siblings = (read_record(p) for p in plan.record_dir(out).glob(f"{plan.record_stem()}__{plan.config_id()}*.json")
+                if p != path)
+    if not any(is_finished(s, plan.metric) and recency(s) > recency(record) for s in siblings):
+        return record
+    record = {**record, "confirmed_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+    try:
+        write_atomic(path, record)
+    except OSError as exc:
+        log(f"{where}: cannot mark {path.name} as the current record ({exc.strerror or exc}); tables may show "
+            "the record of the data used before")
+    return record
+
+
+def set_aside(path: Path) -> Path:
+    """Move a record (and what is left of its weights) to replaced/ beside it, named by the time: it is kept,
+    tables still find it (and show it if its new run fails), and the run's own name is free again."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    kept = path.parent / "replaced" / f"{path.stem}.{stamp}.json"
+    kept.parent.mkdir(exist_ok=True)
+    if weights_path(path).exists():
+        os.replace(weights_path(path), weights_path(kept))
+    os.replace(path, kept)
+    return kept
 
 
 def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -165,23 +206,37 @@ def finish(record: dict[str, Any], plan: RunPlan, out: Path, device: torch.devic
     record["peak_memory"] = peak_memory(device)
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     path = plan.record_path(out)
-    save(record, path)
+    if not save(record, path):
+        return record
     for sibling in plan.record_dir(out).glob(f"{plan.record_stem()}__{plan.config_id()}*.json"):
         earlier = read_record(sibling)  # an earlier failed attempt of this config is superseded by this one
         if sibling != path and earlier is not None and earlier.get("status") == "failed":
-            sibling.unlink(missing_ok=True)
+            try:
+                sibling.unlink(missing_ok=True)
+            except OSError:
+                pass  # it stays: `table` shows the newest record of a config anyway
     return record
 
 
-def save(record: dict[str, Any], path: Path) -> None:
-    """Write the record; if its folder became unwritable during the run, keep it in a temp folder and say where."""
+def save(record: dict[str, Any], path: Path) -> bool:
+    """Write the record; if its folder became unwritable during the run, keep it in a temp folder, say where,
+    and note it in `unsaved` so the command's summary names it and exits non-zero. True when saved at `path`."""
     try:
         write_atomic(path, record)
+        return True
     except OSError as exc:
         rescue = Path(tempfile.gettempdir()) / "petlbench-unsaved" / path.relative_to(path.parents[2])
-        write_atomic(rescue, record)
+        record["unsaved"] = {"meant_for": str(path), "reason": exc.strerror or str(exc), "rescued_to": str(rescue)}
+        try:
+            write_atomic(rescue, record)
+        except OSError as again:  # nowhere to write: the record lives on in memory (the summary shows it)
+            record["unsaved"]["rescued_to"] = None
+            print(f"petlbench: warning: {path}: cannot write the record ({exc.strerror or exc}), nor to {rescue} "
+                  f"({again.strerror or again}); it is lost once this command ends", file=sys.stderr, flush=True)
+            return False
         print(f"petlbench: warning: {path}: cannot write the record ({exc.strerror or exc}); saved as {rescue}",
               file=sys.stderr, flush=True)
+        return False
 
 
 def report(record: dict[str, Any], log: Callable[[str], None], where: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from petlbench.engine.execute import data_identity, execute, finish, new_record, report
+from petlbench.engine.execute import confirm, data_identity, execute, finish, new_record, report
 from petlbench.engine.features import FeatureData, why_not
 from petlbench.engine.threads import rebalance
 from petlbench.engine.train import DIVERGED, EXPLODED, autocast_dtype, diverged, effective_lr, make_scheduler
@@ -157,8 +157,8 @@ def execute_grid(plans: list, out, device: torch.device, cache, progress, log, w
     for i, plan in enumerate(plans):
         record = read_record(plan.record_path(out))
         if is_finished(record, plan.metric):
-            done[i] = record
             log(f"{wheres[i]}: done before, skipped ({record['metrics'][plan.metric]:.1%})")
+            done[i] = confirm(record, plan, out, log, wheres[i])
     pending = [i for i in range(len(plans)) if i not in done]
     if len(pending) < 2:
         return [done.get(i) or r for i, r in sorted({**done, **one_by_one(pending)}.items())]

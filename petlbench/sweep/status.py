@@ -4,7 +4,9 @@ Without --methods: every record under RESULTS, per suite, task and method. With 
 `run` command's own flags): every run that command would make, as done, failed, running (a process holds
 its lock) or missing; under `--protocol tune` the search points, and the finals once a selection exists.
 Looking is cheap: no image is decoded. A run counts as done when a successful record of its
-configuration exists on the same split files (a change inside image files is found when the run executes).
+configuration exists on the same split files (a change inside image files is found when the run executes)
+and its task weights are the ones the run saved (a run whose weights are lost, missing or changed is
+missing, and the notes say why).
 """
 from __future__ import annotations
 
@@ -18,15 +20,17 @@ from petlbench.backbone import file_sha256
 from petlbench.sweep.jobs import is_running, lock_held
 from petlbench.data.layouts import find_task_dir, split_file
 from petlbench.plan import RunPlan, method_label
-from petlbench.records import current, is_finished, load_records, read_record
+from petlbench.records import current, is_finished, read_record, recency, record_files
+from petlbench.weights import weights_problem
 
 STATES = ("done", "failed", "running", "missing")
 
 
-def config_records(plan: RunPlan, out: Path) -> list[dict[str, Any]]:
-    """Every readable record of the plan's configuration (any data), newest first."""
-    found = [read_record(p) for p in plan.record_dir(out).glob(f"{plan.record_stem()}__{plan.config_id()}*.json")]
-    return sorted((r for r in found if r), key=lambda r: str(r.get("finished_at")), reverse=True)
+def config_records(plan: RunPlan, out: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every readable record of the plan's configuration (any data) with its path, the last used first."""
+    paths = plan.record_dir(out).glob(f"{plan.record_stem()}__{plan.config_id()}*.json")
+    found = [(p, r) for p, r in ((p, read_record(p)) for p in paths) if r]
+    return sorted(found, key=lambda pair: recency(pair[1]), reverse=True)
 
 
 def same_split_files(plan: RunPlan, record: dict[str, Any], hashes: dict[Path, str]) -> bool:
@@ -48,22 +52,34 @@ def same_split_files(plan: RunPlan, record: dict[str, Any], hashes: dict[Path, s
 
 
 def done_record(plan: RunPlan, out: Path, hashes: dict[Path, str] | None = None) -> dict[str, Any] | None:
-    """The newest successful record of the plan's configuration on the current split files, if any."""
-    for record in config_records(plan, out):
-        if is_finished(record, plan.metric) and same_split_files(plan, record, {} if hashes is None else hashes):
-            return record
-    return None
+    """The newest successful record of the plan's configuration on the current split files, its weights intact."""
+    return done_or_why(plan, out, {} if hashes is None else hashes)[0]
+
+
+def done_or_why(plan: RunPlan, out: Path, hashes: dict[Path, str]) -> tuple[dict[str, Any] | None, str | None]:
+    """(the done record, None), or (None, why a successful record on these split files is not done: its weights)."""
+    why = None
+    for path, record in config_records(plan, out):
+        if is_finished(record, plan.metric) and same_split_files(plan, record, hashes):
+            problem = weights_problem(record, path)
+            if problem is None:
+                return record, None
+            why = why or problem
+    return None, why
 
 
 def state_of(plan: RunPlan, out: Path, hashes: dict[Path, str]) -> tuple[str, str | None]:
-    """(state, the error's last line for a failed run)."""
-    if done_record(plan, out, hashes):
+    """(state, why: the error's last line for a failed run, the weights' problem for a missing one)."""
+    done, why = done_or_why(plan, out, hashes)
+    if done:
         return "done", None
     if is_running(plan, out):
         return "running", None
+    if why:
+        return "missing", f"{why}; the next run trains it again"
     records = config_records(plan, out)
-    if records and records[0].get("status") == "failed":
-        return "failed", last_line(records[0].get("error"))
+    if records and records[0][1].get("status") == "failed":
+        return "failed", last_line(records[0][1].get("error"))
     return "missing", None
 
 
@@ -105,27 +121,34 @@ def sweep_status(sweep) -> tuple[list[dict[str, Any]], list[str]]:
     for stage, plan in expected(sweep):
         state, error = state_of(plan, sweep.out, hashes)
         counts[(plan.task.name, method_label(plan.method), stage)][state] += 1
-        if state == "failed":
+        if error:
             failures.append(f"{plan.task.name} {plan.record_stem()}: {error}")
     rows = [{"task": task, "method": method, "stage": stage, **c} for (task, method, stage), c in counts.items()]
     return rows, failures
 
 
 def records_status(out: Path, suite: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows per suite, task and method from the records on disk (newest per configuration)."""
-    counts: dict[tuple, dict[str, int]] = defaultdict(lambda: {"done": 0, "failed": 0})
+    """Rows per suite, task and method from the records on disk (the last used per configuration); a success
+    whose task weights are lost, missing or changed is not done (`run` trains it again), and the notes say why."""
+    counts: dict[tuple, dict[str, int]] = defaultdict(lambda: {"done": 0, "failed": 0, "missing": 0})
     failures = []
-    for r in current(load_records(out, warn), warn):
+    files = record_files(out, warn)
+    path_of = {id(r): p for p, r in files}
+    for r in current([r for _, r in files], warn):
         if suite and r.get("suite") != suite:
             continue
         stage = (r.get("protocol") or {}).get("stage") or "final"
         key = (r.get("suite"), r.get("task"), (r.get("method") or {}).get("label"), stage)
-        if r.get("status") == "success":
+        where = f"{r.get('suite')}/{r.get('task')} {(r.get('method') or {}).get('label')} seed {r.get('seed')}"
+        problem = weights_problem(r, path_of[id(r)]) if r.get("status") == "success" else None
+        if problem:
+            counts[key]["missing"] += 1
+            failures.append(f"{where}: {problem}; the next run trains it again")
+        elif r.get("status") == "success":
             counts[key]["done"] += 1
         else:
             counts[key]["failed"] += 1
-            failures.append(f"{r.get('suite')}/{r.get('task')} {(r.get('method') or {}).get('label')} "
-                            f"seed {r.get('seed')}: {last_line(r.get('error'))}")
+            failures.append(f"{where}: {last_line(r.get('error'))}")
     running = sum(1 for lock in out.rglob(".*.lock") if lock.is_file() and lock_held(lock))
     rows = [{"suite": s, "task": t, "method": m, "stage": st, **c} for (s, t, m, st), c in sorted(counts.items(),
                                                                                                 key=str)]

@@ -4,11 +4,13 @@ dict for methods that fold into the backbone's weights).
 
 The record holds everything needed: the suite file, the task, the method and its options, the backbone
 (name, arguments, weights or checkpoint with its sha256), the preprocessing, the seed; the task's own
-tensors sit beside it (petlbench.weights).
+tensors sit beside it (petlbench.weights), checked against the sha256 the record holds before any use.
+`export` never writes over a run's record, weights or a file the record names: one typo must not destroy a run.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,16 @@ from petlbench.data.decode import SplitCache, TensorData, decode, stored_size
 from petlbench.errors import UserError
 from petlbench.data.layouts import fgvc_class_ids, find_task_dir
 from petlbench.options import build
-from petlbench.outputs import check_output_file, written_whole
+from petlbench.outputs import check_output_file
 from petlbench.params import build_model
 from petlbench.plan import RunPlan
 from petlbench.recipes import RECIPES
-from petlbench.records import MISSING, lookup, metric_of, parse_record
+from petlbench.records import MISSING, lookup, metric_of, parse_record, read_record
 from petlbench.registry import get_method
 from petlbench.specs import TrainConfig
 from petlbench.suite import load_suite
 from petlbench.engine.train import evaluate
-from petlbench.weights import load_task, same_architecture, weights_path
+from petlbench.weights import load_task, same_architecture, weights_path, weights_problem, write_safetensors
 
 
 @dataclass
@@ -82,6 +84,9 @@ def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
     plan = RunPlan(suite, task, method, spec, record["seed"], build(TrainConfig, record["train"], f"{path}: train"),
                    RECIPES[record["recipe"]["name"]], record["protocol"],
                    Path(data_root).expanduser() if data_root else Path(record["data"]["root"]))
+    problem = weights_problem(record, path)
+    if problem:
+        raise UserError(problem)
     model, _, task_keys = build_model(spec, method, task.classes, record["seed"])
     load_task(model, weights_path(path), task_keys)
     return Deployed(record, plan, model.eval(), record["data"]["preprocessing"])
@@ -151,10 +156,9 @@ def class_names(deployed: Deployed) -> dict[int, str]:
 
 def export_merged(record_path: str | Path, out: str | Path) -> dict[str, Any]:
     """Fold the method into the backbone (Method.merge) and save a plain timm state dict, head included."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
-    check_output_file(Path(out), "export OUT", "the state dict")  # before the model is rebuilt
+    out = Path(out)
+    check_output_file(out, "export OUT", "the state dict")  # before the model is rebuilt
+    refuse_target(out, Path(record_path), read(record_path))
     deployed = rebuild(record_path)
     merged = deployed.plan.method.merge(deployed.model)
     plain = create_backbone(dataclasses.replace(deployed.plan.backbone, pretrained=False, checkpoint=None),
@@ -164,8 +168,55 @@ def export_merged(record_path: str | Path, out: str | Path) -> dict[str, Any]:
         raise UserError(f"{record_path}: method {deployed.plan.method.name!r} did not merge into the backbone's "
                         f"architecture ({difference})")
     state = {k: v.detach().cpu().contiguous() for k, v in merged.state_dict().items()}
-    with written_whole(Path(out), "export OUT", "the state dict", errors=(SafetensorError,)) as tmp:
-        save_file(state, str(tmp), metadata={"format": "timm state dict", "model": deployed.plan.backbone.name})
-    return {"file": str(out), "bytes": Path(out).stat().st_size, "tensors": len(state),
+    try:
+        write_safetensors(state, out, {"format": "timm state dict", "model": deployed.plan.backbone.name})
+    except Exception as exc:  # a full disk raises safetensors' own error; nothing is left at OUT
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise UserError(f"{out}: cannot write the exported model ({reason})") from None
+    return {"file": str(out), "bytes": out.stat().st_size, "tensors": len(state),
             "model": deployed.plan.backbone.name, "num_classes": deployed.plan.task.classes,
             "args": deployed.plan.backbone.args}
+
+
+def refuse_target(out: Path, record_path: Path, record: dict[str, Any]) -> None:
+    """OUT may be new, or an earlier export; never a record, task weights, or a file the record names."""
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; give the file to write, e.g. {out / 'model.safetensors'}")
+    if not out.exists():
+        return
+    what = referenced(record_path, record).get(out.resolve()) or results_file(out)
+    folder = (record.get("data") or {}).get("folder")
+    if not what and folder and Path(folder).resolve() in out.resolve().parents:
+        what = f"a file in the run's data folder {folder}"
+    if what:
+        raise UserError(f"{out}: is {what}; export refuses to overwrite it (give another OUT)")
+
+
+def referenced(record_path: Path, record: dict[str, Any]) -> dict[Path, str]:
+    """The files the exported run's record is, or names: itself, its weights, suite file, checkpoint."""
+    named = {record_path: "the run's record", weights_path(record_path): "the run's task weights",
+             record.get("suite_file"): "the run's suite file", record["backbone"].get("checkpoint"): "the run's checkpoint"}
+    return {Path(p).expanduser().resolve(): what for p, what in named.items() if p}
+
+
+def results_file(path: Path) -> str | None:
+    """What `path` is in a results folder (a record or selection, task weights), or None."""
+    if path.suffix != ".safetensors":
+        return "a run record of a results folder" if read_record(path) is not None or is_selection(path) else None
+    if read_record(path.with_suffix(".json")) is not None:
+        return f"the task weights of the run {path.with_suffix('.json').name}"
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("format") == "petlbench task weights":
+                return "a run's task weights"
+    except Exception:  # not a readable safetensors file: nothing of a run
+        return None
+    return None
+
+
+def is_selection(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("kind") == "selection"
+    except (OSError, ValueError, AttributeError):
+        return False
