@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -243,11 +243,12 @@ def summarize(states: list[str]) -> dict[str, int]:
 
 @contextmanager
 def captured_stderr():
-    """File descriptor 2 into a temp file while sbatch runs (a child process writes there, not to sys.stderr)."""
+    """File descriptor 2 into a temp file while sbatch runs (a child process writes there, not to sys.stderr), and
+    sys.stderr too (submitit repeats sbatch's words there; in a notebook or under the Python API it is no file)."""
     said: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+") as sink:
+    with tempfile.TemporaryFile(mode="w+") as sink, redirect_stderr(sink):
         os.dup2(sink.fileno(), 2)
         try:
             yield said
