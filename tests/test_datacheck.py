@@ -334,12 +334,13 @@ def test_archive_member_escaping_the_target_is_refused(tmp_path, capsys, make, m
 
 
 def test_download_needs_a_source_and_says_so_offline(tmp_path, capsys):
-    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # huggingface_hub makes no request at all
-    fgvc = petlbench_cli("data", "download", "fgvc", "--to", str(tmp_path / "d"), env=offline)
+    # huggingface_hub makes no request at all; it reads HF_HUB_OFFLINE when imported, so a process of its own
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    fgvc = petlbench_cli("data", "download", "fgvc", "--to", str(tmp_path / "d"), env=offline, process=True)
     assert_one_line_error(fgvc, "cannot reach the Hugging Face hub", "XiN0919/FGVC", "--archive")
     not_archive = tmp_path / "notes.txt"
     not_archive.write_text("hello")
     assert_one_line_error(cli(capsys, "data", "download", "vtab1k", "--archive", str(not_archive), "--to",
                                         str(tmp_path / "d")), str(not_archive), "not a zip or tar archive")
-    result = petlbench_cli("data", "download", "vtab1k", "--to", str(tmp_path / "d"), env=offline)
+    result = petlbench_cli("data", "download", "vtab1k", "--to", str(tmp_path / "d"), env=offline, process=True)
     assert_one_line_error(result, "cannot reach the Hugging Face hub", "XiN0919/VTAB-1k", "--archive")

@@ -21,8 +21,11 @@ def check(records, names, floor=1.5 / 6):
 
 
 def test_every_vit_method_learns_at_its_defaults(demo_root, tmp_path):
+    """Half the demo's 20 epochs (the methods' own options and recipes untouched): measured 2026-12-07, the
+    lowest method reached 35% at 10 epochs (chance 17%, the floor 25%), and the test took 77 s instead of 178 s."""
     records = petlbench.run(suite="demo", methods=",".join(VIT), tasks=["count"], data_root=str(demo_root),
-                            out=str(tmp_path), progress=False, log=lambda line: None, save_weights=False)
+                            out=str(tmp_path), progress=False, log=lambda line: None, save_weights=False,
+                            train={"epochs": 10})
     check(records, VIT)
 
 
