@@ -12,6 +12,7 @@ import math
 import re
 import typing
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -97,6 +98,19 @@ def load_yaml(text: str, where: str) -> Any:
         at = f"line {mark.line + 1}: " if mark is not None else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{where}: not valid YAML ({at}{what})") from None
+
+
+def read_yaml(path: Path, expected: str) -> Any:
+    """A YAML file's contents; a file that cannot be read, is not UTF-8 or not YAML is one line naming it and
+    `expected` (what the file should hold)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); expected "
+                        f"{expected}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc}); expected {expected}") from None
+    return load_yaml(text, str(path))
 
 
 def finite(value: Any) -> bool:

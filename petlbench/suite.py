@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from petlbench.errors import UserError
-from petlbench.options import build, load_yaml
+from petlbench.options import build, read_yaml
 from petlbench.recipes import RECIPES
 from petlbench.registry import get_method
 from petlbench.specs import INTERPOLATIONS, LAYOUT_SPLITS, Preprocessing, Task, TrainConfig
@@ -86,7 +86,7 @@ def packaged_aliases() -> dict[str, list[str]]:
     """Each packaged suite's `aliases:` (`vtab1k`: vtab, vtab-1k), read without validating the whole file."""
     found = {}
     for name, path in packaged_suites().items():
-        raw = read_yaml(path)
+        raw = read_yaml(path, "a suite YAML saved as UTF-8")
         found[name] = list(raw.get("aliases") or []) if isinstance(raw, dict) else []
     return found
 
@@ -103,18 +103,7 @@ def load_suite(name_or_path: str) -> Suite:
         path = suites[name]
     if not path.is_file():
         raise UserError(f"{path}: suite file not found")
-    return parse_suite(read_yaml(path), str(path))
-
-
-def read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
-                        "save the suite as UTF-8") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the suite file ({exc.strerror or exc})") from None
-    return load_yaml(text, str(path))
+    return parse_suite(read_yaml(path, "a suite YAML saved as UTF-8"), str(path))
 
 
 def parse_suite(raw: Any, where: str) -> Suite:

@@ -26,7 +26,7 @@ from petlbench.errors import UserError
 from petlbench.sweep.cluster import JobSize, check_fits, job_list, job_partition, slurm_command, stuck_jobs
 from petlbench.sweep.executors import Results, bundle
 from petlbench.sweep.jobs import Unit, run_job
-from petlbench.options import Range, build, load_yaml
+from petlbench.options import Range, build, read_yaml
 from petlbench.sweep.status import done_record
 
 CONFIG_FILES = (Path("petlbench-slurm.yaml"), Path("~/.config/petlbench/slurm.yaml"))
@@ -69,14 +69,7 @@ def slurm_options(config: str | None, profile: str | None, flags: dict[str, Any]
 
 def profile_values(path: Path, profile: str | None) -> dict[str, Any]:
     """The options of one profile of a Slurm config file: a YAML mapping of profile names to option mappings."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); expected "
-                        "a YAML mapping of profile names to Slurm options") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    data = load_yaml(text, str(path))
+    data = read_yaml(path, "a YAML mapping of profile names to Slurm options")
     if data is None:
         data = {}
     if not isinstance(data, dict):
