@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from petlbench.errors import UserError
-from petlbench.records import current_umask
+from petlbench.records import replaced_whole
 
 SPARE = 1 << 20  # bytes a probe writes: a disk without 1 MB to spare is full for our purposes
 
@@ -42,14 +42,8 @@ def written_whole(path: Path, flag: str, what: str, errors: tuple[type[BaseExcep
     the temporary file and is one line naming `path`: an earlier file there stays whole."""
     path = Path(path)
     check_output_file(path, flag, what)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; the file as any other we write
-    os.close(fd)
-    tmp = Path(name)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with replaced_whole(path, suffix=f".tmp{path.suffix}") as tmp:
+            yield tmp
     except (OSError, *errors) as exc:
         raise UserError(f"{flag} {path}: cannot write {what} ({getattr(exc, 'strerror', None) or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)

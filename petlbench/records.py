@@ -1,6 +1,7 @@
 """Run records: one JSON file per run, written atomically, with everything needed to reproduce it."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -10,27 +11,36 @@ import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 SCHEMA = 2  # 2: run_id = config id + data id (records of schema 1 lack the data's identity)
 PACKAGES = ("petlbench", "torch", "torchvision", "timm", "peft", "numpy", "pillow")
 
 
 def write_atomic(path: Path, record: dict[str, Any]) -> None:
-    """Temp file in the same folder + rename: readers see the old file or the whole new one, never half."""
+    """Readers see the old record or the whole new one, never half."""
+    with replaced_whole(path) as tmp, open(tmp, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def replaced_whole(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """The one way petlbench writes a file: yield a temporary path in the same folder, given the umask's mode (not
+    mkstemp's or safetensors' 0600, so a shared results folder stays readable) and renamed over `path` when the
+    block ends well, removed when it does not; errors pass through as they are."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    tmp = Path(name)
+    os.close(fd)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared results folder needs the umask's
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # after the writer: some (safetensors) make the file anew
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def current_umask() -> int:

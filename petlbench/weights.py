@@ -5,8 +5,6 @@ damaged or edited since the run is found before it is used (or before `run` coun
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,7 +13,7 @@ from torch import nn
 
 from petlbench.backbone import file_sha256
 from petlbench.errors import UserError
-from petlbench.records import current_umask
+from petlbench.records import replaced_whole
 
 
 def weights_path(record_path: Path) -> Path:
@@ -34,17 +32,9 @@ def save_task(model: nn.Module, keys: list[str], path: Path) -> dict:
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
     """Temp file + rename (never half a file at `path`), with the umask's mode (safetensors alone makes 0600,
     unreadable in a shared folder); the file's sha256. Fails with safetensors' own error on a full disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~current_umask())
+    with replaced_whole(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
         sha256 = file_sha256(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return sha256
 
 
