@@ -115,6 +115,7 @@ WHEN_PRESENT = ((("error",), "a string or null", lambda v: v is None or isinstan
                 (("backbone", "weights"), "a string", lambda v: isinstance(v, str)),
                 (("data",), "a mapping", lambda v: isinstance(v, dict)),
                 (("data", "split_files_sha256"), "a mapping", lambda v: isinstance(v, dict)),
+                (("data", "build"), "a string", lambda v: isinstance(v, str)),
                 (("params",), "a mapping", lambda v: isinstance(v, dict)),
                 (("params", "trainable_excl_head"), "an integer", is_int),
                 (("params", "backbone"), "an integer", is_int),

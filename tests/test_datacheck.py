@@ -56,9 +56,9 @@ def test_good_vtab_tree_with_aliases(tmp_path, capsys):
     code, rows, out = check(capsys, "--suite", "vtab1k", "--data-root", str(tmp_path))
     assert code == 0, out
     assert len(rows) == 19 and all(r[-1] == "ok" for r in rows.values())
-    assert rows["cifar"] == ["cifar100", "4", "2", "6", "3", "4/100", "ok"]  # folder, 4 splits, classes, status
-    assert rows["oxford_iiit_pet"][0] == "oxford_pet"
-    assert rows["patch_camelyon"][-2] == "2/2"
+    assert rows["cifar"] == ["cifar100", "4", "2", "6", "3", "4/100", "noah-jpeg", "ok"]  # folder, 4 splits,
+    assert rows["oxford_iiit_pet"][0] == "oxford_pet"                                     # classes, build, status
+    assert rows["patch_camelyon"][-3] == "2/2"
     assert "19 of 19 tasks ok" in out and "problems:" not in out
 
 
@@ -68,7 +68,8 @@ def test_good_fgvc_tree_with_aliases(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PETLBENCH_DATA_ROOT", str(tmp_path))  # no --data-root: the environment's
     code, rows, out = check(capsys, "--suite", "fgvc")
     assert code == 0, out
-    assert rows["CUB"] == ["CUB_200_2011", "200", "2", "3", "200/200", "ok"]
+    assert rows["CUB"] == ["CUB_200_2011", "200", "2", "3", "200/200", "unknown", "ok"]
+    assert "all tasks: fgvc layout: builds are told apart for VTAB-1k's NOAH layout only" in out
     assert rows["nabirds"][1:5] == ["555", "2", "3", "555/555"]
     assert set(rows) == {"CUB", "nabirds", "OxfordFlowers", "StanfordDogs", "StanfordCars"}
 

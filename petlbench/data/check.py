@@ -4,7 +4,8 @@ Per task: the folder (under its name or an alias), the images listed per split o
 protocol roles, classes seen vs expected, and every problem with the exact file: a missing folder
 or split file, a bad line or label, an image listed twice in a split, a path leaving the task folder,
 a missing or undecodable image. Images go through the decode `run` uses (`data.open_rgb`), so data
-check refuses what a run would. Problems are collected, not raised, so one pass shows all of them.
+check refuses what a run would. Problems are collected, not raised, so one pass shows all of them. Per task
+also its data build (petlbench.data.build) and split sanity warnings (petlbench.data.sanity).
 
 Leakage: an image of a training split (train, val, trainval) that is also in the test split, by path or by
 content (the same decoded pixels under another name or in another format), is reported as a warning, an error
@@ -24,9 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from petlbench.data.build import Build, identify
 from petlbench.data.decode import open_image, open_rgb
 from petlbench.errors import UserError
 from petlbench.data.layouts import find_task_dir, list_images, split_duplicates
+from petlbench.data.sanity import split_warnings
 from petlbench.specs import Task
 from petlbench.suite import Suite, load_suite
 
@@ -44,6 +47,9 @@ class TaskCheck:
     leaks: list[tuple[str, Path, Path]] = field(default_factory=list)  # (by path | by content, train side, test)
     train_paths: set = field(default_factory=set)  # images of the training roles (train, val, trainval)
     test_paths: set = field(default_factory=set)
+    labels: dict[str, list[int]] = field(default_factory=dict)  # split -> its labels (readable splits only)
+    build: Build | None = None  # petlbench.data.build: noah-jpeg, tfds-png or unknown, and why
+    warnings: list[str] = field(default_factory=list)  # split sanity (petlbench.data.sanity)
 
     @property
     def ok(self) -> bool:
@@ -115,6 +121,8 @@ def check_suite(suite: Suite, data_root: Path, tasks: list[Task] | None = None,
               f"confirm a match)", file=sys.stderr, flush=True)
     for check in checks:
         check.leaks = leakage(check.train_paths, check.test_paths, seen, full)
+        check.build = identify(check.folder, suite.layout) if check.folder else None
+        check.warnings = split_warnings(check.labels, suite.splits)
     return checks
 
 
@@ -174,6 +182,7 @@ def list_task(suite: Suite, data_root: Path, task: Task) -> tuple[TaskCheck, lis
         (check.test_paths if split in suite.splits["test"] else check.train_paths).update(p for p, _ in items)
         check.problems += split_duplicates(suite.layout, task_dir, task, split)
         labels.update(label for _, label in items)
+        check.labels[split] = [label for _, label in items]
         paths.update(dict.fromkeys(path for path, _ in items))
     check.classes_seen = len(labels)
     return check, list(paths)
@@ -185,11 +194,24 @@ def render(checks: list[TaskCheck], suite: Suite, data_root: Path) -> str:
     splits = split_names(suite)
     rows = [[c.task.name, c.folder.name if c.folder else "MISSING",
              *("-" if c.counts.get(s) is None else c.counts[s] for s in splits),
-             f"{c.classes_seen}/{c.task.classes}", "ok" if c.ok else f"{len(c.problems)} problem(s)"]
+             f"{c.classes_seen}/{c.task.classes}", c.build.name if c.build else "-",
+             "ok" if c.ok else f"{len(c.problems)} problem(s)"]
             for c in checks]
     lines = [f"suite {suite.name} ({suite.layout} layout), data root {data_root}", "",
-             tabulate(rows, headers=["task", "folder", *splits, "classes seen/expected", "status"],
+             tabulate(rows, headers=["task", "folder", *splits, "classes seen/expected", "build", "status"],
                       tablefmt="github", disable_numparse=True)]
+    why = {}  # reason -> tasks: the same reason (say, the fgvc layout) is said once
+    for c in checks:
+        if c.build and c.build.name == "unknown":
+            why.setdefault(c.build.reason, []).append(c.task.name)
+    if why:
+        lines += ["", "build unknown (petlbench.data.build):"]
+        lines += [f"  {', '.join(names) if len(names) < len(checks) else 'all tasks'}: {reason}"
+                  for reason, names in why.items()]
+    warned = [c for c in checks if c.warnings]
+    if warned:
+        lines += ["", "split sanity (warnings, not errors):"]
+        lines += [f"  {c.task.name}: {w}" for c in warned for w in c.warnings]
     bad = [c for c in checks if not c.ok]
     if bad:
         lines += ["", "problems:"]
@@ -225,6 +247,10 @@ def run_check(suite: str | Suite, data_root: str | Path | None, tasks: list[str]
         raise UserError(f"data root {root}: folder not found (from --data-root or $PETLBENCH_DATA_ROOT)")
     checks = check_suite(the_suite, root, selected)
     print(render(checks, the_suite, root))
+    warned = [c.task.name for c in checks if c.warnings]
+    if warned:
+        print(f"petlbench: warning: split sanity: {sum(len(c.warnings) for c in checks)} warning(s) in "
+              f"{', '.join(warned)} (see above)", file=sys.stderr)
     leaky = [c.task.name for c in checks if c.leaks]
     if leaky:
         print(f"petlbench: {'error' if strict else 'warning'}: train/test leakage in {', '.join(leaky)}"

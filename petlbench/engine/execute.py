@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from petlbench.backbone import file_sha256
+from petlbench.data.build import identify
 from petlbench.data.decode import TensorData
 from petlbench.errors import UserError
 from petlbench.data.layouts import find_task_dir, split_file
@@ -129,7 +130,8 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
                      "checkpoint_sha256": b.checkpoint_sha256},
         "protocol": plan.protocol, "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
         "train": asdict(plan.train),
-        "data": {"root": str(plan.data_root), "layout": plan.suite.layout},
+        "data": {"root": str(plan.data_root), "layout": plan.suite.layout,
+                 **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record()},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
     }
