@@ -160,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="check a data root (leakage too), download a suite's data, or picture its tasks")
     dsub = d.add_subparsers(dest="data_command", required=True)
-    dc = dsub.add_parser("check", help="per task: found, images per split, classes, unreadable files")
+    dc = dsub.add_parser("check", help="per task: found, images per split, classes, data build, unreadable files; split sanity")
     dc.add_argument("--suite", required=True, help="vtab1k, fgvc, another packaged suite, or a suite YAML path")
     dc.add_argument("--data-root", help="folder holding the task folders (else the suite's, else $PETLBENCH_DATA_ROOT)")
     dc.add_argument("--tasks", help="comma-separated subset of the suite's tasks")

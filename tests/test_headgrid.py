@@ -66,6 +66,7 @@ def test_the_tune_protocol_trains_a_linear_grid_at_once(tmp_path, tiny_tasks):
                            progress=False, log=lambda line: None)
     search = [r for r in load_records(tmp_path / "r") if r["protocol"].get("stage") == "search"]
     assert len(search) == 6 and all(r["metrics"]["grid"] == "trained at once with 6 points" for r in search)
+    assert {r["data"]["build"] for r in [*search, *finals]} == {"noah-jpeg"}  # the demo writer's JPEGs, NOAH's lists
     assert finals[0]["status"] == "success" and finals[0]["selection"]["grid_points"] == 6
     again = petlbench.run(suite=str(suite), methods="linear", data_root=str(tiny_tasks), out=str(tmp_path / "r"),
                           protocol="tune", grid={"lr": [1.0, 0.5, 0.1], "weight_decay": [0.0, 0.001]},
