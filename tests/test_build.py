@@ -83,7 +83,7 @@ def test_tfds_png_with_its_manifest(tmp_path):
     build = identify(write_build(tmp_path, "cifar", "PNG", clean_pixels()))
     assert build.name == "tfds-png", build
     assert build.reason == (f"{MANIFEST} (tfds cifar100:3.0.2) matches the four lists; the 6 sampled images "
-                            "(first and last of each list) are PNGs that decode")  # train800val200's: train800's, val200's
+                            "(first and last of each list) are PNGs that decode")  # train800val200: no new ones
 
 
 def test_a_changed_list_makes_a_manifest_build_unknown(tmp_path):

@@ -114,6 +114,7 @@ def image_format(path: Path) -> str:
     magic = next((fmt for fmt, m in MAGIC.items() if head.startswith(m)), None)
     try:
         decoded = open_image(path).format
+        decoded = "JPEG" if decoded == "MPO" else decoded  # PIL's name for a JPEG carrying several pictures
     except UserError as exc:
         return f"does not decode ({str(exc).removeprefix(f'{path}: ')})"
     if magic is None or decoded != magic:
