@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
                         "(`table --report max-test` shows its max, labelled as selected on test)")
     r.add_argument("--no-weights", action="store_true",
                    help="do not save each run's task weights (trained tensors + head, safetensors beside the record)")
+    r.add_argument("--no-samples", action="store_true",
+                   help="do not save final runs' test predictions (per image: top-5 classes, probabilities, label)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     add_executor_flags(r)
     r.set_defaults(func=commands.cmd_run)
@@ -91,6 +93,10 @@ def parser() -> argparse.ArgumentParser:
                         "recorded test curve (--eval-every), selection on the test set, labelled as such")
     t.add_argument("--published", default="auto",
                    help="published rows and differences: auto (when the backbone matches), always, never")
+    t.add_argument("--per-class", metavar="TASK",
+                   help="instead: per-class test accuracy of each method on TASK (from the runs' samples)")
+    t.add_argument("--ece", action="store_true",
+                   help="add a column: expected calibration error (15 bins), mean over tasks and seeds")
     t.set_defaults(func=commands.cmd_table)
 
     pl = sub.add_parser("plot", help="accuracy vs trainable parameters (log x), PNG and SVG")

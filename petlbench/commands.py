@@ -20,7 +20,8 @@ def cmd_run(args) -> int:
     grid = parse_grid(args.grid)
     records = run(**run_arguments(args, seeds, grid), device=args.device, progress=False if args.quiet else None,
                   save_weights=not args.no_weights, executor=args.executor, workers=args.workers,
-                  runs_per_job=args.runs_per_job, slurm=slurm_arguments(args), wait=not args.no_wait)
+                  runs_per_job=args.runs_per_job, slurm=slurm_arguments(args), wait=not args.no_wait,
+                  save_samples=not args.no_samples)
     failed = [r for r in records if r["status"] != "success"]
     if len(failed) < len(records):
         print()
@@ -136,8 +137,12 @@ def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 def cmd_table(args) -> int:
     from petlbench.report.tables import render
+    if args.per_class:
+        from petlbench.report.samples import per_class_table
+        print(per_class_table(args.results, args.per_class, args.suite, args.format), end="")
+        return 0
     print(render(args.results, args.format, suite=args.suite, published=args.published, report=args.report,
-                 storage=args.storage), end="")
+                 storage=args.storage, ece=args.ece), end="")
     return 0
 
 

@@ -35,12 +35,14 @@ from petlbench.records import (SCHEMA, device_description, git_revision, is_fini
 from petlbench.registry import available_methods
 from petlbench.engine import prefix
 from petlbench.engine.features import MORE_THAN_HEAD, RunCache, why_not
+from petlbench.engine.samples import TopK, order_identity, samples_path, write_samples
 from petlbench.engine.train import Diverged, autocast_dtype, fit
 from petlbench.weights import save_task, weights_path, weights_problem
 
 
 def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, progress: bool | None,
-            log: Callable[[str], None], where: str, extra: dict | None = None, save_weights: bool = True) -> dict:
+            log: Callable[[str], None], where: str, extra: dict | None = None, save_weights: bool = True,
+            save_samples: bool = True) -> dict:
     """Run a plan unless a successful record of it (same config, same data) exists; say what happened in one line."""
     record = new_record(plan, device, extra)
     start = time.perf_counter()
@@ -73,7 +75,8 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
     record.update(run_id=plan.run_id(), data_id=plan.data_id)
     record["data"].update(preprocessing=prep, train_images=len(train), eval_images=len(evaluation),
                           train_digest=train.digest, eval_digest=evaluation.digest)
-    trained = run_one(plan, record, train, evaluation, device, progress, cache)
+    keep = TopK() if save_samples and not plan.is_search else None
+    trained = run_one(plan, record, train, evaluation, device, progress, cache, keep)
     if trained is not None and save_weights and not plan.is_search:
         target = weights_path(path)
         try:
@@ -82,6 +85,15 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
             record["weights"] = {"file": target.name, "lost": f"cannot write the task weights ({reason})"}
             log(f"{where}: weights lost: {target}: {reason}")
+    if trained is not None and keep is not None:  # written before the record, so a record never names a missing file
+        target = samples_path(path)
+        try:
+            record["samples"] = write_samples(target, keep, plan.task.classes, order_identity(
+                record["data"]["split_files_sha256"], plan.protocol["eval_splits"]))
+        except Exception as exc:  # as for the weights: the result stands without its per-sample outputs
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            record["samples"] = {"file": target.name, "lost": f"cannot write the samples ({reason})"}
+            log(f"{where}: samples lost: {target}: {reason}")
     return report(finish(record, plan, out, device, start), log, where)
 
 
@@ -110,6 +122,8 @@ def set_aside(path: Path) -> Path:
     kept.parent.mkdir(exist_ok=True)
     if weights_path(path).exists():
         os.replace(weights_path(path), weights_path(kept))
+    if samples_path(path).exists():
+        os.replace(samples_path(path), samples_path(kept))
     os.replace(path, kept)
     return kept
 
@@ -138,7 +152,8 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
 
 
 def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation: TensorData,
-            device: torch.device, progress: bool | None, cache: RunCache) -> tuple[torch.nn.Module, list[str]] | None:
+            device: torch.device, progress: bool | None, cache: RunCache,
+            keep: TopK | None = None) -> tuple[torch.nn.Module, list[str]] | None:
     """Build, train and evaluate on loaded data; the outcome (success or failure) goes into `record`.
     Returns the trained model and its task keys on success."""
     if device.type == "cuda":
@@ -150,7 +165,7 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
         record["data"].update(folder=str(task_dir), split_files_sha256={
             split: file_sha256(split_file(plan.suite.layout, task_dir, split))[:16] for split in used})
-        metrics = train_model(plan, model, task_keys, train, evaluation, device, progress, cache)
+        metrics = train_model(plan, model, task_keys, train, evaluation, device, progress, cache, keep)
         metrics[plan.metric] = metrics.pop("top1")
         if "eval_curve" in metrics:
             metrics["val_curve" if plan.is_search else "test_curve"] = metrics.pop("eval_curve")
@@ -164,12 +179,14 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
 
 
 def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], train: TensorData,
-                evaluation: TensorData, device: torch.device, progress: bool | None, cache: RunCache) -> dict:
+                evaluation: TensorData, device: torch.device, progress: bool | None, cache: RunCache,
+                keep: TopK | None = None) -> dict:
     """The one training loop; on cached pre-logit features when only the head trains (petlbench.engine.features), on
     cached activations entering block k when nothing before it trains or changed (petlbench.engine.prefix)."""
     reason = "off" if cache.features is None else why_not(model, task_keys, train)
     if reason is not None and reason != MORE_THAN_HEAD:
-        return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress), "features": f"not cached: {reason}"}
+        return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep),
+                "features": f"not cached: {reason}"}
     b, amp = plan.backbone, autocast_dtype(plan.train, device)
     identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing()}
     start = time.perf_counter()
@@ -177,16 +194,16 @@ def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], tra
         found = prefix.prepare(model, b, plan.task.classes, train, identity, cache.features, device,
                                plan.train.eval_batch_size, amp)
         if isinstance(found, str):
-            return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress),
+            return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep),
                     "features": f"not cached: {found}"}
         tail, on_train = found
         seconds = round(time.perf_counter() - start, 3)
-        metrics = fit(tail, on_train, evaluation, plan.train, device, plan.seed, progress, evaluator=model)
+        metrics = fit(tail, on_train, evaluation, plan.train, device, plan.seed, progress, evaluator=model, keep=keep)
         return {**metrics, "features": f"cached before block {tail.first}", "features_time_s": seconds}
     on_train, on_eval = (cache.features.get(model, data, identity, device, plan.train.eval_batch_size, amp)
                          for data in (train, evaluation))
     seconds = round(time.perf_counter() - start, 3)
-    metrics = fit(model.get_classifier(), on_train, on_eval, plan.train, device, plan.seed, progress)
+    metrics = fit(model.get_classifier(), on_train, on_eval, plan.train, device, plan.seed, progress, keep=keep)
     return {**metrics, "features": "cached", "features_time_s": seconds}
 
 

@@ -58,12 +58,13 @@ EXPLODED = 100.0  # an epoch's loss this far above it: stop now rather than trai
 
 
 def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
-        seed: int, progress: bool | None = None, evaluator: nn.Module | None = None) -> dict:
+        seed: int, progress: bool | None = None, evaluator: nn.Module | None = None, keep=None) -> dict:
     """Train for cfg.epochs and evaluate at the end (the number reported; no test-set selection).
 
     With cfg.eval_every = N the evaluation split is also scored every N epochs; that curve is recorded
     for comparison with papers that report the best epoch, and never used to choose anything.
     `evaluator` scores `test` instead of `model`: the full model whose tail trains on cached activations.
+    `keep` (petlbench.engine.samples.TopK) collects the last evaluation's per-image top classes.
     """
     layout = memory_format(model)
     model.to(device, memory_format=layout)
@@ -128,7 +129,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_time = time.perf_counter() - start - eval_time
-    top1 = evaluate(evaluator, test, cfg, device)
+    top1 = evaluate(evaluator, test, cfg, device, keep)
     metrics = {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_first_step": first_loss,
                "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
                "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1),
@@ -160,19 +161,24 @@ def diverged(loss: float, epoch: int, first: float) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, cfg: TrainConfig, device: torch.device) -> float:
-    """Top-1 on `data`; out of memory, the evaluation batch halves (the answer does not depend on it)."""
+def evaluate(model: nn.Module, data: TensorData, cfg: TrainConfig, device: torch.device, keep=None) -> float:
+    """Top-1 on `data`; out of memory, the evaluation batch halves (the answer does not depend on it).
+    With `keep` (a TopK) every image's top classes are collected too, and top-1 is counted from them."""
     model.eval()
     amp, layout = autocast_dtype(cfg, device), memory_format(model)
     batch = cfg.eval_batch_size
     while True:
         try:
             correct = 0
+            if keep is not None:
+                keep.clear()
             for idx in torch.arange(len(data), device=data.device).split(batch):
                 images, labels = data.batch(idx)
                 images = images.contiguous(memory_format=layout) if images.dim() == 4 else images
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    correct += (model(images).argmax(dim=1) == labels).sum().item()
+                    logits = model(images)
+                predicted = logits.argmax(dim=1) if keep is None else keep.add(logits, labels)
+                correct += (predicted == labels).sum().item()
             return correct / max(len(data), 1)
         except torch.OutOfMemoryError:
             if batch == 1:

@@ -15,6 +15,7 @@ from petlbench.errors import UserError
 from petlbench.report.published import MODES, compare
 from petlbench.records import current, load_records
 from petlbench.report.summary import KEYS, Stats, aggregate, records_frame, suite_info
+from petlbench.report.samples import ece_by_row
 
 FORMATS = ("md", "csv", "latex")
 REPORT_TITLE = {"last": "last epoch",
@@ -24,11 +25,14 @@ LATEX_SPECIAL = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textb
 
 
 def render(results: str | Path, fmt: str = "md", suite: str | None = None, published: str = "auto",
-           report: str = "last", storage: bool = False) -> str:
+           report: str = "last", storage: bool = False, ece: bool = False) -> str:
     """The table text for every suite under the folder `results` (or just `suite`)."""
     records = load_results(results, suite)
+    if ece and report != "last":
+        raise UserError("--ece: only with --report last (the samples are the last epoch's)")
+    calibration = ece_by_row(results, suite) if ece else None
     return render_records(records, fmt, where=describe(results, suite), published=published, report=report,
-                          storage=storage)
+                          storage=storage, ece=calibration)
 
 
 def load_results(results: str | Path, suite: str | None) -> list[dict]:
@@ -70,7 +74,7 @@ def suite_parts(records: list[dict], where: str, published: str = "auto", every_
 
 
 def render_records(records: list[dict], fmt: str = "md", where: str = "these runs", published: str = "auto",
-                   report: str = "last", storage: bool = False) -> str:
+                   report: str = "last", storage: bool = False, ece: dict | None = None) -> str:
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     parts = []
@@ -81,10 +85,13 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
             blocks += [cells(comparison.stats, tasks, fmt, storage), delta_cells(comparison.delta, tasks, stats, storage)]
         if fmt == "latex":
             embolden(blocks[:2], [stats] + ([comparison.stats] if len(blocks) > 1 else []))
+        if ece is not None:  # the user's rows: their ECE (%); published and difference rows have none
+            for i, block in enumerate(blocks):
+                block[ECE] = [ece_cell(ece.get((name, *row))) for row in stats.mean.index] if i == 0 else ""
         blocks = [b for b in blocks if not b.empty]
         several = stats.mean.index.get_level_values("backbone").nunique() > 1
         blocks = [b if several else b.drop(columns="backbone") for b in blocks]
-        notes = table_notes(info, stats, comparison)
+        notes = table_notes(info, stats, comparison) + ([ECE_NOTE] if ece is not None else [])
         if fmt == "csv":
             parts.append(pd.concat(blocks).assign(suite=name).to_csv(index=False))
             continue
@@ -113,6 +120,13 @@ def number(mean: float, std: float, fmt: str) -> str:
 
 
 STORAGE = "storage/task (KB)"
+ECE = "ECE (%)"
+ECE_NOTE = ("ECE (%): expected calibration error of the top-1 probability (15 equal-width bins), mean over tasks of "
+            "the mean over seeds, from the runs' samples; * some runs of the row kept none: the mean over those that did")
+
+
+def ece_cell(found: tuple[float, bool] | None) -> str:
+    return "" if found is None else f"{found[0]:.1f}" + ("" if found[1] else "*")
 
 
 def cells(stats: Stats, tasks: list[str], fmt: str, storage: bool = False) -> pd.DataFrame:

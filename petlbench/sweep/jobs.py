@@ -38,6 +38,7 @@ class Job:
     progress: bool | None = None
     threads: int | None = None  # CPU threads for the job (local workers, Slurm cpus per task); None: the ledger's
     env: dict[str, str] = field(default_factory=dict)  # set in the process that runs the job (CUDA_VISIBLE_DEVICES)
+    save_samples: bool = True  # final runs' per-image top-5 beside the record (petlbench.engine.samples)
 
     @property
     def runs(self) -> int:
@@ -79,7 +80,8 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, contexts: dict |
                 results.append(execute_grid(unit.plans, job.out, device, cache, job.progress, log, unit.wheres))
             else:
                 results.append([execute(plan, job.out, device, cache, job.progress, log, where, unit.extra,
-                                        job.save_weights) for plan, where in zip(unit.plans, unit.wheres)])
+                                        job.save_weights, job.save_samples)
+                                for plan, where in zip(unit.plans, unit.wheres)])
     return results
 
 

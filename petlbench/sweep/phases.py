@@ -42,6 +42,7 @@ class Sweep:
     cache_dir: str | None = None  # resolved path, or "none"
     save_weights: bool = True
     progress: bool | None = None
+    save_samples: bool = True
 
     def plan(self, task: Task, method: Method, seed: int, stage: str | None = None) -> RunPlan:
         protocol = self.suite.protocol("final") if stage is None else self.suite.protocol("tune", stage)
@@ -49,7 +50,8 @@ class Sweep:
                         self.data_root)
 
     def job(self, units: list[Unit]) -> Job:
-        return Job(units, self.out, self.device, self.cache_dir, self.save_weights, self.progress)
+        return Job(units, self.out, self.device, self.cache_dir, self.save_weights, self.progress,
+                   save_samples=self.save_samples)
 
 
 @dataclass

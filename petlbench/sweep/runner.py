@@ -32,13 +32,14 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
         train: dict | None = None, recipe: str | None = None, protocol: str = "final", grid: dict | None = None,
         device: str = "auto", cache_dir: str | Path | None = None, progress: bool | None = None,
         log: Callable[[str], None] | None = None, save_weights: bool = True, executor: str = "local",
-        workers: int = 1, runs_per_job: int = 1, slurm=None, wait: bool = True) -> list[dict]:
+        workers: int = 1, runs_per_job: int = 1, slurm=None, wait: bool = True,
+        save_samples: bool = True) -> list[dict]:
     """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns the final records.
     `executor`: local (in this process, or `workers` processes) or slurm (`slurm`: SlurmOptions)."""
     log = log or say
     the_sweep = make_sweep(suite, methods, seeds, tasks, backbone, backbone_args, checkpoint, random_init, mean, std,
                            data_root, out, train, recipe, protocol, grid, device, cache_dir, progress, save_weights,
-                           log)
+                           log, save_samples=save_samples)
     check_writable(the_sweep.out)
     runner = make_executor(executor, workers, runs_per_job, slurm, wait)
     threads.register()  # this process's share of the cores, re-read every epoch
@@ -64,7 +65,7 @@ def make_executor(name: str, workers: int = 1, runs_per_job: int = 1, slurm: dic
 def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=None, checkpoint=None,
                random_init=False, mean=None, std=None, data_root=None, out="results", train=None, recipe=None,
                protocol="final", grid=None, device="auto", cache_dir=None, progress=None, save_weights=True,
-               log: Callable[[str], None] = say) -> Sweep:
+               log: Callable[[str], None] = say, save_samples: bool = True) -> Sweep:
     """The command, checked and resolved (the demo's data prepared), as one Sweep value."""
     the_suite = load_suite(suite)
     if protocol not in PROTOCOLS:
@@ -87,7 +88,7 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     refuse_unsupported(method_list, check_backbone(spec), spec.name)
     cache = resolve_cache_dir(cache_dir)
     the_sweep = Sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root,
-                      Path(out), device, cache, save_weights, progress)
+                      Path(out), device, cache, save_weights, progress, save_samples=save_samples)
     for method in method_list:  # built once on the meta device (plan_one): options that do not fit are refused now
         the_sweep.plan(selected[0], method, seeds[0])
     return the_sweep
