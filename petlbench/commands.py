@@ -137,12 +137,23 @@ def numbers(text: str | None, flag: str) -> tuple[float, ...] | None:
 def cmd_table(args) -> int:
     from petlbench.report.tables import render
     print(render(args.results, args.format, suite=args.suite, published=args.published, report=args.report,
-                 storage=args.storage), end="")
+                 storage=args.storage, ppt=args.ppt), end="")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from petlbench.report.compare import render
+    print(render(args.results, args.a, args.b, args.format, suite=args.suite), end="")
     return 0
 
 
 def cmd_plot(args) -> int:
     from petlbench.report.plots import plot
+    if args.kind == "rank":
+        from petlbench.report.ranks import plot_ranks
+        for path in plot_ranks(args.results, suite=args.suite, out=args.out):
+            print(path)
+        return 0
     for path in plot(args.results, suite=args.suite, out=args.out, published=args.published):
         print(path)
     return 0
