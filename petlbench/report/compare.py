@@ -27,7 +27,8 @@ PAIRING = ("pairs: the (task, seed) runs both methods have under the same suite,
 INTERVAL = (f"interval: {LEVEL:.0%} percentile bootstrap of the mean difference, {RESAMPLES} resamples of the pairs "
             f"with replacement, numpy seed {BOOTSTRAP_SEED}")
 WILCOXON = ("p: two-sided Wilcoxon signed-rank (scipy.stats.wilcoxon, zero_method='zsplit': zero differences are "
-            "ranked and split evenly between the signs, Demšar 2006; all differences zero: p = 1)")
+            "ranked and split evenly between the signs, Demšar 2006; all differences zero: p = 1; exact distribution "
+            "up to 50 pairs without zeros or tied magnitudes, else the normal approximation with tie correction)")
 CAVEAT = ("the pairs of one task share its test set, so with several seeds per task they are not independent; "
           "the interval and p treat them as if they were and read best with one seed per task or many tasks")
 
@@ -184,7 +185,8 @@ def as_json(comparisons: list[Comparison], a: str, b: str) -> dict:
     return {
         "a": a, "b": b, "rule": RULE, "alpha": ALPHA,
         "bootstrap": {"level": LEVEL, "resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "method": "percentile"},
-        "wilcoxon": {"alternative": "two-sided", "zero_method": "zsplit", "all_zero_p": 1.0},
+        "wilcoxon": {"alternative": "two-sided", "zero_method": "zsplit", "all_zero_p": 1.0,
+                     "method": "exact up to 50 pairs without zeros or tied magnitudes, else normal approximation"},
         "comparisons": [{
             "suite": c.suite, "backbone": c.backbone, "protocol": c.protocol, "verdict": c.overall.verdict,
             "groups": [{"group": g, "tasks": tasks, **d.as_dict()} for g, tasks, d in c.groups],

@@ -7,7 +7,8 @@ Why each choice (also stated wherever the numbers are printed):
   seed (the same numbers give the same interval on every machine);
 - Wilcoxon signed-rank: scipy.stats.wilcoxon with zero_method="zsplit" (zero differences are ranked and their
   ranks split evenly between the positive and negative sums, as Demšar 2006 recommends; scipy's default
-  drops them, which overstates a difference when many pairs tie); all differences zero: p = 1;
+  drops them, which overstates a difference when many pairs tie); all differences zero: p = 1; the exact
+  distribution up to 50 pairs without zeros or ties, else the normal approximation (see wilcoxon_method);
 - ranks, Friedman and Nemenyi as in Demšar, "Statistical comparisons of classifiers over multiple data sets",
   JMLR 7, 2006 (rank 1 = best, ties averaged; critical difference CD = q_alpha sqrt(k (k+1) / (6 N)), q_alpha
   the studentized range quantile at infinite degrees of freedom over sqrt 2).
@@ -63,7 +64,14 @@ def wilcoxon_p(diffs) -> float:
         return math.nan
     if not np.any(d):
         return 1.0
-    return float(sps.wilcoxon(d, zero_method="zsplit").pvalue)
+    return float(sps.wilcoxon(d, zero_method="zsplit", method=wilcoxon_method(d)).pvalue)
+
+
+def wilcoxon_method(diffs) -> str:
+    """scipy's exact null distribution for up to 50 pairs without zeros or tied magnitudes; otherwise the normal
+    approximation with tie correction (scipy's own 'auto' would run a permutation test there: seconds per call)."""
+    d = np.abs(np.asarray(diffs, dtype=float))
+    return "exact" if d.size <= 50 and np.all(d > 0) and np.unique(d).size == d.size else "approx"
 
 
 def verdict(low: float, high: float, p: float) -> str:
