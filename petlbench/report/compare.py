@@ -137,7 +137,7 @@ def _stats(pairs: list[Pair]) -> tuple[int, Difference]:
 def _dropped(label: str, other: str, mine: dict, theirs: dict, ctx: tuple, contexts: list) -> str | None:
     """One line: the runs of `label` without a partner of `other` in this context, and those under a suite, backbone
     and protocol where the two share no (task, seed) at all."""
-    alone = [k for k in mine if k not in theirs and k[:3] == ctx]
+    alone = sorted((k for k in mine if k not in theirs and k[:3] == ctx), key=lambda k: (mine[k].get("task_index", 0), k[4]))
     elsewhere = [k for k in mine if k[:3] not in contexts]
     parts = []
     if alone:

@@ -56,11 +56,11 @@ def average_ranks(stats: Stats) -> tuple[list[float], int] | None:
 
 
 def frontier(stats: Stats) -> set | None:
-    """Rows (index keys) on the frontier of the headline mean vs trainable params, among rows with a complete mean;
-    None when fewer than two rows can be compared."""
+    """Rows (index keys) on the frontier of the headline mean vs trainable params, among the rows that have every
+    task the table shows (their means are over the same tasks); None when fewer than two rows can be compared."""
     column = stats.info.headline
-    points = {key: (stats.params_m[key], stats.mean.loc[key, column]) for key in stats.mean.index
-              if stats.complete.loc[key, column]}
+    shown = stats.mean[stats.tasks_present()].notna().all(axis=1)
+    points = {key: (stats.params_m[key], stats.mean.loc[key, column]) for key in stats.mean.index if shown[key]}
     if len([v for v in points.values() if not any(map(math.isnan, v))]) < 2:
         return None
     return pareto_front(points)
@@ -74,8 +74,8 @@ def mark_frontier(block: pd.DataFrame, stats: Stats, front: set, fmt: str) -> st
         block["method"] = [f"{m} {FRONTIER}" if flag else m for m, flag in zip(block["method"], on)]
     where = "the `pareto` column is true" if fmt == "csv" else f"{FRONTIER} beside the method"
     return (f"{where}: on the Pareto frontier of {stats.info.headline} vs trainable parameters among your rows: no "
-            "other row has at least its accuracy with at most its parameters (one of them strictly); rows with an "
-            "incomplete mean are left out")
+            "other row has at least its accuracy with at most its parameters (one of them strictly); rows lacking a "
+            "task the table shows are left out")
 
 
 def ppt_column(stats: Stats) -> str:
@@ -87,11 +87,12 @@ def add_ppt(blocks: list[pd.DataFrame], stats: Stats, published: Stats | None) -
     column = ppt_column(stats)
 
     def values(s: Stats) -> list[str]:
-        return [f"{ppt(s.mean.loc[k, column], 1e6 * s.params_m[k]):.3f}"
-                if s.complete.loc[k, column] and not math.isnan(s.params_m[k]) else "" for k in s.mean.index]
+        return ["" if math.isnan(s.mean.loc[k, column]) or math.isnan(s.params_m[k]) else
+                f"{ppt(s.mean.loc[k, column], 1e6 * s.params_m[k]):.3f}" + ("" if s.complete.loc[k, column] else "*")
+                for k in s.mean.index]
     _column(blocks, PPT, values(stats), values(published) if published is not None and len(blocks) > 1 else None)
     return (f"{PPT} (V-PETL Bench's performance-parameter trade-off): {column} / 100 x exp(-log10(P / 1e7 + 1)), "
-            "P = trainable parameters excluding the head; empty for an incomplete mean")
+            "P = trainable parameters excluding the head; * from an incomplete mean")
 
 
 def unstable_notes(stats: Stats, records: list[dict], report: str) -> list[str]:

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from petlbench.errors import UserError
 from petlbench.outputs import check_writable, written_whole
-from petlbench.report.stats import pareto_front
+from petlbench.report.marks import frontier
 from petlbench.report.summary import Stats
 from petlbench.report.tables import describe, load_results, suite_parts
 
@@ -87,7 +87,7 @@ def draw(name: str, stats: Stats, published: Stats | None) -> Figure:
         for (label, *_, complete), x, y in zip(series, xs, ys):
             ax.annotate(label + ("" if complete else " *"), (x, y), xytext=(4, 3), textcoords="offset points",
                         fontsize=8, color=style["color"])
-    draw_frontier(ax, ours, floor)
+    draw_frontier(ax, stats, floor)
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the text labels
     ax.set_xlabel(f"trainable parameters excluding the head (M, log scale; 0 drawn at {floor:g})")
@@ -101,10 +101,10 @@ def draw(name: str, stats: Stats, published: Stats | None) -> Figure:
     return figure
 
 
-def draw_frontier(ax, series: list, floor: float) -> None:
-    """Your rows' Pareto frontier (complete means only) as a step line: what no other row beats on both axes."""
-    points = {i: (max(x, floor), y) for i, (_, x, y, _, complete) in enumerate(series) if complete}
-    front = sorted(points[i] for i in pareto_front(points)) if len(points) > 1 else []
+def draw_frontier(ax, stats: Stats, floor: float) -> None:
+    """Your rows' Pareto frontier (as the table marks it) as a step line: what no other row beats on both axes."""
+    front = sorted((max(stats.params_m[k], floor), stats.mean.loc[k, stats.info.headline])
+                   for k in frontier(stats) or ())
     if front:
         ax.step([x for x, _ in front], [y for _, y in front], where="post", color="C0", alpha=0.5, linewidth=1,
                 linestyle="--", label="Pareto frontier (yours)", gid="pareto-frontier")
