@@ -109,6 +109,12 @@ def test_tie_is_no_detectable_difference(win, tmp_path):
     same = write(tmp_path / "same", grid("a", base, seeds=(0,)) + grid("b", base, seeds=(0,)))
     [c] = compare(same, "a", "b")
     assert (c.overall.mean, c.overall.p, c.overall.verdict) == (0.0, 1.0, "no detectable difference")
+    few = write(tmp_path / "few", [record(t, m, 0, 50.0 + 10 * (m == "a") + i) for i, t in enumerate(("cifar", "dtd",
+                                   "eurosat", "dmlab", "kitti")) for m in "ab"])
+    [c] = compare(few, "a", "b")
+    assert c.overall.low == c.overall.high == 10.0 and c.overall.p < 0.05, "tied: the normal approximation"
+    assert c.overall.verdict == "no detectable difference", "5 pairs: the exact test could not say p < 0.05"
+    assert "overall: fewer than 6 pairs" in render(few, "a", "b")
 
 
 def test_only_shared_task_seed_pairs_under_one_context_and_what_was_dropped(tmp_path):

@@ -67,6 +67,9 @@ def test_verdict_rule():
     assert stats.verdict(-0.1, 1.5, 0.001) == stats.TIE, "interval holds 0"
     assert stats.verdict(0.2, 1.5, 0.06) == stats.TIE, "p not below 0.05"
     assert stats.verdict(0.2, 1.5, float("nan")) == stats.TIE
+    assert stats.verdict(0.2, 1.5, 0.01, n=5) == stats.TIE, "fewer than 6 pairs"
+    assert stats.paired([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).verdict == stats.A_BETTER  # exact p = 2 / 64
+    assert stats.paired([1.0, 2.0, 3.0, 4.0, 5.0]).verdict == stats.TIE  # exact p = 2 / 32
 
 
 def test_unstable_flag_and_seeds_needed():

@@ -15,8 +15,8 @@ from tabulate import tabulate
 
 from petlbench.errors import UserError
 from petlbench.records import recency
-from petlbench.report.stats import (A_BETTER, ALPHA, B_BETTER, BOOTSTRAP_SEED, LEVEL, RESAMPLES, RULE, Difference,
-                                    paired)
+from petlbench.report.stats import (A_BETTER, ALPHA, B_BETTER, BOOTSTRAP_SEED, FEWEST, LEVEL, RESAMPLES, RULE,
+                                    Difference, paired)
 from petlbench.report.summary import suite_info
 from petlbench.report.tables import describe, load_results
 
@@ -44,7 +44,8 @@ class Pair:
 
     @property
     def difference(self) -> float:
-        return 100.0 * (self.a["metrics"]["test_top1"] - self.b["metrics"]["test_top1"])
+        # rounded: float noise (0.6 - 0.5) must not make equal differences unequal for the rank test
+        return round(100.0 * (self.a["metrics"]["test_top1"] - self.b["metrics"]["test_top1"]), 9)
 
 
 @dataclass
@@ -170,6 +171,10 @@ def render(results: str | Path, a: str, b: str, fmt: str = "md", suite: str | No
                                         "verdict"], tablefmt="github", disable_numparse=True)
         notes = [PAIRING, INTERVAL, WILCOXON, RULE.replace("verdict: ", "rule: ") + " (A better when the "
                  "interval is above 0, B better when below)", CAVEAT]
+        few = [g for g, _, d in c.groups if d.n < FEWEST]
+        if few:
+            notes.append(f"{', '.join(few)}: fewer than {FEWEST} pairs, where the exact two-sided Wilcoxon p is at best "
+                         "2 / 2^n >= 0.0625: 'no detectable difference' whatever the numbers")
         notes += [f"dropped: {d}" for d in c.dropped]
         if c.duplicates:
             notes.append(f"{c.duplicates} run(s) repeat a (method, task, seed) with other settings under one label: "
@@ -183,7 +188,7 @@ def render(results: str | Path, a: str, b: str, fmt: str = "md", suite: str | No
 
 def as_json(comparisons: list[Comparison], a: str, b: str) -> dict:
     return {
-        "a": a, "b": b, "rule": RULE, "alpha": ALPHA,
+        "a": a, "b": b, "rule": RULE, "alpha": ALPHA, "fewest_pairs": FEWEST,
         "bootstrap": {"level": LEVEL, "resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "method": "percentile"},
         "wilcoxon": {"alternative": "two-sided", "zero_method": "zsplit", "all_zero_p": 1.0,
                      "method": "exact up to 50 pairs without zeros or tied magnitudes, else normal approximation"},

@@ -24,8 +24,10 @@ from scipy import stats as sps
 
 RESAMPLES, BOOTSTRAP_SEED, LEVEL, ALPHA = 10_000, 0, 0.95, 0.05
 UNSTABLE_STD, UNSTABLE_RANGE, HALF_WIDTH = 2.0, 5.0, 1.0  # top-1 points
+FEWEST = 6  # pairs before an exact two-sided Wilcoxon p < 0.05 is possible at all (at best 2 / 2^n: 0.0625 for 5)
 RULE = (f"verdict: 'A better' (or 'B better') when the {LEVEL:.0%} bootstrap interval of the mean difference "
-        f"excludes 0 and the Wilcoxon signed-rank p < {ALPHA}; otherwise 'no detectable difference'")
+        f"excludes 0 and the Wilcoxon signed-rank p < {ALPHA}, from at least {FEWEST} pairs; otherwise 'no detectable "
+        "difference'")
 A_BETTER, B_BETTER, TIE = "A better", "B better", "no detectable difference"
 
 
@@ -74,9 +76,10 @@ def wilcoxon_method(diffs) -> str:
     return "exact" if d.size <= 50 and np.all(d > 0) and np.unique(d).size == d.size else "approx"
 
 
-def verdict(low: float, high: float, p: float) -> str:
-    """The rule: the interval excludes 0 and p < ALPHA, else no detectable difference."""
-    if not (p < ALPHA):  # NaN (no pairs) is no evidence either
+def verdict(low: float, high: float, p: float, n: int = FEWEST) -> str:
+    """The rule: the interval excludes 0 and p < ALPHA from at least FEWEST pairs (below that only the normal
+    approximation, used when differences tie, could give p < ALPHA), else no detectable difference."""
+    if not (p < ALPHA) or n < FEWEST:  # NaN (no pairs) is no evidence either
         return TIE
     if low > 0:
         return A_BETTER
@@ -89,7 +92,7 @@ def paired(diffs, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Dif
     d = np.asarray(diffs, dtype=float)
     low, high = bootstrap_interval(d, resamples, seed)
     p = wilcoxon_p(d)
-    return Difference(int(d.size), float(d.mean()) if d.size else math.nan, low, high, p, verdict(low, high, p))
+    return Difference(int(d.size), float(d.mean()) if d.size else math.nan, low, high, p, verdict(low, high, p, d.size))
 
 
 # --- ranks over tasks (Demšar 2006) ---
