@@ -74,6 +74,7 @@ def test_verdict_rule():
 
 def test_unstable_flag_and_seeds_needed():
     assert stats.unstable([65.9, 81.8]), "VPT#42: SVHN VPT-deep across seeds"
+    assert stats.seeds_needed(float(np.std([65.9, 81.8], ddof=1))) == 489  # the README's figure
     assert stats.unstable([70.0, 71.0, 72.0, 73.0, 74.0, 75.5]), "range 5.5 above 5 (std 1.98 is not above 2)"
     assert stats.unstable([70.0, 71.0, 75.2]), "std 2.75 above 2 (range 5.2)"
     assert not stats.unstable([70.0, 72.0, 74.0]), "std 2.0, range 4: not above either"
