@@ -141,6 +141,10 @@ def test_json_format_and_the_place_for_per_sample_sections(win):
     assert overall["group"] == "overall" and overall["pairs"] == len(c["pairs"]) == 57
     assert overall["mean_difference"] == pytest.approx(np.mean([p["difference"] for p in c["pairs"]]))
     assert c["verdict"] == overall["verdict"] == "A better" and c["sections"] == []
+    [found] = compare(win, "lora", "linear")
+    first = found.pairs[0]
+    assert first.a_path.name == f"{first.a['run_id']}.json" and first.a_path.parent.name == first.task
+    assert json.loads(first.b_path.read_text())["method"]["label"] == "linear", "paths for per-sample sections"
     pair = Pair("cifar", "natural", 0, record("cifar", "a", 0, 70.0), record("cifar", "b", 0, 60.0))
     assert pair.difference == pytest.approx(10.0) and extra_sections([pair]) == []
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from petlbench.errors import UserError
-from petlbench.records import recency
+from petlbench.records import recency, record_files
 from petlbench.report.stats import (A_BETTER, ALPHA, B_BETTER, BOOTSTRAP_SEED, FEWEST, LEVEL, RESAMPLES, RULE,
                                     Difference, paired)
 from petlbench.report.summary import suite_info
@@ -41,6 +41,8 @@ class Pair:
     seed: int
     a: dict
     b: dict
+    a_path: Path | None = None  # the record files (per-sample outputs sit beside them)
+    b_path: Path | None = None
 
     @property
     def difference(self) -> float:
@@ -58,8 +60,8 @@ class Section:
 
 def extra_sections(pairs: list[Pair]) -> list[Section]:
     """Sections beyond the statistics of top-1, from the paired records themselves. The place for per-sample
-    evidence (agreement of A and B, accuracy of their ensemble and of the oracle) once records carry their
-    per-sample outputs (`samples`); none yet."""
+    evidence (agreement of A and B, accuracy of their ensemble and of the oracle) from the per-sample outputs beside
+    each pair's record files (`Pair.a_path`, `b_path`, the records' `samples` key); none yet."""
     return []
 
 
@@ -117,10 +119,12 @@ def compare(results: str | Path, a: str, b: str, suite: str | None = None) -> li
     if not shared:
         raise UserError(f"compare: {a!r} and {b!r} share no (task, seed) under the same suite, backbone and protocol "
                         f"in {describe(results, suite)}; run both on the same tasks and seeds")
+    chosen = {identity(r) for label in (a, b) for r in runs[label].values()}
+    files = {identity(r): path for path, r in record_files(results) if identity(r) in chosen}  # read before: no warnings
     comparisons, contexts = [], list(dict.fromkeys(k[:3] for k in shared))
     for ctx in contexts:
-        pairs = [Pair(k[3], runs[a][k].get("task_group") or "", k[4], runs[a][k], runs[b][k])
-                 for k in shared if k[:3] == ctx]
+        pairs = [Pair(k[3], runs[a][k].get("task_group") or "", k[4], runs[a][k], runs[b][k],
+                      files.get(identity(runs[a][k])), files.get(identity(runs[b][k]))) for k in shared if k[:3] == ctx]
         order = suite_info(ctx[0], [p.a for p in pairs]).groups
         groups = [g for g in order if any(p.group == g for p in pairs)]
         rows = [(g, *_stats([p for p in pairs if p.group == g])) for g in groups] if len(groups) > 1 else []
@@ -129,6 +133,10 @@ def compare(results: str | Path, a: str, b: str, suite: str | None = None) -> li
         comparisons.append(Comparison(*ctx, pairs, rows, [d for d in dropped if d], duplicates[a] + duplicates[b],
                                       extra_sections(pairs)))
     return comparisons
+
+
+def identity(record: dict) -> tuple:
+    return record.get("run_id"), recency(record)
 
 
 def _stats(pairs: list[Pair]) -> tuple[int, Difference]:
