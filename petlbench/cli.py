@@ -1,4 +1,4 @@
-"""The `petlbench` command: run, status, table, plot, params, data, profile, eval, predict, export, ls. Bad input: one line, exit code 2."""
+"""The `petlbench` command: run, status, table, compare, plot, params, data, profile, eval, predict, export, ls. Bad input: one line, exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -97,7 +97,18 @@ def parser() -> argparse.ArgumentParser:
                    help="instead: per-class test accuracy of each method on TASK (from the runs' samples)")
     t.add_argument("--ece", action="store_true",
                    help="add a column: expected calibration error (15 bins), mean over tasks and seeds")
+    t.add_argument("--ppt", action="store_true",
+                   help="add V-PETL Bench's PPT: mean/100 x exp(-log10(trainable params / 1e7 + 1))")
     t.set_defaults(func=commands.cmd_table)
+
+    cm = sub.add_parser("compare", help="A vs B paired over (task, seed): mean difference, bootstrap interval, "
+                                        "Wilcoxon p and a verdict, per group and overall")
+    cm.add_argument("results", help="folder of records")
+    cm.add_argument("a", metavar="A", help="a method label as the table shows it, e.g. vpt_deep:tokens=10")
+    cm.add_argument("b", metavar="B", help="the other method label")
+    cm.add_argument("--suite", help="only this suite's records")
+    cm.add_argument("--format", default="md", choices=["md", "json"])
+    cm.set_defaults(func=commands.cmd_compare)
 
     pl = sub.add_parser("plot", help="accuracy vs trainable parameters (log x), PNG and SVG")
     pl.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
@@ -105,6 +116,9 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="file stem (default: RESULTS/<suite>_accuracy_vs_params); .png and .svg are added")
     pl.add_argument("--published", default="auto",
                     help="published points: auto (when the backbone matches), always, never")
+    pl.add_argument("--kind", default="params", choices=["params", "rank"],
+                    help="params (default): accuracy vs trainable parameters with the Pareto frontier; rank: the "
+                         "critical-difference diagram (average rank over tasks, Friedman + Nemenyi), RESULTS/<suite>_rank")
     pl.set_defaults(func=commands.cmd_plot)
 
     c = sub.add_parser("params", help="count parameters of methods on a backbone, without data")

@@ -142,12 +142,23 @@ def cmd_table(args) -> int:
         print(per_class_table(args.results, args.per_class, args.suite, args.format), end="")
         return 0
     print(render(args.results, args.format, suite=args.suite, published=args.published, report=args.report,
-                 storage=args.storage, ece=args.ece), end="")
+                 storage=args.storage, ece=args.ece, ppt=args.ppt), end="")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from petlbench.report.compare import render
+    print(render(args.results, args.a, args.b, args.format, suite=args.suite), end="")
     return 0
 
 
 def cmd_plot(args) -> int:
     from petlbench.report.plots import plot
+    if args.kind == "rank":
+        from petlbench.report.ranks import plot_ranks
+        for path in plot_ranks(args.results, suite=args.suite, out=args.out):
+            print(path)
+        return 0
     for path in plot(args.results, suite=args.suite, out=args.out, published=args.published):
         print(path)
     return 0

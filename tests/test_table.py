@@ -130,7 +130,7 @@ def test_vtab_group_means_and_both_overall_means_by_hand(vtab):
     frame = csv_rows(render(vtab, "csv"))
     assert list(frame.columns[:9]) == list(VPT), "the suite's task order, not the records' order"
     assert list(frame.columns[9:]) == ["mean natural", "mean specialized", "mean structured", "mean (groups)",
-                                       "mean (tasks)", "params (M)", "% backbone", "seeds", "suite"]
+                                       "mean (tasks)", "params (M)", "% backbone", "seeds", "avg rank", "suite"]
     row = frame.loc["vpt_deep"]
     assert parse(row["cifar"]) == (71.0, 1.4, False)  # (70, 72): sample std sqrt(2)
     assert parse(row["dmlab"]) == (40.0, 0.0, False)
@@ -218,13 +218,13 @@ def test_latex_bold_best_per_column_and_blocks(tmp_path):
     latex = render(write(tmp_path, records), "latex")
     lines = {line.split("&")[0].strip(): [c.strip() for c in line.rstrip(" \\").split("&")]
              for line in latex.splitlines() if "&" in line}
-    assert lines["vpt\\_deep"][1] == "\\textbf{90.0}", "yours best on CUB (published 88.5)"
+    assert lines["vpt\\_deep ◆"][1] == "\\textbf{90.0}", "yours best on CUB (published 88.5); on the frontier"
     assert lines["published: vpt\\_deep"][5] == "\\textbf{83.6}", "published best on StanfordCars (yours 80.0)"
     assert lines["linear"][1] == "80.0" and not lines["$\\Delta$ vpt\\_deep (near match)"][1].startswith("\\textbf")
     assert lines["published: vpt\\_deep"][6] == "\\textbf{89.1}", "best mean"
     rules = [line for line in latex.splitlines() if line.startswith("\\") and "rule" in line]
     assert rules == ["\\toprule", "\\midrule", "\\midrule", "\\midrule", "\\bottomrule"]  # yours | published | Δ
-    assert "\\begin{tabular}{lrrrrrrrrr}" in latex
+    assert "\\begin{tabular}{lrrrrrrrrrr}" in latex  # ... seeds, avg rank
 
 
 def test_published_only_for_matching_backbones(tmp_path):

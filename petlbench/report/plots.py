@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from petlbench.errors import UserError
 from petlbench.outputs import check_writable, written_whole
+from petlbench.report.marks import frontier
 from petlbench.report.summary import Stats
 from petlbench.report.tables import describe, load_results, suite_parts
 
@@ -86,6 +87,7 @@ def draw(name: str, stats: Stats, published: Stats | None) -> Figure:
         for (label, *_, complete), x, y in zip(series, xs, ys):
             ax.annotate(label + ("" if complete else " *"), (x, y), xytext=(4, 3), textcoords="offset points",
                         fontsize=8, color=style["color"])
+    draw_frontier(ax, stats, floor)
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the text labels
     ax.set_xlabel(f"trainable parameters excluding the head (M, log scale; 0 drawn at {floor:g})")
@@ -97,6 +99,15 @@ def draw(name: str, stats: Stats, published: Stats | None) -> Figure:
     if not all(complete for *_, complete in ours):
         figure.text(0.01, 0.005, "* mean over the tasks that row has, not all the suite's tasks", fontsize=7)
     return figure
+
+
+def draw_frontier(ax, stats: Stats, floor: float) -> None:
+    """Your rows' Pareto frontier (as the table marks it) as a step line: what no other row beats on both axes."""
+    front = sorted((max(stats.params_m[k], floor), stats.mean.loc[k, stats.info.headline])
+                   for k in frontier(stats) or ())
+    if front:
+        ax.step([x for x, _ in front], [y for _, y in front], where="post", color="C0", alpha=0.5, linewidth=1,
+                linestyle="--", label="Pareto frontier (yours)", gid="pareto-frontier")
 
 
 def published_backbone(published: Stats | None) -> str:

@@ -12,6 +12,7 @@ import pandas as pd
 from tabulate import SEPARATING_LINE, tabulate
 
 from petlbench.errors import UserError
+from petlbench.report.marks import annotate
 from petlbench.report.published import MODES, compare
 from petlbench.records import current, load_records
 from petlbench.report.summary import KEYS, Stats, aggregate, records_frame, suite_info
@@ -25,14 +26,14 @@ LATEX_SPECIAL = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textb
 
 
 def render(results: str | Path, fmt: str = "md", suite: str | None = None, published: str = "auto",
-           report: str = "last", storage: bool = False, ece: bool = False) -> str:
+           report: str = "last", storage: bool = False, ece: bool = False, ppt: bool = False) -> str:
     """The table text for every suite under the folder `results` (or just `suite`)."""
     records = load_results(results, suite)
     if ece and report != "last":
         raise UserError("--ece: only with --report last (the samples are the last epoch's)")
     calibration = ece_by_row(results, suite) if ece else None
     return render_records(records, fmt, where=describe(results, suite), published=published, report=report,
-                          storage=storage, ece=calibration)
+                          storage=storage, ece=calibration, ppt=ppt)
 
 
 def load_results(results: str | Path, suite: str | None) -> list[dict]:
@@ -74,7 +75,7 @@ def suite_parts(records: list[dict], where: str, published: str = "auto", every_
 
 
 def render_records(records: list[dict], fmt: str = "md", where: str = "these runs", published: str = "auto",
-                   report: str = "last", storage: bool = False, ece: dict | None = None) -> str:
+                   report: str = "last", storage: bool = False, ece: dict | None = None, ppt: bool = False) -> str:
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     parts = []
@@ -83,6 +84,7 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
         blocks = [cells(stats, tasks, fmt, storage)]
         if comparison is not None and comparison.stats is not None:
             blocks += [cells(comparison.stats, tasks, fmt, storage), delta_cells(comparison.delta, tasks, stats, storage)]
+        marks = annotate(blocks, stats, comparison.stats if len(blocks) > 1 else None, records, report, fmt, ppt)
         if fmt == "latex":
             embolden(blocks[:2], [stats] + ([comparison.stats] if len(blocks) > 1 else []))
         if ece is not None:  # the user's rows: their ECE (%); published and difference rows have none
@@ -91,7 +93,7 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
         blocks = [b for b in blocks if not b.empty]
         several = stats.mean.index.get_level_values("backbone").nunique() > 1
         blocks = [b if several else b.drop(columns="backbone") for b in blocks]
-        notes = table_notes(info, stats, comparison) + ([ECE_NOTE] if ece is not None else [])
+        notes = table_notes(info, stats, comparison) + marks + ([ECE_NOTE] if ece is not None else [])
         if fmt == "csv":
             parts.append(pd.concat(blocks).assign(suite=name).to_csv(index=False))
             continue
