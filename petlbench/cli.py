@@ -90,7 +90,9 @@ def parser() -> argparse.ArgumentParser:
                    help="last: the last-epoch test top-1 (the protocol's number); max-test: the max over the "
                         "recorded test curve (--eval-every), selection on the test set, labelled as such")
     t.add_argument("--published", default="auto",
-                   help="published rows and differences: auto (when the backbone matches), always, never")
+                   help="published rows and differences: auto (per method the source closest to your runs' "
+                        "selection rule, data build and weights, when the backbone matches), all (every source and "
+                        "the spread across them), always (whatever the backbone), never")
     t.set_defaults(func=commands.cmd_table)
 
     pl = sub.add_parser("plot", help="accuracy vs trainable parameters (log x), PNG and SVG")
@@ -98,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--suite", help="only this suite's records")
     pl.add_argument("--out", help="file stem (default: RESULTS/<suite>_accuracy_vs_params); .png and .svg are added")
     pl.add_argument("--published", default="auto",
-                    help="published points: auto (when the backbone matches), always, never")
+                    help="published points and the spread across sources: auto (when the backbone matches), "
+                         "all, always, never")
     pl.set_defaults(func=commands.cmd_plot)
 
     c = sub.add_parser("params", help="count parameters of methods on a backbone, without data")
