@@ -261,7 +261,7 @@ def source_notes(path: Path, visible: pd.DataFrame, profiles: dict, mode: str) -
                  "--report max-test with test_best")
     if any(p.build == "unknown" for p in profiles.values()):
         notes.append("your records do not identify their data build (no data.build): rows are matched on the "
-                     "selection rule and weights only; the builds differ by up to 15 points on cifar")
+                     "selection rule and weights only (VTAB-1k's two builds differ by up to 15 points on cifar)")
     if mode == "all":
         notes.append("spread: per method, the lowest and highest published value over every source's row shown "
                      "above (any rule, build and weights; means only from rows with every task)")
