@@ -27,7 +27,8 @@ def plot(results: str | Path, suite: str | None = None, out: str | Path | None =
          published: str = "auto") -> list[Path]:
     """Write <stem>.png and <stem>.svg per suite (default stem RESULTS/<suite>_accuracy_vs_params); return paths."""
     records = load_results(results, suite)
-    parts = list(suite_parts(records, describe(results, suite), published, every_method=True))
+    shown = "auto" if published == "all" else published  # one point per method; the spread bar shows the rest
+    parts = list(suite_parts(records, describe(results, suite), shown, every_method=True))
     if out is not None and len(parts) > 1:
         names = ", ".join(name for name, *_ in parts)
         raise UserError(f"--out: {results} holds several suites ({names}); pick one with --suite")
@@ -56,7 +57,7 @@ def slug(name: str) -> str:
 def points(stats: Stats, short: dict | None = None) -> list[tuple[str, float, float, float, bool]]:
     """(label, params M, headline mean, its std, complete) per row that has both numbers (`short`: row -> label)."""
     column = stats.info.headline
-    several = stats.mean.index.get_level_values("backbone").nunique() > 1
+    several = short is None and stats.mean.index.get_level_values("backbone").nunique() > 1  # published: legend
     found = []
     for key in stats.mean.index:
         x, y = stats.params_m[key], stats.mean.loc[key, column]
