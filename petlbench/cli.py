@@ -92,7 +92,9 @@ def parser() -> argparse.ArgumentParser:
                    help="last: the last-epoch test top-1 (the protocol's number); max-test: the max over the "
                         "recorded test curve (--eval-every), selection on the test set, labelled as such")
     t.add_argument("--published", default="auto",
-                   help="published rows and differences: auto (when the backbone matches), always, never")
+                   help="published rows and differences: auto (per method the source closest to your runs' "
+                        "selection rule, data build and weights, when the backbone matches), all (every source and "
+                        "the spread across them), always (whatever the backbone), never")
     t.add_argument("--per-class", metavar="TASK",
                    help="instead: per-class test accuracy of each method on TASK (from the runs' samples)")
     t.add_argument("--ece", action="store_true",
@@ -115,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--suite", help="only this suite's records")
     pl.add_argument("--out", help="file stem (default: RESULTS/<suite>_accuracy_vs_params); .png and .svg are added")
     pl.add_argument("--published", default="auto",
-                    help="published points: auto (when the backbone matches), always, never")
+                    help="published points and the spread across sources: auto (when the backbone matches), "
+                         "all, always, never")
     pl.add_argument("--kind", default="params", choices=["params", "rank"],
                     help="params (default): accuracy vs trainable parameters with the Pareto frontier; rank: the "
                          "critical-difference diagram (average rank over tasks, Friedman + Nemenyi), RESULTS/<suite>_rank")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from pathlib import Path
+
+import pandas as pd
 import pytest
 
 from conftest import assert_one_line_error, petlbench_cli
@@ -48,9 +51,10 @@ def test_plot_writes_png_and_svg_with_published_points(tmp_path):
     assert {"your-points", "published-points"} <= ids, "published markers beside yours"
     group = next(e for e in ET.parse(paths[1]).getroot().iter() if e.get("id") == "published-points")
     markers = [e.get("style") for e in group.iter(f"{SVG}use")]
-    assert len(markers) == 13, "the published methods that give params (convpass gives none)"
+    methods = pd.read_csv(Path(__file__).parents[1] / "results/published/published_vtab1k.csv")["method"].nunique()
+    assert len(markers) == methods == 27, "every published method, at its closest row (each gives params)"
     assert all("fill-opacity: 0" in m for m in markers), "hollow"
-    assert "published (vit_base_patch16_224.orig_in21k)" in texts
+    assert "published (vit_base_patch16_224.orig_in21k)" in texts and "published: range across sources" in texts
     assert "ssf" in texts, "every published method is a point, not only the ones you ran"
     assert "vpt_deep *" in texts, "3 of 19 tasks: the point is marked"
     assert "0 drawn at 0.001" in texts, "linear's zero params sit at a floor the axis label names"

@@ -91,4 +91,4 @@ def test_adapter_plus_normalises_with_the_backbones_own_mean_and_std():
     own = plan("adapter_plus")
     assert own.backbone.mean is None and own.backbone.std is None, "None: the weights' pretrained config decides"
     assert own.backbone.args["drop_path_rate"] == 0.1 and own.backbone.interpolation == "bicubic"
-    assert own.preprocessing()["mean"] == [0.5, 0.5, 0.5], "vit_base_patch16_224.augreg_in21k's own"
+    assert own.preprocessing()["mean"] == [0.5, 0.5, 0.5], "vit_base_patch16_224.orig_in21k's own (vtab1k's backbone)"

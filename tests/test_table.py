@@ -149,22 +149,32 @@ def test_vtab_group_means_and_both_overall_means_by_hand(vtab):
     assert "99.0" not in render(vtab, "md"), "search-stage (tuning) records never appear"
 
 
+def published(frame, method, source):
+    """The row label of `method`'s published row from `source` (its key: vpt, noah, petl_vision, ...)."""
+    found = [label for label in frame.index if label.startswith(f"published: {method} [{source} ")]
+    assert len(found) == 1, (method, source, list(frame.index))
+    return found[0]
+
+
 def test_vtab_published_rows_and_differences(vtab):
     frame = csv_rows(render(vtab, "csv"))
-    published = frame.loc["published: vpt_deep"]  # VPT Table 1 numbers, in results/published/published_vtab1k.csv
-    assert parse(published["cifar"]) == (78.8, None, False) and parse(published["eurosat"]) == (96.1, None, False)
-    assert published["params (M)"] == "0.560" and published["seeds"] == ""
-    delta = frame.loc["Δ vpt_deep (near match)"]  # augreg_in21k vs the published orig_in21k
+    # a final run (untuned), build unknown: the closest rows are val_last; VPT's (5 seeds) before PETL_Vision's (1)
+    assert published(frame, "vpt_deep", "vpt") == "published: vpt_deep [vpt (val_last, tfds-png, orig_in21k)]"
+    published_row = frame.loc[published(frame, "vpt_deep", "vpt")]  # VPT Table 1, results/published/published_vtab1k.csv
+    assert parse(published_row["cifar"]) == (78.8, None, False) and parse(published_row["eurosat"]) == (96.1, None, False)
+    assert published_row["params (M)"] == "0.560" and published_row["seeds"] == ""
+    delta = frame.loc["Δ vpt_deep vs vpt (near match)"]  # augreg_in21k vs the published orig_in21k
     assert delta["cifar"] == "-7.8"  # 71 - 78.8
     assert delta["eurosat"] == "-5.1"  # 91 - 96.1
     assert delta["dmlab"] == "-6.5"  # 40 - 46.5
     # specialized 78.625 - (81.8 + 96.1 + 83.4 + 68.4) / 4 = 78.625 - 82.425
     assert delta["mean specialized"] == "-3.8"
     assert delta["mean natural"] == "" and delta["mean (groups)"] == "", "no difference of an incomplete mean"
-    assert "published: linear" in frame.index and "Δ linear (near match)" in frame.index
-    assert "published: full" not in frame.index, "published rows only for the methods in the results"
+    assert published(frame, "linear", "vpt") and "Δ linear vs vpt (near match)" in frame.index
+    assert not any(label.startswith("published: full ") for label in frame.index), "only the methods you ran"
     md = render(vtab, "md")
-    assert "VPT (Jia et al., ECCV 2022) Table 1" in md and "near match: vit_base_patch16_224.augreg_in21k" in md
+    assert "vpt = VPT (Jia et al., ECCV 2022) Table 1" in md and "near match: vit_base_patch16_224.augreg_in21k" in md
+    assert "⚠ vpt_deep: compared with VPT" in md and "the selection rule and backbone weights differ" in md
     assert "published" not in render(vtab, "csv", published="never")
 
 
@@ -174,28 +184,31 @@ def test_published_group_means_reproduce_the_papers(tmp_path):
                 "vpt_shallow": (76.8, 79.7, 47.0, 67.8), "vpt_deep": (78.5, 82.4, 55.0, 72.0),
                 "lora": (79.5, 84.6, 59.8, 74.6), "ssf": (81.6, 86.6, 59.0, 75.7)}  # design.md section 6
     write(tmp_path, [run_record("vtab1k", "cifar", m, 0, 50.0, backbone=ORIG) for m in expected])
-    frame = csv_rows(render(tmp_path, "csv"))
+    frame = csv_rows(render(tmp_path, "csv", published="all"))
     columns = ["mean natural", "mean specialized", "mean structured", "mean (groups)"]
     for method, means in expected.items():
-        mark = " †" if method in ("lora", "ssf") else ""  # NOAH and SSF keep the best test epoch; VPT does not
-        got = [parse(frame.loc[f"published: {method}{mark}", c]) for c in columns]
+        source = {"lora": "noah", "ssf": "ssf"}.get(method, "vpt")
+        label = published(frame, method, source)
+        assert label.endswith(" †") == (source != "vpt"), "NOAH and SSF keep the best test epoch; VPT does not"
+        got = [parse(frame.loc[label, c]) for c in columns]
         assert all(not marked for _, _, marked in got), method
         assert [m for m, _, _ in got] == pytest.approx(means, abs=0.051), method
     # linear, all 19 tasks: 1005.9 / 19 = 52.94 -- not the mean of the group means
-    assert parse(frame.loc["published: linear", "mean (tasks)"])[0] == 52.9
-    assert "Δ linear" in frame.index, "exact match: no (near match) label"
+    assert parse(frame.loc[published(frame, "linear", "vpt"), "mean (tasks)"])[0] == 52.9
+    assert "Δ linear vs vpt" in frame.index, "exact match: no (near match) label"
 
 
 def test_full_vtab_row_differences_of_every_mean(tmp_path):
     """Published linear + 1 point on every task: every difference, the means' too, is +1.0."""
-    row = pd.read_csv(Path(__file__).parents[1] / "results/published/published_vtab1k.csv").set_index("method")
+    table = pd.read_csv(Path(__file__).parents[1] / "results/published/published_vtab1k.csv")
+    row = table[table["source_key"] == "vpt"].set_index("method")
     from petlbench.suite import load_suite
     tasks = [t.name for t in load_suite("vtab1k").tasks]
     write(tmp_path, [run_record("vtab1k", t, "linear", s, row.loc["linear", t] + 1, backbone=ORIG)
                      for t in tasks for s in (0, 1)])
     frame = csv_rows(render(tmp_path, "csv"))
     assert not any(c.endswith("*") for c in frame.loc["linear"]), "all 19 tasks: nothing marked"
-    assert set(frame.loc["Δ linear", tasks[0]:"mean (tasks)"]) == {"+1.0"}
+    assert set(frame.loc["Δ linear vs vpt", tasks[0]:"mean (tasks)"]) == {"+1.0"}
 
 
 def test_fgvc_per_dataset_and_mean_with_published_by_alias(tmp_path):
@@ -204,11 +217,12 @@ def test_fgvc_per_dataset_and_mean_with_published_by_alias(tmp_path):
     frame = csv_rows(render(tmp_path, "csv"))
     assert list(frame.columns[:6]) == [*accs, "mean"], "one group: one mean, no group columns"
     assert frame.loc["vpt_deep", "mean"] == "86.8"  # 434 / 5
-    assert frame.loc["published: vpt_deep", "CUB"] == "88.5"  # csv column `cub`, an alias of CUB
-    assert frame.loc["published: vpt_deep", "StanfordCars"] == "83.6"  # `stanford_cars`
-    assert frame.loc["published: vpt_deep", "mean"] == "89.1"  # (88.5 + 84.2 + 99.0 + 90.2 + 83.6) / 5
-    assert frame.loc["Δ vpt_deep (near match)", "CUB"] == "+1.5"
-    assert frame.loc["Δ vpt_deep (near match)", "mean"] == "-2.3"  # 86.8 - 89.1
+    vpt = published(frame, "vpt_deep", "vpt")
+    assert frame.loc[vpt, "CUB"] == "88.5"  # csv column `cub`, an alias of CUB
+    assert frame.loc[vpt, "StanfordCars"] == "83.6"  # `stanford_cars`
+    assert frame.loc[vpt, "mean"] == "89.1"  # (88.5 + 84.2 + 99.0 + 90.2 + 83.6) / 5
+    assert frame.loc["Δ vpt_deep vs vpt (near match)", "CUB"] == "+1.5"
+    assert frame.loc["Δ vpt_deep vs vpt (near match)", "mean"] == "-2.3"  # 86.8 - 89.1
 
 
 def test_latex_bold_best_per_column_and_blocks(tmp_path):
@@ -218,10 +232,11 @@ def test_latex_bold_best_per_column_and_blocks(tmp_path):
     latex = render(write(tmp_path, records), "latex")
     lines = {line.split("&")[0].strip(): [c.strip() for c in line.rstrip(" \\").split("&")]
              for line in latex.splitlines() if "&" in line}
+    vpt = next(k for k in lines if k.startswith("published: vpt\\_deep [vpt "))
     assert lines["vpt\\_deep ◆"][1] == "\\textbf{90.0}", "yours best on CUB (published 88.5); on the frontier"
-    assert lines["published: vpt\\_deep"][5] == "\\textbf{83.6}", "published best on StanfordCars (yours 80.0)"
-    assert lines["linear"][1] == "80.0" and not lines["$\\Delta$ vpt\\_deep (near match)"][1].startswith("\\textbf")
-    assert lines["published: vpt\\_deep"][6] == "\\textbf{89.1}", "best mean"
+    assert lines[vpt][5] == "\\textbf{83.6}", "published best on StanfordCars (yours 80.0)"
+    assert lines["linear"][1] == "80.0" and not lines["$\\Delta$ vpt\\_deep vs vpt (near match)"][1].startswith("\\textbf")
+    assert lines[vpt][6] == "\\textbf{89.1}", "best mean"
     rules = [line for line in latex.splitlines() if line.startswith("\\") and "rule" in line]
     assert rules == ["\\toprule", "\\midrule", "\\midrule", "\\midrule", "\\bottomrule"]  # yours | published | Δ
     assert "\\begin{tabular}{lrrrrrrrrrr}" in latex  # ... seeds, avg rank
@@ -238,7 +253,7 @@ def test_published_only_for_matching_backbones(tmp_path):
     md = render(tmp_path, "md")
     assert "published: linear" not in md and "not shown: no row's backbone matches" in md
     always = csv_rows(render(tmp_path, "csv", published="always"))
-    assert always.loc["Δ linear (other backbone)", "CUB"] == "-15.3"  # 70 - 85.3
+    assert always.loc["Δ linear vs vpt (other backbone)", "CUB"] == "-15.3"  # 70 - 85.3
     with pytest.raises(UserError, match="--published: expected one of auto, always, never"):
         render(tmp_path, "md", published="sometimes")
 

@@ -194,8 +194,9 @@ def test_published_rows_carry_the_test_selection_mark(tmp_path):
     tasks = [("cifar", "natural"), ("eurosat", "specialized"), ("dmlab", "structured")]
     results = write_runs(tmp_path / "results", "vtab1k", tasks, {"adapter": (70.0, 156_768), "linear": (60.0, 0)})
     text = petlbench.table(results)
-    assert "published: adapter †" in text, "NOAH's adapter numbers are the best test epoch"
-    assert "published: linear |" in text or "published: linear " in text and "published: linear †" not in text
+    assert "published: adapter [noah (test_best, noah-jpeg, orig_in21k)] †" in text, "NOAH's: the best test epoch"
+    linear = next(line for line in text.splitlines() if line.startswith("| published: linear ["))
+    assert "[vpt (val_last, tfds-png, orig_in21k)]" in linear and "†" not in linear, "VPT's: tuned on val, no mark"
     assert "selected on the test set" in text
 
 

@@ -28,7 +28,8 @@ def plot(results: str | Path, suite: str | None = None, out: str | Path | None =
          published: str = "auto") -> list[Path]:
     """Write <stem>.png and <stem>.svg per suite (default stem RESULTS/<suite>_accuracy_vs_params); return paths."""
     records = load_results(results, suite)
-    parts = list(suite_parts(records, describe(results, suite), published, every_method=True))
+    shown = "auto" if published == "all" else published  # one point per method; the spread bar shows the rest
+    parts = list(suite_parts(records, describe(results, suite), shown, every_method=True))
     if out is not None and len(parts) > 1:
         names = ", ".join(name for name, *_ in parts)
         raise UserError(f"--out: {results} holds several suites ({names}); pick one with --suite")
@@ -38,7 +39,8 @@ def plot(results: str | Path, suite: str | None = None, out: str | Path | None =
         stem = Path(out) if out is not None else folder / f"{slug(name)}_accuracy_vs_params"
         if stem.suffix.lower() in SUFFIXES:
             stem = stem.with_suffix("")
-        figure = draw(name, stats, comparison.stats if comparison is not None else None)
+        figure = draw(name, stats, comparison.stats if comparison is not None else None,
+                      comparison.spread if comparison is not None else None, comparison.short if comparison else None)
         check_writable(stem.parent, "--out", "plots")
         for suffix in SUFFIXES:
             path = stem.parent / (stem.name + suffix)
@@ -53,22 +55,27 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(name)).lstrip(".") or "suite"
 
 
-def points(stats: Stats) -> list[tuple[str, float, float, float, bool]]:
-    """(label, params M, headline mean, its std, complete) per row that has both numbers."""
+def points(stats: Stats, short: dict | None = None) -> list[tuple[str, float, float, float, bool]]:
+    """(label, params M, headline mean, its std, complete) per row that has both numbers (`short`: row -> label)."""
     column = stats.info.headline
-    several = stats.mean.index.get_level_values("backbone").nunique() > 1
+    several = short is None and stats.mean.index.get_level_values("backbone").nunique() > 1  # published: legend
     found = []
     for key in stats.mean.index:
         x, y = stats.params_m[key], stats.mean.loc[key, column]
         if not (math.isnan(x) or math.isnan(y)):
-            label = key[0].removeprefix("published: ") + (f" [{key[1].split(' (')[0]}]" if several else "")
+            label = (short or {}).get(key) or key[0].removeprefix("published: ")
+            label += f" [{key[1].split(' (')[0]}]" if several else ""
             found.append((label, x, y, stats.std.loc[key, column], bool(stats.complete.loc[key, column])))
     return found
 
 
-def draw(name: str, stats: Stats, published: Stats | None) -> Figure:
-    ours, theirs = points(stats), points(published) if published is not None else []
-    positive = [x for _, x, *_ in ours + theirs if x > 0]
+def draw(name: str, stats: Stats, published: Stats | None, spread: dict | None = None,
+         short: dict | None = None) -> Figure:
+    """The figure; `spread` (method -> (every source's rows, the partner row)) draws each method's range of
+    published headline means across sources as a vertical bar at its parameter count."""
+    ours, theirs = points(stats), points(published, short) if published is not None else []
+    bars = spread_bars(spread or {}, stats.info.headline)
+    positive = [x for _, x, *_ in ours + theirs if x > 0] + [x for _, x, _, _ in bars if x > 0]
     floor = 10 ** math.floor(math.log10(min(positive))) / 10 if positive else 1e-3
     figure = Figure(figsize=(7, 4.8))
     FigureCanvasAgg(figure)
@@ -88,6 +95,10 @@ def draw(name: str, stats: Stats, published: Stats | None) -> Figure:
             ax.annotate(label + ("" if complete else " *"), (x, y), xytext=(4, 3), textcoords="offset points",
                         fontsize=8, color=style["color"])
     draw_frontier(ax, stats, floor)
+    if bars:
+        ax.vlines([max(x, floor) for _, x, _, _ in bars], [lo for *_, lo, _ in bars], [hi for *_, hi in bars],
+                  colors="C1", alpha=0.45, linewidth=5, gid="published-spread",
+                  label="published: range across sources")
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the text labels
     ax.set_xlabel(f"trainable parameters excluding the head (M, log scale; 0 drawn at {floor:g})")
@@ -113,4 +124,18 @@ def draw_frontier(ax, stats: Stats, floor: float) -> None:
 def published_backbone(published: Stats | None) -> str:
     if published is None or published.mean.empty:
         return ""
-    return published.mean.index[0][1].removesuffix(" (published)")
+    return ", ".join(dict.fromkeys(key[1].removesuffix(" (published)") for key in published.mean.index))
+
+
+def spread_bars(spread: dict, column: str) -> list[tuple[str, float, float, float]]:
+    """(method, params M, lowest, highest) of each method whose complete published means differ across sources;
+    x is the partner row's parameter count (else the median over the sources that give one)."""
+    bars = []
+    for method, (stats, partner) in spread.items():
+        values = stats.mean[column].where(stats.complete[column]).dropna()
+        params = stats.params_m.dropna()
+        if len(values) < 2 or values.min() == values.max() or params.empty:
+            continue
+        x = stats.params_m.get(partner, float("nan")) if partner is not None else float("nan")
+        bars.append((method, float(params.median() if math.isnan(x) else x), float(values.min()), float(values.max())))
+    return bars

@@ -117,6 +117,8 @@ def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
             "weights": r["backbone"]["weights"], "seed": r["seed"], "top1": 100.0 * top1,
             "trainable_excl_head": r["params"]["trainable_excl_head"], "backbone_params": r["params"]["backbone"],
             "weights_bytes": (r.get("weights") or {}).get("bytes", float("nan")),
+            "protocol": r.get("protocol", {}).get("name", "final"),  # what published row it is compared with
+            "build": str((r.get("data") or {}).get("build") or "unknown"),  # data.build; older records: unknown
         })
     frame = pd.DataFrame(rows)
     if not frame.empty:

@@ -84,6 +84,8 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
         blocks = [cells(stats, tasks, fmt, storage)]
         if comparison is not None and comparison.stats is not None:
             blocks += [cells(comparison.stats, tasks, fmt, storage), delta_cells(comparison.delta, tasks, stats, storage)]
+            if comparison.shown_all:  # --published all: the spread across sources per method
+                blocks.append(spread_cells(comparison.spread, tasks, stats, storage))
         marks = annotate(blocks, stats, comparison.stats if len(blocks) > 1 else None, records, report, fmt, ppt)
         if fmt == "latex":
             embolden(blocks[:2], [stats] + ([comparison.stats] if len(blocks) > 1 else []))
@@ -154,6 +156,19 @@ def delta_cells(delta: pd.DataFrame, tasks: list[str], user: Stats, storage: boo
     for col in ("params (M)", "% backbone", *([STORAGE] if storage else []), "seeds"):
         out[col] = ""
     return out.reset_index()
+
+
+def spread_cells(spread: dict, tasks: list[str], user: Stats, storage: bool = False) -> pd.DataFrame:
+    """Per method, 'lowest-highest' of its published rows across sources (means only from complete rows)."""
+    columns = tasks + user.info.aggregates()
+    rows = []
+    for method, (stats, _) in spread.items():
+        values = stats.mean[columns].where(stats.complete[columns])
+        low, high = values.min(), values.max()
+        rows.append({"method": f"spread: {method} ({len(values)} rows)", "backbone": "(published)"}
+                    | {c: f"{low[c]:.1f}-{high[c]:.1f}" if pd.notna(low[c]) else "" for c in columns}
+                    | {c: "" for c in ("params (M)", "% backbone", *([STORAGE] if storage else []), "seeds")})
+    return pd.DataFrame(rows)
 
 
 def embolden(blocks: list[pd.DataFrame], stats: list[Stats]) -> None:
