@@ -2,6 +2,8 @@
 the reader verifies them and measures per-class accuracy, calibration and two runs' agreement, ensemble, oracle."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +184,26 @@ def test_pairwise_on_two_real_runs(tiny_results):
     assert oracle_accuracy(full, linear) >= max(full.top1(), linear.top1())
     assert 0 <= ensemble_accuracy(full, linear) <= oracle_accuracy(full, linear)
     assert agreement(full, full) == 1.0 and ensemble_accuracy(full, full) == full.top1()
+
+
+def test_compare_reports_agreement_ensemble_and_oracle_from_the_samples(tiny_results):
+    result = petlbench_cli("compare", str(tiny_results / "results"), "full", "linear", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    (comparison,) = json.loads(result.stdout)["comparisons"]
+    (section,) = comparison["sections"]
+    rows = {(r["task"], r["seed"]): r for r in section["pairs"]}
+    assert rows and not section["skipped"]
+    for path in (tiny_results / "results" / "tiny").glob("*/full__seed*__*.json"):
+        full = load_samples(path)
+        seed = int(path.name.split("__seed")[1].split("__")[0])
+        linear = load_samples(next(path.parent.glob(f"linear__seed{seed}__*.json")))
+        row = rows[(path.parent.name, seed)]
+        assert row["A"] == pytest.approx(100 * full.top1()) and row["B"] == pytest.approx(100 * linear.top1())
+        assert row["agree"] == pytest.approx(100 * agreement(full, linear))
+        assert row["ensemble"] == pytest.approx(100 * ensemble_accuracy(full, linear))
+        assert row["oracle"] == pytest.approx(100 * oracle_accuracy(full, linear))
+    text = petlbench_cli("compare", str(tiny_results / "results"), "full", "linear").stdout
+    assert "per-sample: agreement, ensemble and oracle" in text and "oracle: either run right" in text
 
 
 def test_no_samples_writes_none(tmp_path):

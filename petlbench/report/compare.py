@@ -17,6 +17,7 @@ from petlbench.errors import UserError
 from petlbench.records import recency, record_files
 from petlbench.report.stats import (A_BETTER, ALPHA, B_BETTER, BOOTSTRAP_SEED, FEWEST, LEVEL, RESAMPLES, RULE,
                                     Difference, paired)
+from petlbench.report.samples import agreement, ensemble_accuracy, load_samples, oracle_accuracy
 from petlbench.report.summary import suite_info
 from petlbench.report.tables import describe, load_results
 
@@ -59,10 +60,28 @@ class Section:
 
 
 def extra_sections(pairs: list[Pair]) -> list[Section]:
-    """Sections beyond the statistics of top-1, from the paired records themselves. The place for per-sample
-    evidence (agreement of A and B, accuracy of their ensemble and of the oracle) from the per-sample outputs beside
-    each pair's record files (`Pair.a_path`, `b_path`, the records' `samples` key); none yet."""
-    return []
+    """Per-sample evidence from the outputs beside each pair's records: how often A and B agree, and the accuracy
+    of their ensemble and of the oracle (either right), which PETL_Vision reports as the case for ensembling."""
+    rows, skipped = [], []
+    for p in pairs:
+        try:
+            a, b = load_samples(p.a_path, p.a), load_samples(p.b_path, p.b)
+            rows.append((p.task, p.seed, 100 * a.top1(), 100 * b.top1(), 100 * agreement(a, b),
+                         100 * ensemble_accuracy(a, b), 100 * oracle_accuracy(a, b)))
+        except (UserError, TypeError) as exc:  # TypeError: a record file not found (path None)
+            skipped.append(f"{p.task} seed {p.seed}: {exc if isinstance(exc, UserError) else 'record file not found'}")
+    if not rows:
+        return []
+    head = ("task", "seed", "A", "B", "agree", "ensemble", "oracle")
+    mean = ("mean", "", *(sum(r[i] for r in rows) / len(rows) for i in range(2, 7)))
+    text = tabulate([*rows, mean], headers=head, tablefmt="github", floatfmt=".2f", disable_numparse=False)
+    text += ("\n\nagree: share of test images where A and B predict the same class; ensemble: the mean of both runs' "
+             "softmax probabilities, each known on its stored top-5 only (0 elsewhere); oracle: either run right; "
+             "per-sample outputs only, never used for any choice")
+    if skipped:
+        text += f"\n\n{len(skipped)} pair(s) without usable samples: " + "; ".join(skipped)
+    data = {"pairs": [dict(zip(head, r)) for r in rows], "mean": dict(zip(head[2:], mean[2:])), "skipped": skipped}
+    return [Section("per-sample: agreement, ensemble and oracle", text, data)]
 
 
 @dataclass
