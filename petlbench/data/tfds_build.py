@@ -85,6 +85,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def import_tfds() -> Any:
     """tensorflow_datasets with tensorflow (it reads the TFRecord files), or one line naming the extra."""
+    import timm  # noqa: F401  before tensorflow: torch's triton (which timm imports) segfaults when loaded after it
     try:
         import tensorflow  # noqa: F401
         import tensorflow_datasets as tfds
