@@ -181,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["methods", "suites"])
     ls.set_defaults(func=commands.cmd_ls)
 
-    d = sub.add_parser("data", help="check a data root (leakage too), download a suite's data, or picture its tasks")
+    d = sub.add_parser("data", help="check a data root (leakage too), download or build a suite's data, or picture its tasks")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dc = dsub.add_parser("check", help="per task: found, images per split, classes, data build, unreadable files; split sanity")
     dc.add_argument("--suite", required=True, help="vtab1k, fgvc, another packaged suite, or a suite YAML path")
@@ -203,6 +203,14 @@ def parser() -> argparse.ArgumentParser:
     ds.add_argument("--tasks", help="comma-separated subset of the suite's tasks")
     ds.add_argument("--out", default="data-show", help="folder for the PNGs (default: data-show)")
     ds.add_argument("--per-class", type=int, default=4, help="training images shown per class (default: 4)")
+    db = dsub.add_parser("build", help="write VTAB-1k as lossless PNGs in the NOAH layout from prepared TFDS datasets")
+    db.add_argument("suite", choices=["vtab1k"], help="vtab1k (VTAB-1k's official splits, as task_adaptation defines)")
+    db.add_argument("--from", dest="source", required=True, choices=["tfds"],
+                    help="tfds: the TFDS datasets prepared in --tfds-dir (pip install petlbench[tfds])")
+    db.add_argument("--to", required=True, help="data root to write the task folders into")
+    db.add_argument("--tasks", help="comma-separated subset of the suite's tasks")
+    db.add_argument("--tfds-dir", help="TFDS data dir holding the prepared datasets (default: TFDS's own)")
+    db.add_argument("--force", action="store_true", help="replace task folders that already exist")
     d.set_defaults(func=commands.cmd_data)
     return p
 

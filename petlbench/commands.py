@@ -287,5 +287,10 @@ def cmd_data(args) -> int:
     if args.data_command == "show":
         from petlbench.data.show import run_show
         return run_show(args.suite, args.data_root, tasks, args.out, args.per_class)
+    if args.data_command == "build":
+        from petlbench.data.check import run_check
+        from petlbench.data.tfds_build import build_vtab1k
+        build_vtab1k(args.to, tasks, tfds_dir=args.tfds_dir, force=args.force)
+        return run_check(args.suite, args.to, tasks)
     from petlbench.data.download import download
     return download(args.suite, args.to, repo=args.repo, archives=args.archive, tasks=tasks)
