@@ -1,4 +1,4 @@
-"""The `petlbench` command: run, status, table, compare, plot, params, data, profile, eval, predict, export, ls. Bad input: one line, exit code 2."""
+"""The `petlbench` command: run, status, table, compare, plot, report, params, data, profile, eval, predict, export, ls. Bad input: one line, exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -84,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("table", help="tabulate run records: method x task top-1, mean, params")
     t.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
-    t.add_argument("--format", default="md", help="md, csv or latex (booktabs, best per column in bold)")
+    t.add_argument("--format", default="md", help="md, csv, latex (booktabs, best per column in bold) or html")
     t.add_argument("--suite", help="only this suite's records")
     t.add_argument("--storage", action="store_true",
                    help="add the size of the saved task weights (trainable tensors + head), KB per task")
@@ -123,6 +123,13 @@ def parser() -> argparse.ArgumentParser:
                     help="params (default): accuracy vs trainable parameters with the Pareto frontier; rank: the "
                          "critical-difference diagram (average rank over tasks, Friedman + Nemenyi), RESULTS/<suite>_rank")
     pl.set_defaults(func=commands.cmd_plot)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page: tables with their sources, the accuracy-vs-"
+                                       "params plot with the frontier, the rank plot, flagged tasks, per-class accuracy")
+    rp.add_argument("results", nargs="?", default="results", help="folder of records (default: results)")
+    rp.add_argument("-o", "--out", default="report.html", help="the page to write (default: report.html)")
+    rp.add_argument("--suite", help="only this suite's records")
+    rp.set_defaults(func=commands.cmd_report)
 
     c = sub.add_parser("params", help="count parameters of methods on a backbone, without data")
     c.add_argument("--backbone", required=True, help="timm model name (random weights; nothing is fetched)")

@@ -164,6 +164,12 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from petlbench.report.page import write_report
+    print(write_report(args.results, args.out, suite=args.suite))
+    return 0
+
+
 def cmd_params(args) -> int:
     from petlbench.backbone import BackboneSpec, check_backbone
     from petlbench.params import count_params

@@ -29,13 +29,7 @@ def plot_ranks(results: str | Path, suite: str | None = None, out: str | Path | 
     folder = Path(results) if Path(results).is_dir() else Path(results).parent
     written = []
     for name, _, stats, _ in parts:
-        table = rank_table(stats.mean[stats.tasks_present()])
-        if len(table.index) < 2 or table.shape[1] == 0:
-            raise UserError(f"suite {name}: a rank plot needs at least two methods that share a task "
-                            f"({len(stats.mean.index)} method row(s), {table.shape[1]} task(s) every row has)")
-        several = table.index.get_level_values("backbone").nunique() > 1
-        labels = [m + (f" [{b.split(' (')[0]}]" if several else "") for m, b in table.index]
-        figure = draw(name, pd.Series(table.mean(axis=1).to_numpy(), index=labels), table)
+        figure = rank_figure(name, stats)
         stem = Path(out) if out is not None else folder / f"{slug(name)}_rank"
         stem = stem.with_suffix("") if stem.suffix.lower() in SUFFIXES else stem
         check_writable(stem.parent, "--out", "plots")
@@ -45,6 +39,17 @@ def plot_ranks(results: str | Path, suite: str | None = None, out: str | Path | 
                 figure.savefig(tmp, dpi=150, bbox_inches="tight")
             written.append(path)
     return written
+
+
+def rank_figure(name: str, stats) -> Figure:
+    """The critical-difference diagram of one suite's rows (refused in one line below two rows sharing a task)."""
+    table = rank_table(stats.mean[stats.tasks_present()])
+    if len(table.index) < 2 or table.shape[1] == 0:
+        raise UserError(f"suite {name}: a rank plot needs at least two methods that share a task "
+                        f"({len(stats.mean.index)} method row(s), {table.shape[1]} task(s) every row has)")
+    several = table.index.get_level_values("backbone").nunique() > 1
+    labels = [m + (f" [{b.split(' (')[0]}]" if several else "") for m, b in table.index]
+    return draw(name, pd.Series(table.mean(axis=1).to_numpy(), index=labels), table)
 
 
 def cliques(ranks: list[float], cd: float) -> list[tuple[int, int]]:

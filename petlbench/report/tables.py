@@ -1,11 +1,12 @@
 """Tables: run records -> method x task top-1 with group and overall means, params, seeds, published rows.
 
 The numbers come from petlbench.report.summary (definitions there and in the notes under every table);
-this module only turns them into Markdown, CSV or booktabs LaTeX.
+this module only turns them into Markdown, CSV, booktabs LaTeX or HTML (for `petlbench report`).
 """
 from __future__ import annotations
 
 import sys
+from html import escape as escape_html
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ from petlbench.records import current, load_records
 from petlbench.report.summary import KEYS, Stats, aggregate, records_frame, suite_info
 from petlbench.report.samples import ece_by_row
 
-FORMATS = ("md", "csv", "latex")
+FORMATS = ("md", "csv", "latex", "html")
 REPORT_TITLE = {"last": "last epoch",
                 "max-test": "MAX OVER EPOCHS, SELECTED ON THE TEST SET (only to compare with papers that report it)"}
 LATEX_SPECIAL = str.maketrans({c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
@@ -100,10 +101,12 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
             parts.append(pd.concat(blocks).assign(suite=name).to_csv(index=False))
             continue
         title = f"suite {name}: test top-1 (%), {REPORT_TITLE[report]}, mean over seeds; params = trainable excluding the head"
-        if fmt == "md":
-            text = tabulate(pd.concat(blocks), headers="keys", tablefmt="github", showindex=False,
-                            disable_numparse=True)
-            parts.append(f"### {title}\n\n{text}\n\n" + "\n".join(notes))
+        if fmt in ("md", "html"):
+            text = tabulate(pd.concat(blocks), headers="keys", tablefmt="github" if fmt == "md" else "html",
+                            showindex=False, disable_numparse=True)  # html: every cell escaped
+            parts.append(f"### {title}\n\n{text}\n\n" + "\n".join(notes) if fmt == "md" else
+                         f"<h3>{escape_html(title)}</h3>\n{text}\n<ul class=\"notes\">\n"
+                         + "".join(f"<li>{escape_html(n)}</li>\n" for n in notes) + "</ul>")
         else:
             parts.append(f"% {title}\n" + latex(blocks) + "\n" + "\n".join(f"% {n}" for n in notes))
     failed = sum(r.get("status") != "success" for r in records)
@@ -112,7 +115,8 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
     for count, note in ((failed, "failed run(s) are not shown; their records hold the error"),
                         (no_curve, "run(s) without a test curve (--train eval_every=N) are not shown")):
         if count and fmt != "csv":
-            parts.append(f"% {count} {note}" if fmt == "latex" else f"{count} {note}")
+            parts.append(f"% {count} {note}" if fmt == "latex" else f"<p>{count} {note}</p>" if fmt == "html"
+                         else f"{count} {note}")
     return "\n\n".join(parts) + "\n"
 
 
