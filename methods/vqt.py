@@ -6,9 +6,16 @@ never see the queries, so the backbone's own forward is untouched (bit-identical
 gradient flows through the backbone's token path (VQT's memory saving). The head reads
 [pooled feature; every layer's query outputs], each part L2-normalised, through one linear layer:
 (1 + depth * tokens) * dim inputs. Trainable outside the head: depth * tokens * dim (12 x 1 x 768 = 9,216).
+
+The head starts as VQT's (src/models/mlp.py MLP with MLP_NUM 0 and special_bias, build_h2t_model.py): weights
+Kaiming-normal with fan-out (std sqrt(2 / classes)), every bias -log((1 - 0.01) / 0.01) = -log 99, a
+focal-loss prior of 0.01 whatever the number of classes (equal to -log(C - 1) only at C = 100). A bias equal
+across classes leaves the softmax unchanged, but not Adam's per-element steps with L2 decay. Under one seed
+the head's tensors equal the released MLP head's (max abs diff 0).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -86,6 +93,9 @@ class QueryBlock(nn.Module):
         return h + scale2(p.mlp(norm2(h)))
 
 
+PRIOR = 0.01  # VQT's head bias: the prior probability of each class at init, as focal loss's (src/models/mlp.py)
+
+
 class VQTHead(nn.Module):
     """Linear classifier on [pooled feature; each layer's query outputs], each part L2-normalised."""
 
@@ -95,6 +105,8 @@ class VQTHead(nn.Module):
         self.store, self.pool, self.normalize = store, pool, normalize
         per_layer = query_dim * (tokens if pool == "concat" else 1)
         self.fc = nn.Linear(pooled_dim + len(store.slots) * per_layer, num_classes)
+        nn.init.kaiming_normal_(self.fc.weight, a=0, mode="fan_out")  # VQT's MLP head (src/models/mlp.py)
+        nn.init.constant_(self.fc.bias, -math.log((1 - PRIOR) / PRIOR))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         layers = [q.flatten(1) if self.pool == "concat" else q.mean(1) for q in self.store.take()]

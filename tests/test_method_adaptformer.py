@@ -102,3 +102,52 @@ def test_not_mergeable_and_bad_options_refused():
     for bad in ("bottleneck=0", "scale=0", "dropout=1", "input=pre"):
         with pytest.raises(UserError):
             parse_method_spec(f"adaptformer:{bad}")
+
+
+def with_drop_path(family: str, rate: float) -> BackboneSpec:
+    spec = tiny(family)
+    return BackboneSpec(spec.name, {**spec.args, "drop_path_rate": rate}, pretrained=False)
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_drop_path_drops_the_mlp_never_the_adapter(family):
+    """Released block: x + drop_path(mlp(norm2(x))) + adapt_x. Per sample, in training, the wrapper gives either
+    s * adapter(x) (the MLP dropped) or mlp(norm(x)) / keep + s * adapter(x); both happen."""
+    model, _, _ = build(with_drop_path(family, 0.5), "adaptformer:dropout=0")
+    moved(model)
+    wrapped = anatomy(model).blocks[-1].module.mlp  # timm's rates rise with depth: the last block's is 0.5
+    keep = 1 - wrapped.drop_path.drop_prob
+    assert keep == 0.5
+    x = torch.randn(64, 5, wrapped.adapter.down.in_features)
+    torch.manual_seed(0)
+    out = wrapped.train()(x)
+    with torch.no_grad():
+        adapter = 0.1 * wrapped.adapter(x)
+        mlp = wrapped.mlp(wrapped.norm(x))
+    dropped = [torch.allclose(o, a) for o, a in zip(out, adapter)]
+    for o, a, m, d in zip(out, adapter, mlp, dropped):
+        if not d:
+            torch.testing.assert_close(o, m / keep + a)
+    assert any(dropped) and not all(dropped)
+
+
+def test_training_draws_as_the_released_block():
+    """One seed, the released order of draws: the attention's drop-path, the adapter's dropout, the MLP's drop-path
+    (on the MLP alone). The block's training-mode output is the released forward computed from its parts."""
+    from timm.layers import DropPath
+
+    plain, _, _ = build(with_drop_path("vit", 0.5), "linear")
+    model, _, _ = build(with_drop_path("vit", 0.5), "adaptformer:dropout=0.5")
+    moved(model)
+    old, new = plain.blocks[1], model.blocks[1]  # drop-path 0.5 (timm: linspace(0, rate, depth))
+    adapter = next(m.adapter for m in new.modules() if isinstance(m, AdaptMLP)).train()
+    drop_path = DropPath(0.5).train()
+    x = torch.randn(16, 17, 48)
+    torch.manual_seed(3)
+    out = new.train()(x)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        x1 = x + drop_path(old.attn(old.norm1(x)))
+        adapt_x = 0.1 * adapter(x1)
+        expected = x1 + drop_path(old.mlp(old.norm2(x1))) + adapt_x
+    torch.testing.assert_close(out, expected)

@@ -1,5 +1,6 @@
-"""Conv-Adapter: where the adapter sits, what it computes, its init (active from the start, not the identity),
-and its size on ResNet-50."""
+"""Conv-Adapter: where the adapter sits (ResNet: after the k x k conv's norm and ReLU; ConvNeXt: beside the
+depth-wise conv and the downsampling convs, as the released code), what it computes, its init (active from the
+start, not the identity), and its size on ResNet-50 and ConvNeXt-B."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from petlbench.backbone import BackboneSpec
 from petlbench.backbones import anatomy
 from petlbench.errors import UserError
 from petlbench.methods.conv_adapter import ConvAdapterBranch
-from petlbench.params import build_model
+from petlbench.params import build_model, meta_counts
 from petlbench.registry import parse_method_spec
 from tests.families import tiny
 
@@ -43,28 +44,97 @@ def test_active_at_init_and_exactly_the_frozen_model_with_zero_scale(family, pla
     torch.testing.assert_close(adapted(x), plain(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family,kxk", [("resnet", "conv1"), ("convnext", "conv_dw")])
-def test_conv_placement_sits_beside_the_kxk_conv(family, kxk):
-    plain, _, _ = build(tiny(family), "linear")
-    model, _, _ = build(tiny(family), "conv_adapter:compression=4")
+def test_convnext_conv_placement_sits_beside_the_depthwise_conv():
+    """The released ConvNeXt Block: dwconv(x) + adapter(x), before the block's norm."""
+    plain, _, _ = build(tiny("convnext"), "linear")
+    model, _, _ = build(tiny("convnext"), "conv_adapter:compression=4")
     names = {id(m): name for name, m in plain.named_modules()}
     for plain_block in anatomy(plain).blocks:  # the same blocks, by name, in the adapted model
-        wrapped = getattr(model.get_submodule(names[id(plain_block.module)]), kxk)
-        conv = getattr(plain_block.module, kxk)  # resnet18 is made of basic blocks: the 3x3 conv is conv1
+        wrapped = model.get_submodule(names[id(plain_block.module)]).conv_dw
+        conv = plain_block.module.conv_dw
         assert wrapped.frozen.weight.shape == conv.weight.shape
         down = wrapped.adapter.down
-        assert down.kernel_size == conv.kernel_size and down.stride == conv.stride
+        assert down.kernel_size == conv.kernel_size and down.stride == conv.stride and down.padding == conv.padding
         assert down.out_channels == max(1, conv.in_channels // 4) and down.groups == down.out_channels
         x = torch.randn(2, conv.in_channels, 8, 8)
         torch.testing.assert_close(wrapped(x), wrapped.frozen(x) + wrapped.adapter(x))
         assert wrapped(x).shape == conv(x).shape
 
 
-def test_bottleneck_adapter_is_beside_conv2():
-    spec = BackboneSpec("resnet50", {"layers": [1, 1, 1, 1]}, pretrained=False)
-    model, _, _ = build(spec, "conv_adapter")
-    for block in anatomy(model).blocks:
-        assert block.module.conv2.adapter.down.stride == block.module.conv2.frozen.stride
+def resnet_spec(kind: str) -> BackboneSpec:
+    if kind == "bottleneck":  # ResNet-50's blocks, one per stage
+        return BackboneSpec("resnet50", {"layers": [1, 1, 1, 1], "zero_init_last": False}, pretrained=False)
+    return tiny("resnet")  # resnet18: basic blocks, whose k x k conv is conv1
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "basic"])
+def test_resnet_adapter_is_added_after_the_convs_norm_and_relu(kind):
+    """The released Bottleneck: h -> relu(bn2(conv2(h))) + adapter(h) -> conv3 (basic blocks: the same on conv1).
+    The block's output, computed by hand from the frozen model's parts and the adapter, is the adapted block's."""
+    plain, _, _ = build(resnet_spec(kind), "linear")
+    model, _, _ = build(resnet_spec(kind), "conv_adapter:compression=4")
+    with torch.no_grad():  # non-trivial BN statistics and affines: where the sum sits then matters
+        for m in [*plain.modules(), *model.modules()]:
+            if isinstance(m, torch.nn.BatchNorm2d):
+                g = torch.Generator().manual_seed(m.num_features)
+                m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(1 + 0.3 * torch.randn(m.num_features, generator=g))
+                m.bias.copy_(0.3 * torch.randn(m.num_features, generator=g))
+    plain.eval(), model.eval()
+    for old, new in zip(anatomy(plain).blocks, anatomy(model).blocks):
+        b = old.module
+        (adapter,) = [m for m in new.module.modules() if isinstance(m, ConvAdapterBranch)]
+        x = torch.randn(2, old.in_dim, 8, 8)
+        with torch.no_grad():
+            if kind == "bottleneck":
+                h = torch.relu(b.bn1(b.conv1(x)))
+                h = torch.relu(b.bn2(b.conv2(h))) + adapter(h)
+                y = b.bn3(b.conv3(h))
+            else:
+                h = torch.relu(b.bn1(b.conv1(x))) + adapter(x)
+                y = b.bn2(b.conv2(h))
+            shortcut = b.downsample(x) if b.downsample is not None else x
+            expected = torch.relu(y + shortcut)
+            torch.testing.assert_close(new.module(x), expected, rtol=1e-5, atol=1e-5)
+        assert adapter.down.stride == old.convs[1 if kind == "bottleneck" else 0].stride
+
+
+def test_convnext_adapts_the_three_downsampling_convs():
+    """The released ConvNeXt also puts an adapter (2 x 2, stride 2, C_in -> C_out) beside each downsampling conv
+    between stages, added to its output."""
+    model, _, _ = build(tiny("convnext"), "conv_adapter:compression=2")
+    wrapped = [stage.downsample[1] for stage in model.stages[1:]]
+    assert len(wrapped) == 3
+    for w in wrapped:
+        conv, down = w.frozen, w.adapter.down
+        assert (down.kernel_size, down.stride, down.padding) == (conv.kernel_size, conv.stride, conv.padding) == \
+            ((2, 2), (2, 2), (0, 0))
+        assert w.adapter.up.out_channels == conv.out_channels and down.out_channels == conv.in_channels // 2
+        x = torch.randn(2, conv.in_channels, 8, 8)
+        torch.testing.assert_close(w(x), conv(x) + w.adapter(x))
+        assert w(x).shape == (2, conv.out_channels, 4, 4)
+
+
+def convnext_count(dims, depths, g):
+    """Per block of width d: 49d + d/g (grouped 7x7 conv, g inputs per group) + d^2/g + d (1x1 conv) + d (scale);
+    per downsampling a -> o: 4a + a/g (grouped 2x2 conv) + a*o/g + o (1x1 conv) + o (scale)."""
+    blocks = sum(n * (49 * d + d // g + d * d // g + 2 * d) for d, n in zip(dims, depths))
+    downs = sum(4 * a + a // g + a * o // g + 2 * o for a, o in zip(dims[:-1], dims[1:]))
+    return blocks, downs
+
+
+def test_convnext_count_in_closed_form():
+    _, counts, _ = build(tiny("convnext"), "conv_adapter:compression=2")
+    assert counts.trainable_excl_head == sum(convnext_count((8, 16, 24, 32), (1, 1, 1, 1), 2))
+
+
+def test_convnext_base_count_is_the_released_2324672():
+    """The released code's ConvNeXt-B (depths 3, 3, 27, 3; widths 128..1024; adapt_size 8): 2,231,376 in the blocks
+    + 93,296 at the downsamplings = 2,324,672 trainable parameters, the head excluded."""
+    assert convnext_count((128, 256, 512, 1024), (3, 3, 27, 3), 8) == (2_231_376, 93_296)
+    counts = meta_counts(BackboneSpec("convnext_base", pretrained=False), parse_method_spec("conv_adapter"))
+    assert counts.trainable_excl_head == 2_324_672
 
 
 def test_block_placement_adds_to_the_block_output():

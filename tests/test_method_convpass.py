@@ -116,3 +116,50 @@ def test_tune_grid_and_bad_options():
     for bad in ("dim=0", "scale=0", "conv_init=zeros", "dropout=1"):
         with pytest.raises(UserError):
             parse_method_spec(f"convpass:{bad}")
+
+
+def with_drop_path(rate: float) -> BackboneSpec:
+    spec = tiny("vit")
+    return BackboneSpec(spec.name, {**spec.args, "drop_path_rate": rate}, pretrained=False)
+
+
+def test_the_bypass_draws_its_own_drop_path():
+    """Per sample, in training, the sub-layer and its bypass are each kept (scaled by 1 / keep) or dropped on their
+    own draws: all four combinations happen."""
+    model, _, _ = build(with_drop_path(0.5), "convpass:dropout=0:scale=10")
+    moved(model)
+    wrapped = model.blocks[1].attn  # drop-path 0.5 (timm: linspace(0, rate, depth))
+    keep = 1 - wrapped.drop_path.drop_prob
+    assert keep == 0.5
+    h = torch.randn(64, 1 + GRID * GRID, 48)
+    torch.manual_seed(0)
+    out = wrapped.train()(h)
+    with torch.no_grad():
+        branch, bypass = wrapped.frozen(h), 10 * wrapped.bypass(h)
+    seen = set()
+    for o, f, b in zip(out, branch, bypass):
+        combos = {(kf, kb) for kf in (0, 1) for kb in (0, 1) if torch.allclose(o, (kf * f + kb * b) / keep)}
+        assert len(combos) == 1
+        seen |= combos
+    assert seen == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
+def test_training_draws_as_the_released_forward_block():
+    """One seed, the released forward_block: x + drop_path(attn(n1)) + drop_path(bypass(n1)) * s, then the same
+    for the MLP, each drop_path call a draw of its own, in that order (the bypass's dropout drawn in between)."""
+    from timm.layers import DropPath
+
+    plain, _, _ = build(with_drop_path(0.5), "linear")
+    model, _, _ = build(with_drop_path(0.5), "convpass:scale=10:dropout=0.5")
+    moved(model)
+    old, new = plain.blocks[1], model.blocks[1]
+    drop_path = DropPath(0.5).train()
+    bp_attn, bp_mlp = new.attn.bypass.train(), new.mlp.bypass.train()
+    x = torch.randn(16, 1 + GRID * GRID, 48)
+    torch.manual_seed(3)
+    out = new.train()(x)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        x = x + drop_path(old.attn(old.norm1(x))) + drop_path(bp_attn(old.norm1(x))) * 10
+        expected = x + drop_path(old.mlp(old.norm2(x))) + drop_path(bp_mlp(old.norm2(x))) * 10
+    torch.testing.assert_close(out, expected)

@@ -2,6 +2,8 @@
 reads every layer, and the counts on ViT-B/16 are VQT's."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -117,3 +119,15 @@ def test_refuses_a_model_without_a_linear_head():
     assert anatomy(model).depth == DEPTH
     with pytest.raises(UserError, match="linear classifier"):
         parse_method_spec("vqt").apply(model)
+
+
+@pytest.mark.parametrize("classes", [5, 100])
+def test_head_starts_as_vqts(classes):
+    """VQT's head (src/models/mlp.py, special_bias): weights Kaiming-normal with fan-out, std sqrt(2 / classes);
+    every bias -log((1 - 0.01) / 0.01) = -log 99, whatever the number of classes."""
+    model, _, _ = build_model(tiny("vit"), parse_method_spec("vqt:tokens=4"), classes, seed=0)
+    fc = model.get_classifier().fc
+    assert torch.equal(fc.bias, torch.full((classes,), -math.log(99)))
+    expected = math.sqrt(2 / classes)  # fan-out of a (classes, inputs) weight is `classes`
+    assert abs(fc.weight.std().item() / expected - 1) < 0.05
+    assert abs(fc.weight.mean().item()) < 0.05 * expected

@@ -32,9 +32,12 @@ class Block:
     fc2: nn.Linear | None = None
     norms: tuple[nn.Module, ...] = ()
     convs: tuple[nn.Conv2d, ...] = ()  # ConvNets: the block's convolutions in order
+    acts: tuple[nn.Module, ...] = ()  # ResNets: the activation after each conv's norm (the last after the sum)
     heads: int | None = None  # attention heads (transformers)
     # what scales each residual branch (attention, MLP) before it is added: LayerScale, or nn.Identity
     branch_scales: tuple[nn.Module, ...] = ()
+    # the stochastic depth of each residual branch (attention, MLP): DropPath, or nn.Identity at rate 0
+    drop_paths: tuple[nn.Module, ...] = ()
 
     def replace(self, new: nn.Module) -> None:
         """Put `new` where the block was (it should call the old block)."""

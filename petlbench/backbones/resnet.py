@@ -19,7 +19,8 @@ def read(model: ResNet) -> Anatomy:
         for i, blk in enumerate(stage):
             convs = tuple(m for m in (getattr(blk, f"conv{k}", None) for k in (1, 2, 3)) if isinstance(m, nn.Conv2d))
             norms = tuple(m for m in (getattr(blk, f"bn{k}", None) for k in (1, 2, 3)) if m is not None)
+            acts = tuple(m for m in (getattr(blk, f"act{k}", None) for k in (1, 2, 3)) if m is not None)
             blocks.append(Block(container=stage, key=str(i), module=blk, in_dim=int(convs[0].in_channels),
-                                dim=int(convs[-1].out_channels), stage=s, norms=norms, convs=convs))
+                                dim=int(convs[-1].out_channels), stage=s, norms=norms, convs=convs, acts=acts))
     # the stem's width is what the first block reads (conv1 may be a deep stem, or wrapped by a method)
     return Anatomy("resnet", blocks, "nchw", model.conv1, blocks[0].in_dim, _input_size(model))

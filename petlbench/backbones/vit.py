@@ -22,7 +22,9 @@ def read(model: VisionTransformer) -> Anatomy:
             mlp=mlp, fc1=_linear(mlp, "fc1"), fc2=_linear(mlp, "fc2"),
             norms=tuple(n for n in (getattr(blk, "norm1", None), getattr(blk, "norm2", None)) if n is not None),
             heads=getattr(attn, "num_heads", None),
-            branch_scales=tuple(s for s in (getattr(blk, "ls1", None), getattr(blk, "ls2", None)) if s is not None)))
+            branch_scales=tuple(s for s in (getattr(blk, "ls1", None), getattr(blk, "ls2", None)) if s is not None),
+            drop_paths=tuple(d for d in (getattr(blk, "drop_path1", None), getattr(blk, "drop_path2", None))
+                             if d is not None)))
     patch = tuple(getattr(model.patch_embed, "patch_size", (16, 16)))
     size = tuple(getattr(model.patch_embed, "img_size", (224, 224)))
     return Anatomy("vit", blocks, "tokens", model.patch_embed, dim, size,
