@@ -90,7 +90,7 @@ def expected(sweep) -> list[tuple[str, RunPlan]]:
     runs = []
     for task in sweep.tasks:
         for method in sweep.methods:
-            if sweep.protocol == "final":
+            if sweep.protocol in ("final", "paper"):
                 runs += [("final", sweep.plan(task, method, seed)) for seed in sweep.seeds]
                 continue
             s = search(sweep, task, method)
