@@ -12,6 +12,7 @@ import pandas as pd
 from tabulate import SEPARATING_LINE, tabulate
 
 from petlbench.errors import UserError
+from petlbench.report import reproduce
 from petlbench.report.published import MODES, compare
 from petlbench.records import current, load_records
 from petlbench.report.summary import KEYS, Stats, aggregate, records_frame, suite_info
@@ -102,6 +103,7 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
                         (no_curve, "run(s) without a test curve (--train eval_every=N) are not shown")):
         if count and fmt != "csv":
             parts.append(f"% {count} {note}" if fmt == "latex" else f"{count} {note}")
+    parts += [text for text in [reproduce.render(records, fmt, report)] if text]  # --protocol paper vs its source
     return "\n\n".join(parts) + "\n"
 
 
