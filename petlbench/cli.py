@@ -47,8 +47,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--mean", help="normalisation mean, three numbers (default: the backbone's pretrained config)")
     r.add_argument("--std", help="normalisation std, three numbers (default: the backbone's pretrained config)")
     r.add_argument("--train", default="", help="training overrides, e.g. lr=0.01,epochs=5,batch_size=128")
-    r.add_argument("--protocol", default="final", choices=["final", "tune"],
-                   help="final: train on train+val, report test; tune: grid on train, select on val, then final")
+    r.add_argument("--protocol", default="final", choices=["final", "tune", "paper"],
+                   help="final: train on train+val, report test; tune: grid on train, select on val, then final; "
+                        "paper: final runs with the per-task settings of --source")
+    r.add_argument("--source", help="--protocol paper: a packaged settings source (petl_vision, ...) or a settings YAML")
     r.add_argument("--recipe", help="put every method on one named recipe (vpt, noah); default: each method's own")
     r.add_argument("--grid", help="tune grid as a YAML mapping, e.g. '{lr: [0.1, 0.01], weight_decay: [0, 1e-4]}' "
                                   "(default: the recipe's grid)")
@@ -78,7 +80,8 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--random-init", action="store_true", help="as for run")
     st.add_argument("--seeds", default="0", help="as for run")
     st.add_argument("--eval-every", type=int, metavar="N", help="as for run")
-    st.add_argument("--protocol", default="final", choices=["final", "tune"])
+    st.add_argument("--protocol", default="final", choices=["final", "tune", "paper"])
+    st.add_argument("--source", help="as for run")
     st.add_argument("--format", default="md", choices=["md", "json"])
     st.set_defaults(func=commands.cmd_status)
 

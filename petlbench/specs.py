@@ -17,7 +17,7 @@ LAYOUT_SPLITS = {
     "noah": {"train": ["train800"], "val": ["val200"], "trainval": ["train800val200"], "test": ["test"]},
     "fgvc": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
 }
-PROTOCOLS = ("final", "tune")
+PROTOCOLS = ("final", "tune", "paper")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")  # PIL's resampling filters
 
 

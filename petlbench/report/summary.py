@@ -106,6 +106,7 @@ def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
         if r.get("status") != "success" or r.get("protocol", {}).get("stage") == "search":
             continue
         top1, label = r["metrics"]["test_top1"], r["method"]["label"]
+        label = (r.get("paper") or {}).get("label") or label  # --protocol paper: one row per method and source
         if report == "max-test":
             curve = r["metrics"].get("test_curve")
             if not curve:

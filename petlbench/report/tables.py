@@ -14,6 +14,7 @@ from tabulate import SEPARATING_LINE, tabulate
 
 from petlbench.errors import UserError
 from petlbench.report.marks import annotate
+from petlbench.report import reproduce
 from petlbench.report.published import MODES, compare
 from petlbench.records import current, load_records
 from petlbench.report.summary import KEYS, Stats, aggregate, records_frame, suite_info
@@ -117,6 +118,7 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
         if count and fmt != "csv":
             parts.append(f"% {count} {note}" if fmt == "latex" else f"<p>{count} {note}</p>" if fmt == "html"
                          else f"{count} {note}")
+    parts += [text for text in [reproduce.render(records, fmt, report)] if text]  # --protocol paper vs its source
     return "\n\n".join(parts) + "\n"
 
 

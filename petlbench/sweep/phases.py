@@ -21,6 +21,7 @@ from petlbench.registry import available_methods
 from petlbench.backbone import BackboneSpec
 from petlbench.specs import Task
 from petlbench.suite import Suite
+from petlbench.sweep import paper
 from petlbench.sweep.tune import apply_point, choose, grid_points, write_selection
 
 
@@ -43,8 +44,11 @@ class Sweep:
     save_weights: bool = True
     progress: bool | None = None
     save_samples: bool = True
+    paper: Any = None  # petlbench.sweep.paper.Paper under --protocol paper: the source's settings
 
     def plan(self, task: Task, method: Method, seed: int, stage: str | None = None) -> RunPlan:
+        if self.protocol == "paper":
+            return paper.plan(self, task, method, seed)
         protocol = self.suite.protocol("final") if stage is None else self.suite.protocol("tune", stage)
         return plan_one(self.suite, task, method, self.backbone, seed, self.overrides, self.recipe, protocol,
                         self.data_root)
@@ -77,6 +81,9 @@ def run_sweep(sweep: Sweep, executor, log: Callable[[str], None]) -> Records:
     if sweep.protocol == "final":
         combos = [(task, method, seed) for task in sweep.tasks for method in sweep.methods for seed in sweep.seeds]
         units = [final_unit(sweep, *combo, f"[{i}/{len(combos)}] ") for i, combo in enumerate(combos, 1)]  # task-major
+        return collect(units, executor.run(units, sweep.job, "runs", log), log)
+    if sweep.protocol == "paper":
+        units = paper.units(sweep)
         return collect(units, executor.run(units, sweep.job, "runs", log), log)
     searches = [search(sweep, task, method) for task in sweep.tasks for method in sweep.methods]
     results = executor.run([u for s in searches for u in s.units], sweep.job, "search runs", log)

@@ -20,6 +20,9 @@ from petlbench.plan import DATA_ROOT_ENV, resolve_backbone, resolve_data_root
 from petlbench.registry import parse_method_list, refuse_unsupported
 from petlbench.specs import PROTOCOLS, TrainConfig
 from petlbench.suite import load_suite
+from petlbench.plan import method_label
+from petlbench.settings import load_settings, packaged_sources, refuse_missing_methods
+from petlbench.sweep.paper import Paper, row_of
 from petlbench.sweep.phases import Sweep, run_sweep
 from petlbench.sweep.slurm import SlurmExecutor, SlurmOptions
 from petlbench.sweep.tune import check_grid
@@ -33,13 +36,14 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
         device: str = "auto", cache_dir: str | Path | None = None, progress: bool | None = None,
         log: Callable[[str], None] | None = None, save_weights: bool = True, executor: str = "local",
         workers: int = 1, runs_per_job: int = 1, slurm=None, wait: bool = True,
-        save_samples: bool = True) -> list[dict]:
+        save_samples: bool = True, source: str | None = None) -> list[dict]:
     """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns the final records.
-    `executor`: local (in this process, or `workers` processes) or slurm (`slurm`: SlurmOptions)."""
+    `executor`: local (in this process, or `workers` processes) or slurm (`slurm`: SlurmOptions).
+    `source`: with protocol "paper", a packaged settings source or the path of a settings YAML."""
     log = log or say
     the_sweep = make_sweep(suite, methods, seeds, tasks, backbone, backbone_args, checkpoint, random_init, mean, std,
                            data_root, out, train, recipe, protocol, grid, device, cache_dir, progress, save_weights,
-                           log, save_samples=save_samples)
+                           log, source, save_samples=save_samples)
     check_writable(the_sweep.out)
     runner = make_executor(executor, workers, runs_per_job, slurm, wait)
     threads.register()  # this process's share of the cores, re-read every epoch
@@ -65,13 +69,17 @@ def make_executor(name: str, workers: int = 1, runs_per_job: int = 1, slurm: dic
 def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=None, checkpoint=None,
                random_init=False, mean=None, std=None, data_root=None, out="results", train=None, recipe=None,
                protocol="final", grid=None, device="auto", cache_dir=None, progress=None, save_weights=True,
-               log: Callable[[str], None] = say, save_samples: bool = True) -> Sweep:
+               log: Callable[[str], None] = say, source=None, save_samples: bool = True) -> Sweep:
     """The command, checked and resolved (the demo's data prepared), as one Sweep value."""
     the_suite = load_suite(suite)
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    paper = paper_source(protocol, source, methods if isinstance(methods, str) else ",".join(methods), recipe, grid,
+                         backbone_args)
+    if paper is not None:
+        backbone, checkpoint, mean, std = paper_backbone(paper.settings, backbone, checkpoint, mean, std)
     method_list = parse_method_list(methods if isinstance(methods, str) else ",".join(methods),
-                                    the_suite.method_options)
+                                    the_suite.method_options if paper is None else None)
     overrides = dict(train or {})
     build(TrainConfig, overrides, "--train")
     for method in method_list if grid is not None else []:
@@ -89,9 +97,39 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     cache = resolve_cache_dir(cache_dir)
     the_sweep = Sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root,
                       Path(out), device, cache, save_weights, progress, save_samples=save_samples)
+    if paper is not None:  # every (task, method) must have a row: refused now, not after hours of training
+        the_sweep.paper = Paper(paper.settings, {id(m): method_label(m) for m in method_list}, paper.backbone_args)
+        for task in selected:
+            for method in method_list:
+                row_of(the_sweep, task, method)
     for method in method_list:  # built once on the meta device (plan_one): options that do not fit are refused now
         the_sweep.plan(selected[0], method, seeds[0])
     return the_sweep
+
+
+def paper_source(protocol: str, source: str | None, methods: str, recipe, grid, backbone_args) -> Paper | None:
+    """--protocol paper needs a --source and takes no grid or recipe (the source's own); --source needs it."""
+    if protocol != "paper":
+        if source is not None:
+            raise UserError(f"--source {source}: only with --protocol paper (the source's per-task settings)")
+        return None
+    if not source:
+        raise UserError(f"--protocol paper: name the source of the settings with --source (packaged: "
+                        f"{', '.join(packaged_sources()) or 'none'}; or the path of a settings YAML)")
+    for flag, value in (("--grid", grid), ("--recipe", recipe)):
+        if value is not None:
+            raise UserError(f"{flag}: not with --protocol paper, which trains with the source's own settings")
+    settings = load_settings(source)
+    refuse_missing_methods(methods, settings)
+    return Paper(settings, {}, dict(backbone_args or {}))
+
+
+def paper_backbone(settings, backbone, checkpoint, mean, std):
+    """The source's backbone (unless --backbone or --checkpoint) and normalisation (unless --mean/--std)."""
+    r = settings.recipe
+    if not backbone and not checkpoint and r.get("backbone"):
+        backbone = r["backbone"]
+    return backbone, checkpoint, mean or r.get("mean"), std or r.get("std")
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take 0..2**32-1; a larger seed fails every run

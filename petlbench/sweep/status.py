@@ -90,8 +90,8 @@ def expected(sweep) -> list[tuple[str, RunPlan]]:
     runs = []
     for task in sweep.tasks:
         for method in sweep.methods:
-            if sweep.protocol == "final":
-                runs += [("final", sweep.plan(task, method, seed)) for seed in sweep.seeds]
+            if sweep.protocol in ("final", "paper"):
+                runs += [(sweep.protocol, sweep.plan(task, method, seed)) for seed in sweep.seeds]
                 continue
             s = search(sweep, task, method)
             runs += [("search", p) for unit in s.units for p in unit.plans]
@@ -137,7 +137,8 @@ def records_status(out: Path, suite: str | None = None) -> tuple[list[dict[str, 
     for r in current([r for _, r in files], warn):
         if suite and r.get("suite") != suite:
             continue
-        stage = (r.get("protocol") or {}).get("stage") or "final"
+        stage = (r.get("protocol") or {}).get("stage") or ("paper" if (r.get("protocol") or {}).get("name") == "paper"
+                                                             else "final")
         key = (r.get("suite"), r.get("task"), (r.get("method") or {}).get("label"), stage)
         where = f"{r.get('suite')}/{r.get('task')} {(r.get('method') or {}).get('label')} seed {r.get('seed')}"
         problem = weights_problem(r, path_of[id(r)]) if r.get("status") == "success" else None

@@ -27,7 +27,7 @@ from petlbench.options import build
 from petlbench.outputs import check_output_file
 from petlbench.params import build_model
 from petlbench.plan import RunPlan
-from petlbench.recipes import RECIPES
+from petlbench.recipes import RECIPES, Recipe
 from petlbench.records import MISSING, lookup, metric_of, parse_record, read_record
 from petlbench.registry import get_method
 from petlbench.specs import TrainConfig
@@ -82,7 +82,7 @@ def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
     method = cls(build(cls.Config, record["method"]["options"], f"{path}: method options"))
     spec = backbone_spec(record, path)
     plan = RunPlan(suite, task, method, spec, record["seed"], build(TrainConfig, record["train"], f"{path}: train"),
-                   RECIPES[record["recipe"]["name"]], record["protocol"],
+                   recorded_recipe(record["recipe"]), record["protocol"],
                    Path(data_root).expanduser() if data_root else Path(record["data"]["root"]))
     problem = weights_problem(record, path)
     if problem:
@@ -90,6 +90,12 @@ def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
     model, _, task_keys = build_model(spec, method, task.classes, record["seed"])
     load_task(model, weights_path(path), task_keys)
     return Deployed(record, plan, model.eval(), record["data"]["preprocessing"])
+
+
+def recorded_recipe(recipe: dict[str, Any]) -> Recipe:
+    """A named recipe, or (--protocol paper: 'paper:<source>') the name and source the record holds; evaluation
+    reads no training values from it."""
+    return RECIPES.get(recipe["name"]) or Recipe(recipe["name"], str(recipe.get("source", "")), {}, {})
 
 
 def backbone_spec(record: dict[str, Any], path: Path) -> BackboneSpec:

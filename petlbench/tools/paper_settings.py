@@ -1,0 +1,149 @@
+"""Convert the per-task settings that papers released into petlbench settings files (benchmarks/settings/*.yaml).
+
+    python -m petlbench.tools.paper_settings REFERENCE_DIR [OUT_DIR]
+
+REFERENCE_DIR holds the transcribed files (`petl_vision_best_tune.csv`, ...; a copy is in tests/data/paper_settings);
+the shipped files are this script's output, and tests/test_paper_protocol.py checks that they still are.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from petlbench.records import replaced_whole
+
+CONVERTER = "petlbench/tools/paper_settings.py"
+
+# PETL_Vision folder name -> (petlbench method label, {petlbench option: PETL_Vision column}, fixed options)
+PETL_VISION = {
+    "adaptformer": ("adaptformer", {"bottleneck": "adapter_bottleneck", "scale": "adapter_scaler"}, {}),
+    "bitfit": ("bitfit", {}, {}),
+    "convpass": ("convpass", {"dim": "convpass_bottleneck", "scale": "convpass_scaler",
+                              "conv_init": "convpass_xavier_init"}, {}),
+    "difffit": ("difffit", {}, {}),
+    "fact_tk": ("fact", {"rank": "fact_dim", "scale": "fact_scaler"}, {}),
+    "fact_tt": ("fact:variant=tt", {"rank": "fact_dim", "scale": "fact_scaler"}, {}),
+    "full": ("full", {}, {}),
+    "linear": ("linear", {}, {}),
+    "ln": ("ln", {}, {}),
+    "lora": ("lora", {"rank": "lora_bottleneck", "alpha": "lora_bottleneck"}, {"targets": ["q", "k", "v"],
+                                                                             "dropout": 0.1}),
+    "lora_p_adapter": ("adapter:init=zeros", {"bottleneck": "adapter_bottleneck", "scale": "adapter_scaler"}, {}),
+    "rand_h_adapter": ("adapter:placement=both", {"bottleneck": "adapter_bottleneck", "scale": "adapter_scaler"}, {}),
+    "repadapter": ("repadapter", {"bottleneck": "repadapter_bottleneck", "scale": "repadapter_scaler"}, {}),
+    "ssf": ("ssf", {}, {}),
+    "vpt_deep": ("vpt_deep", {"tokens": "vpt_num"}, {}),
+    "vpt_shallow": ("vpt_shallow", {"tokens": "vpt_num"}, {"dropout": 0.1}),
+}
+
+PETL_VISION_HEADER = {
+    "source": "petl_vision",
+    "title": "PETL_Vision (Mai et al., CVPR 2025), hyper-parameters selected on val200 per task (best_tune), "
+             "one final run (seed 42) on train800val200",
+    "origin": {"repository": "OSU-MLB/PETL_Vision", "commit": "245d262",
+               "file": "tune_output/default_vtab/processed_vtab/<task>/<method>/final_result.json (best_tune, "
+                       "avg_acc, avg_best_acc); recipe: experiment/config/default_vtab_processed.yml, "
+                       "engine/trainer.py, engine/optimizer.py, data/dataset/vtab_processed.py"},
+    "converted": {"from": "petl_vision_best_tune.csv (shared reference paper_settings, experiment default_vtab)",
+                  "by": CONVERTER},
+    "selection": "val_last",
+    "reported": "top1: last-epoch test top-1 of the final run (avg_acc); best_top1: its best test epoch "
+                "(avg_best_acc, selected on test)",
+    "recipe": {
+        "backbone": "vit_base_patch16_224.orig_in21k",  # ViT-B_16_in21k.npz, Google's original weights
+        "backbone_args": {"drop_path_rate": 0.1},
+        "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],  # normalized: false: ToTensor only, inputs in [0, 1]
+        "interpolation": "bicubic",
+        "train": {"optimizer": "adamw", "epochs": 100, "warmup_epochs": 10, "batch_size": 64,
+                  "eval_batch_size": 512, "label_smoothing": 0.0, "lr_scale_batch": None, "grad_clip": None},
+        "departures": [
+            "schedule: PETL_Vision steps timm's CosineLRScheduler per epoch (warm-up from 1e-6 over 10 epochs, "
+            "cosine to lr_min 1e-5); petlbench steps per batch, warms up from lr x 1e-3 and decays to 0",
+            "weight decay: PETL_Vision's AdamW decays every trainable tensor; petlbench exempts biases, norms and "
+            "tokens (timm's filter)",
+            "data: PETL_Vision resizes each JPEG with PIL (bicubic, 224x224) every epoch; petlbench decodes and "
+            "resizes once (same filter), so pixels may differ by rounding",
+        ],
+    },
+    "notes": {
+        "lora": "PETL_Vision's LoRA has one down-projection shared by q, k and v (12 x r x 3072 parameters) with "
+                "dropout 0.1 on its input and no scaling; petlbench's (peft) has one per target (12 x r x 4608), "
+                "alpha = rank keeps the scale 1",
+        "adapter:init=zeros": "PETL_Vision lora_p_adapter: sequential adapter after the MLP, LoRA-style init "
+                              "(zero up-projection), ReLU, dropout 0.1",
+        "adapter:placement=both": "PETL_Vision rand_h_adapter: sequential adapters after attention and MLP, "
+                                  "Xavier init",
+        "convpass": "convpass_xavier_init true -> conv_init xavier, false -> identity",
+        "difffit": "petlbench has no DiffFit: refused when asked for",
+        "repadapter": "petlbench has no RepAdapter: refused when asked for (options keep PETL_Vision's names)",
+    },
+}
+
+
+def number(text: str) -> Any:
+    """'0.001' -> 0.001, '16' -> 16, 'True' -> True; '' -> None."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def reference_rows(path: Path) -> list[dict[str, str]]:
+    """A reference CSV's rows (its '#' lines name the source and are skipped)."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+def petl_vision(reference: Path) -> dict[str, Any]:
+    rows = []
+    for r in reference_rows(reference / "petl_vision_best_tune.csv"):
+        if r["experiment"] != "default_vtab" or r["task"] == "cifar_aug_norm":  # not VTAB-1k's cifar split
+            continue
+        label, columns, fixed = PETL_VISION[r["source_method"]]
+        options = {**{k: number(r[c]) for k, c in columns.items()}, **fixed}
+        if "conv_init" in options:
+            options["conv_init"] = "xavier" if options["conv_init"] else "identity"
+        row = {"suite": "vtab1k", "task": r["task"], "method": label, "options": options,
+               "train": {"lr": number(r["lr"]), "weight_decay": number(r["wd"])}}
+        if r["drop_path_rate"]:
+            row["backbone_args"] = {"drop_path_rate": number(r["drop_path_rate"])}
+        row.update(top1=number(r["final_test_top1"]), best_top1=number(r["best_epoch_test_top1"]))
+        rows.append({k: v for k, v in row.items() if v != {}})
+    return {**PETL_VISION_HEADER, "rows": rows}
+
+
+SOURCES = {"petl_vision": petl_vision}
+
+
+def dump(settings: dict[str, Any]) -> str:
+    """The header as block YAML, each row on one line (a file a reader can scan and diff)."""
+    header = {k: v for k, v in settings.items() if k != "rows"}
+    text = yaml.safe_dump(header, sort_keys=False, width=110, allow_unicode=True)
+    rows = [yaml.safe_dump(r, sort_keys=False, default_flow_style=True, width=10**6).strip() for r in settings["rows"]]
+    return (f"# Generated by {CONVERTER} from the reference files; do not edit by hand.\n" + text + "rows:\n"
+            + "".join(f"  - {r}\n" for r in rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    reference = Path(argv[0])
+    out = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parents[2] / "benchmarks" / "settings"
+    for name, convert in SOURCES.items():
+        path = out / f"{name}.yaml"
+        with replaced_whole(path) as tmp:
+            tmp.write_text(dump(convert(reference)), encoding="utf-8")
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
