@@ -71,7 +71,7 @@ def test_table_errors(tmp_path):
         render(tmp_path)
     write_atomic(tmp_path / "a.json", record("a_task", 0, "linear", 0, 0.5, 0))
     with pytest.raises(UserError, match="--format"):
-        render(tmp_path, "html")
+        render(tmp_path, "xml")
 
 
 # --- VTAB-1k and FGVC: group means, both overall means, published rows and differences ---
@@ -275,7 +275,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
     write_atomic(tmp_path / "r" / "a.json", failed)
     assert_one_line_error(petlbench_cli("table", str(tmp_path / "r")), "no successful run records", "1 failed")
     write_atomic(tmp_path / "r" / "b.json", record("a_task", 0, "linear", 0, 0.5, 0))
-    assert_one_line_error(petlbench_cli("table", str(tmp_path / "r"), "--format", "html"), "--format", "'html'")
+    assert_one_line_error(petlbench_cli("table", str(tmp_path / "r"), "--format", "xml"), "--format", "'xml'")
     assert_one_line_error(petlbench_cli("table", str(tmp_path / "r"), "--suite", "vtab1k"), "suites here: mini")
     ok = petlbench_cli("table", str(tmp_path / "r"), "--published", "never")
     assert ok.returncode == 0 and "| linear" in ok.stdout
