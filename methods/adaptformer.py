@@ -14,6 +14,9 @@ ViT-B/16 (the paper's own default, 64, is 1.19M). Non-linear, so it does not mer
 
 The adapter sits inside the block's MLP branch, so drop-path (and LayerScale, where a model has it) act on
 it with the MLP; the released code adds it after the MLP's drop-path.
+
+Weight decay: timm's rule, that of the NOAH recipe its lr and wd come from (AdaptFormer's own
+main_image.py decays every trained tensor, but under SGD at its own lr, which petlbench does not use).
 """
 from __future__ import annotations
 
@@ -82,6 +85,7 @@ class AdaptFormer(Method):
     Config = AdaptFormerConfig
     families = ("vit", "swin")  # pre-norm blocks: x + mlp(norm2(x)), tokens with the width last
     recipe = "noah"
+    decay_rule = "timm"  # see the module docstring
     defaults_source = SOURCE
 
     def check_fit(self, model):

@@ -10,6 +10,8 @@ first step: the paper's init is not the identity.
 placement "conv" (convolution-parallel, the paper's default): beside the block's k x k conv, with its
 kernel, stride and dilation, added to that conv's output. "block" (residual-parallel): beside the whole
 block, from its input to its output.
+
+Weight decay: timm's rule: Conv-Adapter trains through timm's create_optimizer_v2 (main.py).
 """
 from __future__ import annotations
 
@@ -79,6 +81,7 @@ class ConvAdapter(Method):
     Config = ConvAdapterConfig
     families = ("resnet", "convnext")  # needs each block's convolutions (the anatomy's `convs`)
     recipe = "noah"  # Conv-Adapter's own recipe is AdamW lr 1e-3, wd 1e-4, batch 64, 100 epochs, cosine
+    decay_rule = "timm"  # see the module docstring
     train_defaults = {"warmup_epochs": 0}
     backbone_defaults = {"drop_path_rate": 0.0}  # Conv-Adapter trains without stochastic depth (main.py)
     defaults_source = SOURCE

@@ -6,6 +6,9 @@ never see the queries, so the backbone's own forward is untouched (bit-identical
 gradient flows through the backbone's token path (VQT's memory saving). The head reads
 [pooled feature; every layer's query outputs], each part L2-normalised, through one linear layer:
 (1 + depth * tokens) * dim inputs. Trainable outside the head: depth * tokens * dim (12 x 1 x 768 = 9,216).
+
+Weight decay: VPT's rule, as VQT's code is VPT's (Adam branch of src/solver/optimizer.py: L2 decay on every
+trained tensor but the head's bias).
 """
 from __future__ import annotations
 
@@ -111,6 +114,7 @@ class VQT(Method):
     Config = VQTConfig
     families = ("vit",)  # queries attend inside a ViT's token attention
     recipe = "vpt"  # VQT's code is VPT's code: batch 128, lr x batch/256, 100 epochs, 10 warm-up, cosine
+    decay_rule = "vpt"  # see the module docstring
     train_defaults = {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0001}  # Adam, L2 decay: VQT's code
     tune_grid = {"lr": [1.0, 0.5, 0.25, 0.1, 0.05], "weight_decay": WEIGHT_DECAYS}
     defaults_source = SOURCE
