@@ -85,6 +85,11 @@ def test_a_head_trained_alone_or_a_tail_finds_its_classifier():
     rates = decayed(head, TrainConfig(optimizer="sgd", weight_decay=0.1, decay_rule="vpt"))
     assert (rates[id(head.weight)], rates[id(head.bias)]) == (0.1, 0.0)
     assert set(decayed(head, TrainConfig(weight_decay=0.1, decay_rule="all")).values()) == {0.1}
+    from petlbench.engine.prefix import Tail
+    model, _, _ = build_model(tiny("vit"), parse_method_spec("partial:blocks=1"), 5, seed=0)
+    tail = Tail(model, len(model.blocks) - 1)  # what trains on cached activations: the last block, norm, head
+    rates = decayed(tail, TrainConfig(optimizer="sgd", weight_decay=0.1, decay_rule="vpt"))
+    assert rates[id(model.head.bias)] == 0.0 and rates[id(model.head.weight)] == rates[id(model.norm.bias)] == 0.1
 
 
 def test_the_rule_is_recorded_and_makes_the_identity():
