@@ -36,7 +36,6 @@ def test_ln_decays_its_norms_as_petl_vision_does():
     """PETL_Vision hands every tuned tensor to one AdamW group: a step with zero gradients shrinks the norms'
     weights and biases by lr x wd, and the head's bias too."""
     cfg = plan("ln").train
-    assert cfg.decay_rule == "all" and cfg.weight_decay == 1e-3
     model, _, _ = build_model(tiny("vit"), parse_method_spec("ln"), 5, seed=0)
     trained = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trained]
@@ -48,6 +47,7 @@ def test_ln_decays_its_norms_as_petl_vision_does():
         torch.testing.assert_close(p.detach(), q * (1 - cfg.lr * cfg.weight_decay), rtol=0, atol=1e-7)
     norm = model.blocks[0].norm1
     assert set(decayed(model, cfg)[id(t)] for t in (norm.weight, norm.bias, model.head.bias)) == {1e-3}
+    assert cfg.decay_rule == "all" and cfg.weight_decay == 1e-3
 
 
 @pytest.mark.parametrize("method", ["full", "bitfit", "ssf", "vpt_deep:tokens=2", "lora", "adapter", "linear"])
