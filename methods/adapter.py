@@ -3,6 +3,9 @@
 Default: bottleneck 8 after the MLP of each block, the 0.16M-parameter adapter of the VTAB-1k tables
 (12 x (768*8+8 + 8*768+768) = 156,768 on ViT-B/16). The adapter is residual, x + up(act(down(x))),
 and starts near the identity.
+
+Weight decay: timm's rule (no decay on 1-d tensors and biases): NOAH, whose recipe and adapter numbers
+these are, trains through timm's create_optimizer (supernet_train_prompt.py).
 """
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -48,6 +51,7 @@ class Adapter(Method):
     Config = AdapterConfig
     families = ("vit", "swin")  # needs each block's attention and MLP outputs (last dim = width)
     recipe = "noah"  # the 0.16M adapter numbers come from NOAH
+    decay_rule = "timm"  # see the module docstring
 
     def check_fit(self, model):
         refuse_above(self, "option 'bottleneck'", self.config.bottleneck,

@@ -10,6 +10,9 @@ after the MLP's residual add, and adds to it), no norm inside the adapter, GELU,
 it), the channel-wise scale starting at ones, and its own stochastic depth 0.1 on the adapter branch.
 Bottleneck 8: 12 x (768*8+8 + 8*768+768 + 768) = 165,984 on ViT-B/16. The 77.6 VTAB-1k mean picks the
 bottleneck per task from 1..32 on val (conf/experiment/vtab/adapter_plus_dim1-32.yaml): the tune grid.
+
+Weight decay: timm's rule: Adapter+ groups its parameters as timm does (modeling/adaptermodel.py
+add_weight_decay: no decay on 1-d tensors, biases, '.scaling' and the ViT's no_weight_decay()).
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ class AdapterPlus(Method):
     Config = AdapterPlusConfig
     families = ("vit", "swin")  # reads each block's output with the width last (tokens, or Swin's B, H, W, C)
     recipe = "noah"  # Adapter+'s own recipe is the same: AdamW 1e-3, wd 1e-4, batch 64, 100 epochs, drop-path 0.1
+    decay_rule = "timm"  # see the module docstring
     tune_grid = {"bottleneck": [1, 2, 4, 8, 16, 32]}  # the per-task dims of Adapter+ opt. (77.6), chosen on val
     # Adapter+ normalises with the backbone's own mean/std (0.5 for orig_in21k), not ImageNet's (paper, sec. 4)
     backbone_defaults = {"mean": "backbone", "std": "backbone"}

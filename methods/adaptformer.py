@@ -19,6 +19,9 @@ it, in the released code's order (same logits and, with one seed, the same train
 which the released ViT lacks (timm's DINOv2, for one, has it), scales the frozen MLP only and moves in too.
 Checked against the released Block on a random ViT-B/16 with drop-path 0.1: max abs logit diff 1.3e-6 in
 eval, 1.6e-6 in training under one seed.
+
+Weight decay: timm's rule, that of the NOAH recipe its lr and wd come from (AdaptFormer's own
+main_image.py decays every trained tensor, but under SGD at its own lr, which petlbench does not use).
 """
 from __future__ import annotations
 
@@ -92,6 +95,7 @@ class AdaptFormer(Method):
     Config = AdaptFormerConfig
     families = ("vit", "swin")  # pre-norm blocks: x + mlp(norm2(x)), tokens with the width last
     recipe = "noah"
+    decay_rule = "timm"  # see the module docstring
     defaults_source = SOURCE
 
     def check_fit(self, model):

@@ -1,6 +1,9 @@
 """BitFit (Ben Zaken et al., 2022): train every bias term of the backbone and nothing else.
 
 Biases are found structurally: each module's own `bias` parameter (linear, conv and norm layers).
+
+Weight decay: VPT's AdamW rule (no decay on biases; KMnP/vpt src/solver/optimizer.py): only the head's
+weight decays, the same split as timm's on this trainable set.
 """
 from torch import nn
 
@@ -14,6 +17,7 @@ class BitFit(Method):
     paper = "BitFit (Ben Zaken et al., ACL 2022); VTAB-1k numbers and recipe from VPT"
     families = ANY_FAMILY
     recipe = "vpt"  # the VTAB-1k BitFit numbers come from VPT's Table 1
+    decay_rule = "vpt"  # see the module docstring
     # base 5e-3 (2.5e-3 at batch 128): the top of VPT's fine-tuning grid; PETL_Vision's val-selected BitFit lr is
     # 1e-2 (AdamW, batch 64) on 12 of 19 VTAB-1k tasks. SGD at base 0.5 collapsed on real data (14%).
     train_defaults = {**VPT_FINETUNE, "lr": 0.005}

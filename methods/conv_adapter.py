@@ -21,6 +21,8 @@ input, with its kernel, stride, padding and dilation. Where its output is added 
 downsampling adapters are added as well (no block holds those convs).
 Checked against the released modules on the same random weights: ResNet-50 logits equal (max abs diff 0),
 ConvNeXt-B 8.9e-7.
+
+Weight decay: timm's rule: Conv-Adapter trains through timm's create_optimizer_v2 (main.py).
 """
 from __future__ import annotations
 
@@ -113,6 +115,7 @@ class ConvAdapter(Method):
     Config = ConvAdapterConfig
     families = ("resnet", "convnext")  # needs each block's convolutions (the anatomy's `convs`)
     recipe = "noah"  # Conv-Adapter's own recipe is AdamW lr 1e-3, wd 1e-4, batch 64, 100 epochs, cosine
+    decay_rule = "timm"  # see the module docstring
     train_defaults = {"warmup_epochs": 0}
     backbone_defaults = {"drop_path_rate": 0.0}  # Conv-Adapter trains without stochastic depth (main.py)
     defaults_source = SOURCE

@@ -10,6 +10,9 @@ s * V core U, computed on the layer's input; the MLP's m-times-wider side is m s
 As JieShibo/PETL-ViT FacT/fact_tt.py and fact_tk.py: nn.Linear's init for U and the TT cores, Xavier for
 C and P, dropout 0.1 on the rank-r activations. The increment is a weight delta, so `merge` folds it into the
 frozen Linears (the fused qkv takes [dq; dk; dv]).
+
+Weight decay: every trained tensor decayed, the head's bias included: FacT's code passes all of them to
+one AdamW (JieShibo/PETL-ViT FacT/fact_tk.py, fact_tt.py: AdamW(trainable, weight_decay=wd)).
 """
 from __future__ import annotations
 
@@ -134,6 +137,7 @@ class FacT(Method):
     Config = FacTConfig
     families = ("vit",)  # one width for every block: U and V are shared by all of them
     recipe = "noah"  # FacT's code: AdamW lr 1e-3, wd 1e-4, batch 64, 100 epochs, 10 warm-up, drop-path 0.1
+    decay_rule = "all"  # see the module docstring
     tune_grid = {"scale": [0.01, 0.1, 1.0, 10.0, 100.0]}  # the scales FacT's per-task configs choose from
     defaults_source = ("lr 1e-3, wd 1e-4, batch 64: JieShibo/PETL-ViT FacT/fact_tt.py, fact_tk.py; rank and scale "
                        "the most common in FacT/configs/{tt,tk}/*.yaml: tt r 8 (8 and 16 tie, 9 tasks each), s 1 "

@@ -16,6 +16,9 @@ peft's LoKr, decompose_factor n = 32 (A is 32 x 32, u v^T 24 x 24 on ViT-B), ran
 - the bias: q's and v's own biases train (2 x 768 per block), not one b added to both (768).
 Trainable on ViT-B/16: 12 x 2 x (32*32 + 2*24 + 768) = 44,160; the paper's code 50,176 (12 x (2 x 32 x 48 + 768) +
 2 x 2 x 32 x 32; its README's 79,699 less linear probing's 29,523 head). `merge` folds dW into the Linears.
+
+Weight decay: timm's rule, that of the NOAH recipe its lr and wd come from (the paper has no VTAB-1k
+recipe).
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class KAdaptation(Method):
     Config = KAdaptationConfig
     families = ("vit", "swin")  # blocks with a fused qkv Linear (attn.qkv)
     recipe = "noah"  # the paper reports ELEVATER (CLIP, per-dataset lr/wd search), not VTAB-1k
+    decay_rule = "timm"  # see the module docstring
     defaults_source = ("n = 32, fast-weight rank 1, q and v, dropout 0.5 on the Kronecker weight, a trained bias: "
                        "eric-ai-lab/PEViT vision_benchmark/evaluation/model.py (phm_dim 32, phm_rank 1, kdropout 0.5, "
                        "b); scale 1 (alpha = rank), not the code's 160, which offsets its 1e-4-sized slow weights; "

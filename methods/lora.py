@@ -5,6 +5,9 @@ split into q, k, v Linears (petlbench.qkv) so that q and v are adapted and k is 
 weights and fuses q, k, v back, a plain timm model. On ViT-B/16 at r = 8: 12 x 2 x 8 x (768 + 768) = 294,912,
 the 0.29M of the VTAB-1k tables. NOAH's LoRA (whose numbers those tables show) is one rank-8 pair on the fused qkv
 (A 768 x 8 shared by q, k, v; B 8 x 2304, so k is adapted too): the same count, unscaled, as alpha = r here.
+
+Weight decay: timm's rule: NOAH, whose LoRA script gives the lr and wd, trains through timm's
+create_optimizer (supernet_train_prompt.py).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class LoRA(Method):
     Config = LoRAConfig
     families = ("vit", "swin")  # blocks with a fused qkv Linear (attn.qkv)
     recipe = "noah"  # NOAH's LoRA script: AdamW lr 1e-3, wd 1e-4, batch 64, 100 epochs, drop-path 0.1
+    decay_rule = "timm"  # see the module docstring
     defaults_source = ("rank 8 on q and v: LoRA section 7.1 and NOAH's VTAB-1k LoRA (experiments/LoRA/"
                        "ViT-B_prompt_lora_8.yaml, LORA_DIM 8); alpha 8 = rank (scale 1): LoRA section 4.1 ('we set "
                        "alpha to the first r we try'), and NOAH adds B A unscaled (model/module/qkv_super_prompt.py); "

@@ -6,6 +6,9 @@ VPT's Partial-1 trains the last encoder layer and the final norm (KMnP/vpt src/m
 ViT-B/16. "After them" also covers a stage's downsampling layer when the trained blocks reach into a later
 stage (Swin, ConvNeXt) and a norm between pooling and the classifier (ViT fc_norm, ConvNeXt head.norm).
 Everything before block `first_trainable_block` is frozen, so its output can be cached per image.
+
+Weight decay: VPT's AdamW rule (KMnP/vpt src/solver/optimizer.py): every tensor but the biases decays,
+the tuned blocks' norm weights included (timm's rule exempts them).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class Partial(Method):
     Config = PartialConfig
     families = ANY_FAMILY
     recipe = "vpt"  # VPT's Partial-1 numbers; it tunes backbone weights like Full: AdamW, fine-tuning grid
+    decay_rule = "vpt"  # see the module docstring
     train_defaults = {**VPT_FINETUNE, "lr": 0.0005}
     tune_grid = VPT_FINETUNE_GRID
     defaults_source = (VPT_FINETUNE_SOURCE + "; base lr 5e-4 from that grid, as full fine-tuning (VPT published no "

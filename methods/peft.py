@@ -9,6 +9,8 @@ tokens a timm model does not take: use vpt_deep), tuners peft injects only throu
 random projections are state shared on the tuner), and AdaLoRA (its rank budget needs `update_and_allocate` after
 every step, which the training loop does not call; without it AdaLoRA is LoRA in SVD form).
 IA3 on fc2 scales fc2's input, the MLP's inner activation (IA3's l_ff); on any other Linear its output.
+
+Weight decay: timm's rule, as lora (NOAH's LoRA recipe, timm's create_optimizer).
 """
 from __future__ import annotations
 
@@ -230,6 +232,7 @@ class PeftTuner(Method):
     Config = PeftTunerConfig
     families = ("vit", "swin")  # blocks with a fused qkv Linear (attn.qkv), the default targets q and v
     recipe = "noah"  # as lora, whose VTAB-1k numbers (NOAH) the tuners are compared with
+    decay_rule = "timm"  # see the module docstring
     defaults_source = ("the tuner's peft 0.21 config defaults (no tuner but LoRA published VTAB-1k values) on LoRA's "
                        "targets q and v; lr 1e-3, wd 1e-4: NOAH's LoRA script (configs/LoRA/VTAB/"
                        "slurm_train_lora_vtab.sh)")

@@ -7,6 +7,10 @@ patch embedding, norm1, qkv, attention proj, norm2, fc1, fc2 and the final norm,
 every conv and norm. Layers without a bias get none, as SSF leaves Swin's bias-free patch-merging reduction
 alone: a shift there could not fold into the backbone. One departure: on ConvNeXt SSF scales the last stage's
 output before pooling; here the head's norm after pooling is scaled, so that it folds too.
+
+Weight decay: timm's rule: SSF trains through its copy of timm's create_optimizer_v2 (train.py,
+optim_factory.py: no decay on 1-d tensors, biases and no_weight_decay()), so its scales and shifts are never
+decayed; only the head's weight is.
 """
 from __future__ import annotations
 
@@ -74,11 +78,14 @@ class SSF(Method):
     paper = "SSF (Lian et al., NeurIPS 2022)"
     families = ("vit", "swin", "convnext")  # ResNet convs have no bias to fold a shift into; SSF has no ResNet
     recipe = "noah"  # AdamW, batch 64 (2 GPUs x 32), 100 epochs, 10 warm-up, cosine: NOAH's recipe
+    decay_rule = "timm"  # see the module docstring
     train_defaults = {"lr": 0.005, "weight_decay": 5e-5}
-    backbone_defaults = {"drop_path_rate": 0.0}
+    # the weights' own mean/std: SSF's code normalises with its checkpoint's (0.5 for the in21k ViT), not ImageNet's
+    backbone_defaults = {"drop_path_rate": 0.0, "mean": "backbone", "std": "backbone"}
     defaults_source = ("lr 5e-3 (10 of 19 tasks), wd 5e-5 (14 of 19), drop-path 0 (9 of 19), AdamW, 2 GPUs x "
                        "batch 32, 100 epochs, 10 warm-up: dongzelian/SSF train_scripts/vit/vtab/*/train_ssf.sh; init "
-                       "scale N(1, 0.02), shift N(0, 0.02): models/vision_transformer.py init_ssf_scale_shift")
+                       "scale N(1, 0.02), shift N(0, 0.02): models/vision_transformer.py init_ssf_scale_shift; the "
+                       "checkpoint's own mean/std: train.py resolve_data_config (0.5 for its in21k ViT)")
 
     def apply(self, model):
         for parent, name, layer in scaled_layers(model):

@@ -8,6 +8,9 @@ images: 12 p (S + p) parameters for an S x S input (13,740 at p = 5, S = 224).
 
 The strips are sized for the backbone's input size; an image of another size (tiny test models) gets
 the strips resized to fit (bilinear), which VPT never needed.
+
+Weight decay: VPT's rule (KMnP/vpt src/solver/optimizer.py, SGD: every trained tensor but the head's
+bias).
 """
 from __future__ import annotations
 
@@ -78,6 +81,7 @@ class VPTPad(Method):
     Config = VPTPadConfig
     families = ("resnet", "convnext")  # VPT's ConvNet experiments: ResNet-50 and ConvNeXt
     recipe = "vpt"
+    decay_rule = "vpt"  # see the module docstring
     tune_grid = {"lr": [5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05, 0.025, 0.01], "weight_decay": WEIGHT_DECAYS}
     defaults_source = SOURCE
 

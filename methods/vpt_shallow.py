@@ -1,7 +1,10 @@
 """VPT-shallow (Jia et al., ECCV 2022): learned prompt tokens enter the first block only.
 
 The prompts are inserted after the class token, travel through every block, and are stripped
-after the last one: tokens x embed_dim parameters (50 x 768 = 38,400 on ViT-B/16).
+after the last one: tokens x embed_dim parameters (200 x 768 = 153,600 on ViT-B/16).
+
+Weight decay: VPT's rule (KMnP/vpt src/solver/optimizer.py, SGD: every trained tensor, the prompts
+included, but the head's bias).
 """
 from dataclasses import dataclass
 from typing import Annotated
@@ -10,12 +13,14 @@ from torch import nn
 
 from petlbench.method import Method
 from petlbench.options import Range
-from petlbench.prompts import InsertPrompts, PromptConfig, StripPrompts, make_prompts
+from petlbench.prompts import MAX_TOKENS, VPT_TRAIN, VPT_TRAIN_SOURCE, InsertPrompts, PromptConfig, StripPrompts, make_prompts
 from petlbench.backbones import anatomy
 
 
 @dataclass
 class VPTShallowConfig(PromptConfig):
+    # 200: PETL_Vision's val-selected vpt_num for VPT-shallow on 7 of 19 tasks (the only released per-task lengths)
+    tokens: Annotated[int, Range(min=1, max=MAX_TOKENS)] = 200
     dropout: Annotated[float, Range(min=0, lt=1)] = 0.0  # VPT-shallow: no prompt dropout
 
 
@@ -26,6 +31,10 @@ class VPTShallow(Method):
     paper = "VPT (Jia et al., ECCV 2022)"
     families = ("vit",)  # prompts are tokens of a ViT's sequence
     recipe = "vpt"
+    decay_rule = "vpt"  # see the module docstring
+    train_defaults = VPT_TRAIN
+    defaults_source = (VPT_TRAIN_SOURCE + "; tokens 200: PETL_Vision's val-selected vpt_num on 7 of 19 tasks "
+                       "(tune_output/default_vtab/processed_vtab/*/vpt_shallow)")
 
     def apply(self, model):
         cfg = self.config

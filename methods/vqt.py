@@ -12,6 +12,9 @@ Kaiming-normal with fan-out (std sqrt(2 / classes)), every bias -log((1 - 0.01) 
 focal-loss prior of 0.01 whatever the number of classes (equal to -log(C - 1) only at C = 100). A bias equal
 across classes leaves the softmax unchanged, but not Adam's per-element steps with L2 decay. Under one seed
 the head's tensors equal the released MLP head's (max abs diff 0).
+
+Weight decay: VPT's rule, as VQT's code is VPT's (Adam branch of src/solver/optimizer.py: L2 decay on every
+trained tensor but the head's bias).
 """
 from __future__ import annotations
 
@@ -123,6 +126,7 @@ class VQT(Method):
     Config = VQTConfig
     families = ("vit",)  # queries attend inside a ViT's token attention
     recipe = "vpt"  # VQT's code is VPT's code: batch 128, lr x batch/256, 100 epochs, 10 warm-up, cosine
+    decay_rule = "vpt"  # see the module docstring
     train_defaults = {"optimizer": "adam", "lr": 0.1, "weight_decay": 0.0001}  # Adam, L2 decay: VQT's code
     tune_grid = {"lr": [1.0, 0.5, 0.25, 0.1, 0.05], "weight_decay": WEIGHT_DECAYS}
     defaults_source = SOURCE

@@ -270,6 +270,8 @@ def cmd_ls(args) -> int:
         departures = ", ".join(f"{k}={v}" for k, v in cls.train_defaults.items())
         print(f"    recipe:  {cls.recipe}" + (f" with {departures}" if departures else "")
               + (f"; tune grid {cls.tune_grid}" if cls.tune_grid else ""))
+        rule = cls.decay_rule or (RECIPES[cls.recipe].train.get("decay_rule", "timm") if cls.recipe in RECIPES else "timm")
+        print(f"    weight decay: {rule} rule (petlbench.engine.decay)")
         print(f"    families: {', '.join(cls.families)}" + ("; merges into the backbone (export --merged)"
                                                           if mergeable(cls) else ""))
         if cls.paper:

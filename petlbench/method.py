@@ -3,7 +3,7 @@
 A method has a `name`, a dataclass `Config` of its hyper-parameters (with defaults), the backbone
 families it supports (`families`, read by petlbench.backbones), the training recipe of its paper
 (`recipe`, a name in petlbench.recipes) with its departures from it (`train_defaults`, `tune_grid`,
-`backbone_defaults`, all used only under that recipe) and where its untuned defaults come from (`defaults_source`), and
+`backbone_defaults`, `decay_rule`, all used only under that recipe) and where its untuned defaults come from (`defaults_source`), and
 `apply(model)`. The runner freezes the whole backbone before `apply` and trains the classifier head
 after it, so `apply` only adds modules (new parameters train by default) or switches `requires_grad`
 on existing ones; it may replace the head (a method that changes the head's input). Methods wrap or
@@ -44,6 +44,9 @@ class Method:
     # ({"mean": "backbone", "std": "backbone"}: the weights' own normalisation instead of the recipe's)
     backbone_defaults: ClassVar[dict[str, Any]] = {}
     defaults_source: ClassVar[str] = ""  # where the untuned defaults come from (else the recipe's source)
+    # Which trained tensors weight decay reaches, as the code of the method's source does it
+    # (petlbench.engine.decay: "timm", "all", "vpt"); None: its recipe's. Recorded as the record's train.decay_rule.
+    decay_rule: ClassVar[str | None] = None
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()

@@ -71,7 +71,7 @@ class RunPlan:
             "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "mean": b.mean, "std": b.std,
                          "interpolation": b.interpolation},
             "preprocessing": as_dict(self.suite.preprocessing),
-            "train": asdict(self.train), "protocol": self.protocol,
+            "train": train_identity(self.train), "protocol": self.protocol,
         }
 
     def config_id(self) -> str:
@@ -130,8 +130,19 @@ def recipe_for(method: Method, suite: Suite, recipe: str | None) -> tuple[Recipe
 
 
 def departures(method: Method, recipe: Recipe) -> dict[str, Any]:
-    """The method's departures from its paper's recipe: only when it trains under that recipe."""
-    return dict(method.train_defaults) if recipe.name == method.recipe else {}
+    """The method's departures from its paper's recipe (its decay rule too): only when it trains under that recipe."""
+    if recipe.name != method.recipe:
+        return {}
+    return {**({"decay_rule": method.decay_rule} if method.decay_rule else {}), **method.train_defaults}
+
+
+def train_identity(train: TrainConfig) -> dict[str, Any]:
+    """What of the training config makes a run's identity: all of it, but timm's decay rule, which every run
+    trained with before the rule was a setting, is left out, so those runs keep their identity (and are skipped)."""
+    values = asdict(train)
+    if values["decay_rule"] == "timm":
+        del values["decay_rule"]
+    return values
 
 
 def tune_grid(method: Method, recipe: Recipe) -> dict[str, list]:

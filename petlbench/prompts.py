@@ -20,6 +20,18 @@ from petlbench.options import Range
 # patches); thousands of tokens only fill the memory. vqt's queries per layer share the bound.
 MAX_TOKENS = 1000
 
+# VPT's untuned defaults, from the per-task settings released for VPT on VTAB-1k (the value most often chosen).
+# SGD lr: E2VPT's VPT configs (ChengHan111/E2VPT configs/prompt/prompt_vpt/*/*.yaml on base-prompt.yaml: VPT's
+# code, SGD, batch 128) give SOLVER.BASE_LR 0.01, WEIGHT_DECAY 1e-3 on 18 of 19 tasks (cifar100: 2.5, 1e-2). VPT's
+# train.py hands SOLVER.BASE_LR to the optimizer as it is (only tune_vtab.py scales its grid by batch / 256), so
+# 0.01 is the optimizer's lr at batch 128: petlbench's base lr (x batch / 256) is 0.02.
+VPT_TRAIN = {"lr": 0.02, "weight_decay": 0.001}
+VPT_TRAIN_SOURCE = ("base lr 0.02 (x batch / 256: the optimizer's 0.01 at batch 128) and wd 1e-3: SOLVER.BASE_LR 0.01 "
+                    "and WEIGHT_DECAY 1e-3 on 18 of 19 tasks in E2VPT's released VPT configs (ChengHan111/E2VPT "
+                    "configs/prompt/prompt_vpt, VPT's code: SGD, batch 128, BASE_LR unscaled by train.py); "
+                    "PETL_Vision's val-selected VPT values (AdamW, not comparable in lr) agree on wd 1e-3 "
+                    "(deep 11 of 19, shallow 13 of 19)")
+
 
 @dataclass
 class PromptConfig:

@@ -29,9 +29,9 @@ class Recipe:
 
 
 # Untuned defaults: a value the method's paper used or its tune grid most often selects, with the source.
-VPT_PROMPT_DEFAULT = ("base lr 1.0, wd 1e-3: VPT's released values for VPT-deep on VTAB-1k (demo.ipynb of "
-                      "KMnP/vpt, 'the same hyper-parameters as our paper': dmlab and eurosat); VPT published "
-                      "no per-task values for linear or VPT-shallow, which share its SGD recipe and grid")
+VPT_PROMPT_DEFAULT = ("base lr 1.0, wd 1e-3: VPT's values for VPT-deep on two VTAB-1k tasks (demo.ipynb of "
+                      "KMnP/vpt: dmlab and eurosat); VPT published no per-task values for the linear probe, which "
+                      "shares its SGD recipe and grid (vpt_shallow and vpt_deep take the per-task evidence instead)")
 # VPT's fine-tuning config (configs/base-finetune.yaml), which its code also uses for bias tuning
 # (demo.ipynb: 'tinytl-bias' on configs/finetune): full fine-tuning and BitFit depart from the SGD recipe so.
 VPT_FINETUNE = {"optimizer": "adamw", "weight_decay": 0.0001, "warmup_epochs": 5}
@@ -44,7 +44,7 @@ RECIPES: dict[str, Recipe] = {
         name="vpt", source="VPT (Jia et al., ECCV 2022), section 4 and appendix A; KMnP/vpt configs",
         # lr is VPT's base lr: the optimizer gets lr * batch_size / 256 (tune_vtab.py).
         train={"optimizer": "sgd", "momentum": 0.9, "lr": 1.0, "weight_decay": 0.001, "epochs": 100,
-               "warmup_epochs": 10, "batch_size": 128, "lr_scale_batch": 256},
+               "warmup_epochs": 10, "batch_size": 128, "lr_scale_batch": 256, "decay_rule": "vpt"},
         grid={"lr": [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05], "weight_decay": WEIGHT_DECAYS},
         preprocessing={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"},
         defaults_source=VPT_PROMPT_DEFAULT,
@@ -52,7 +52,7 @@ RECIPES: dict[str, Recipe] = {
     "noah": Recipe(
         name="noah", source="NOAH (Zhang et al., 2022) configs, followed by most later VTAB-1k papers",
         train={"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.0001, "epochs": 100, "warmup_epochs": 10,
-               "batch_size": 64},
+               "batch_size": 64, "decay_rule": "timm"},  # NOAH trains through timm's create_optimizer
         grid={"lr": [0.005, 0.001, 0.0005, 0.0001], "weight_decay": [0.0001]},
         backbone_args={"drop_path_rate": 0.1},
         preprocessing={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic"},

@@ -25,8 +25,10 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 class TrainConfig:
     optimizer: Literal["adamw", "sgd", "adam"] = "adamw"  # adam: L2 weight decay in the gradient (VQT's code)
     lr: Annotated[float, Range(gt=0)] = 1e-3
-    # weight decay is not applied to biases, norms, tokens (timm's filter_bias_and_bn)
     weight_decay: Annotated[float, Range(min=0)] = 1e-4
+    # which trained tensors weight decay reaches (petlbench.engine.decay): timm's filter (no decay on 1-d tensors,
+    # biases, declared tokens), every one (PETL_Vision), or VPT's code's; a method's own is its `decay_rule`
+    decay_rule: Literal["timm", "all", "vpt"] = "timm"
     momentum: Annotated[float, Range(min=0, lt=1)] = 0.9  # SGD only
     epochs: Annotated[int, Range(min=1)] = 100
     warmup_epochs: Annotated[int, Range(min=0)] = 10

@@ -163,3 +163,25 @@ def test_training_draws_as_the_released_forward_block():
         x = x + drop_path(old.attn(old.norm1(x))) + drop_path(bp_attn(old.norm1(x))) * 10
         expected = x + drop_path(old.mlp(old.norm2(x))) + drop_path(bp_mlp(old.norm2(x))) * 10
     torch.testing.assert_close(out, expected)
+
+
+# (scale, xavier_init) of the 19 released configs, JieShibo/PETL-ViT @026e4f1 convpass/vtab/configs/convpass/<task>.yaml
+RELEASED = {"cifar": (0.1, False), "caltech101": (1, False), "dtd": (0.01, True), "oxford_flowers102": (0.1, True),
+            "oxford_iiit_pet": (1, True), "svhn": (100, True), "sun397": (0.1, False), "patch_camelyon": (10, False),
+            "eurosat": (10, False), "resisc45": (10, False), "diabetic_retinopathy": (1, False),
+            "clevr_count": (1, False), "clevr_dist": (0.1, True), "dmlab": (10, False), "kitti": (10, True),
+            "dsprites_loc": (100, True), "dsprites_ori": (0.1, True), "smallnorb_azi": (100, True),
+            "smallnorb_ele": (1, True)}
+
+
+def test_defaults_and_their_counts_are_the_released_configs():
+    """The defaults text counts the repository's 19 configs (issue 17, fault 9), and the defaults still hold:
+    the median scale (0.1, 1 and 10 tie at 5 each) and the more common init."""
+    from collections import Counter
+    from petlbench.methods.convpass import SOURCE
+    scales = sorted(s for s, _ in RELEASED.values())
+    counts, xavier = Counter(scales), sum(x for _, x in RELEASED.values())
+    assert len(RELEASED) == 19 and counts[0.1] == counts[1] == counts[10] == 5 and xavier == 10
+    cfg = parse_method_spec("convpass").config
+    assert cfg.scale == scales[len(scales) // 2] == 1 and cfg.conv_init == ("xavier" if xavier > 19 / 2 else "identity")
+    assert "of the 19 configs" in SOURCE and "tie (5 each" in SOURCE and "xavier on 10 of 19" in SOURCE

@@ -110,3 +110,20 @@ def test_recipe_is_ssfs_released_scripts():
     assert (train["optimizer"], train["lr"], train["weight_decay"], train["batch_size"], train["epochs"],
             train["warmup_epochs"]) == ("adamw", 0.005, 5e-5, 64, 100, 10)
     assert backbone_for(BackboneSpec("vit_base_patch16_224"), noah, ssf).args["drop_path_rate"] == 0.0
+
+
+def test_inputs_are_normalised_with_the_checkpoints_own_mean_and_std():
+    """SSF's train.py takes mean/std from its checkpoint's config (resolve_data_config): 0.5 for the in21k ViT
+    it loads, not ImageNet's (issue 17, fault 4)."""
+    from pathlib import Path
+    from petlbench.plan import plan_one, resolve_backbone
+    from petlbench.suite import load_suite
+    suite = load_suite("vtab1k")
+    spec = resolve_backbone(suite, Path("/nonexistent"), "vit_base_patch16_224.augreg_in21k", None, None, True)
+    run = plan_one(suite, suite.tasks[0], parse_method_spec("ssf"), spec, 0, {}, None, suite.protocol("final"),
+                   Path("/nonexistent"))
+    prep = run.preprocessing()
+    assert (prep["mean"], prep["std"]) == ([0.5] * 3, [0.5] * 3)
+    assert run.config()["backbone"]["mean"] is None, "the weights' own, whatever they are"
+    swin = backbone_for(BackboneSpec("swin_base_patch4_window7_224"), RECIPES["noah"], parse_method_spec("ssf"))
+    assert swin.mean is None and swin.std is None

@@ -184,7 +184,7 @@ def test_unknown_option_lists_valid_keys():
         parse_method_spec("vpt_deep:tokenz=5")
     msg = str(err.value)
     assert "method vpt_deep" in msg and "unknown option 'tokenz'" in msg
-    for key in ("tokens=50", "dropout=0.1", "init=xavier"):
+    for key in ("tokens=100", "dropout=0.1", "init=xavier"):
         assert key in msg
 
 

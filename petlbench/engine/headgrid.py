@@ -23,13 +23,14 @@ from petlbench.records import is_finished, read_record
 from petlbench.specs import TrainConfig
 
 SHARED = ("optimizer", "momentum", "epochs", "warmup_epochs", "batch_size", "eval_batch_size", "label_smoothing",
-          "grad_clip", "precision", "eval_every")  # what every point must share to train together
+          "grad_clip", "precision", "eval_every", "decay_rule")  # what every point must share to train together
 
 
 def batchable(configs: list[TrainConfig]) -> bool:
     """Points that differ only in lr, weight decay (and lr_scale_batch, folded into the effective lr)."""
     first = configs[0]
-    return len(configs) > 1 and first.optimizer in ("sgd", "adamw") and first.grad_clip is None and not first.eval_every and all(
+    return len(configs) > 1 and first.optimizer in ("sgd", "adamw") and first.grad_clip is None and not first.eval_every and (
+        first.decay_rule != "all") and all(  # timm's and VPT's rules leave a linear head's bias undecayed; "all" not
         all(getattr(c, key) == getattr(first, key) for key in SHARED) for c in configs)
 
 

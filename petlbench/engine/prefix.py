@@ -55,6 +55,9 @@ class Tail(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def get_classifier(self) -> nn.Module:
+        return self.head  # as the model's: the decay rules (petlbench.engine.decay) find the head by it
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from petlbench.data.decode import TensorData
+from petlbench.engine.decay import param_groups
 from petlbench.specs import TrainConfig
 from petlbench.engine.threads import rebalance
 
@@ -36,9 +37,10 @@ def memory_format(model: nn.Module) -> torch.memory_format:
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
     kwargs = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
     # timm's "sgd" is Nesterov SGD; VPT (and torch.optim.SGD's default) use classical momentum: timm's "momentum".
-    # timm skips parameters with requires_grad=False and exempts 1-d params from weight decay.
+    # The trained parameters go in as groups of cfg.decay_rule (petlbench.engine.decay), each with its own decay.
     opt = "momentum" if cfg.optimizer == "sgd" else cfg.optimizer
-    return create_optimizer_v2(model, opt=opt, lr=effective_lr(cfg), weight_decay=cfg.weight_decay, **kwargs)
+    groups = param_groups(model, cfg.decay_rule, cfg.optimizer, cfg.weight_decay)
+    return create_optimizer_v2(groups, opt=opt, lr=effective_lr(cfg), weight_decay=0.0, **kwargs)
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
