@@ -2,6 +2,7 @@
 and compared with the source's own numbers; the shipped settings equal the reference data they come from."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import yaml
 
 from conftest import assert_one_line_error, petlbench_cli
 from petlbench.settings import load_settings, packaged_sources
-from petlbench.tools.paper_settings import dump, petl_vision, reference_rows
+from petlbench.errors import UserError
+from petlbench.sweep.runner import make_sweep
+from petlbench.tools.paper_settings import SOURCES, dump, petl_vision, reference_rows
 
 REFERENCE = Path(__file__).parent / "data" / "paper_settings"  # copies of the shared reference files
 
@@ -161,3 +164,96 @@ def test_shipped_petl_vision_settings_equal_the_reference():
     assert settings.recipe["mean"] == [0.0, 0.0, 0.0] and settings.recipe["backbone"].endswith("orig_in21k")
     raw = yaml.safe_load(shipped.read_text())
     assert raw["origin"]["commit"] == "245d262"
+
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
+SSF_TASKS = {"cifar_100": "cifar", "flowers102": "oxford_flowers102", "pets": "oxford_iiit_pet", "cub_2011": "CUB",
+             "oxford_flowers": "OxfordFlowers", "stanford_cars": "StanfordCars", "stanford_dogs": "StanfordDogs"}
+FGVC_COLUMNS = {"cub": "CUB", "oxford_flowers": "OxfordFlowers", "stanford_dogs": "StanfordDogs",
+                "stanford_cars": "StanfordCars"}
+
+
+def published_row(suite: str, source_key: str, method: str) -> dict[str, float]:
+    """The task columns of one row of results/published (read here independently of the converter)."""
+    with (PUBLISHED / f"published_{suite}.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["source_key"] == source_key and r["method"] == method]
+    assert len(rows) == 1 and rows[0]["selection"] == "test_best"
+    skip = {"method", "backbone", "trainable_params_M", "source_key", "source", "selection", "seeds", "data_build",
+            "copy_of", "inputs", "notes"}
+    return {FGVC_COLUMNS.get(k, k): float(v) for k, v in rows[0].items() if k not in skip and v}
+
+
+@pytest.mark.parametrize("source", ["ssf", "fact", "convpass"])
+def test_shipped_settings_are_regenerated_byte_for_byte(source):
+    assert packaged_sources()[source].read_text() == dump(SOURCES[source](REFERENCE))
+
+
+def test_shipped_ssf_settings_equal_its_train_scripts():
+    settings = load_settings("ssf")
+    scripts = reference_rows(REFERENCE / "ssf_train_scripts.csv")
+    assert len(settings.rows) == len(scripts) == 19 + 5
+    tops = {"vtab1k": published_row("vtab1k", "ssf", "ssf"), "fgvc": published_row("fgvc", "ssf", "ssf")}
+    for s in scripts:
+        suite = "vtab1k" if s["benchmark"] == "vtab" else "fgvc"
+        row = settings.row(suite, SSF_TASKS.get(s["task"], s["task"]), "ssf")
+        assert (row.train["lr"], row.train["weight_decay"]) == (float(s["lr"]), float(s["weight-decay"]))
+        assert row.backbone_args == {"drop_path_rate": float(s["drop-path"])}
+        assert row.train.get("label_smoothing", 0.0) == (0.1 if suite == "fgvc" else 0.0)  # timm's default there
+        assert row.top1 is None and row.best_top1 == tops[suite][row.task]  # SSF keeps its best test epoch
+    assert settings.recipe["train"]["batch_size"] == 2 * 32  # two GPUs x 32
+    assert settings.recipe["backbone"] == "vit_base_patch16_224.augreg_in21k"
+    assert settings.recipe["mean"] == settings.recipe["std"] == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("source, csv_name, labels, source_key, published_labels", [
+    ("fact", "fact_configs.csv", {"tk": "fact", "tt": "fact:variant=tt"}, "fact", {}),
+    ("convpass", "convpass_configs.csv", {"convpass": "convpass", "convpass_attn": "convpass_attn"},
+     "convpass_readme", {"convpass_attn": "convpass:placement=attn"}),
+])
+def test_shipped_jie_settings_equal_their_configs(source, csv_name, labels, source_key, published_labels):
+    settings = load_settings(source)
+    configs = reference_rows(REFERENCE / csv_name)
+    assert len(settings.rows) == len(configs) == 2 * 19
+    tops = {label: published_row("vtab1k", source_key, published_labels.get(label, label))
+            for label in labels.values()}
+    for c in configs:
+        label = labels[c["variant"]]
+        row = settings.row("vtab1k", c["task"], label)
+        assert row.options["scale"] == float(c["scale"])
+        if source == "fact":
+            assert row.options["rank"] == int(c["rank"])
+        else:
+            assert row.options["conv_init"] == ("xavier" if c["xavier_init"] == "True" else "identity")
+            assert row.options["dim"] == 8
+        assert row.top1 is None and row.best_top1 == tops[label][c["task"]]
+    recipe = settings.recipe
+    assert recipe["backbone"].endswith("orig_in21k") and recipe["mean"] == [0.485, 0.456, 0.406]
+    assert {k: recipe["train"][k] for k in ("lr", "weight_decay", "epochs", "batch_size", "eval_every")} == \
+        {"lr": 1e-3, "weight_decay": 1e-4, "epochs": 100, "batch_size": 64, "eval_every": 10}
+
+
+@pytest.mark.parametrize("source, suite, methods, runs", [
+    ("ssf", "vtab1k", "ssf", 19), ("ssf", "fgvc", "ssf", 5), ("fact", "vtab1k", "fact,fact:variant=tt", 38),
+    ("convpass", "vtab1k", "convpass", 19),
+])
+def test_every_run_of_a_shipped_source_plans_without_data(tmp_path, source, suite, methods, runs):
+    """On an empty data root: every task of the suite has its row, its options fit the method, nothing refused."""
+    sweep = make_sweep(suite, methods, [0], data_root=str(tmp_path), out=str(tmp_path / "out"), protocol="paper",
+                       source=source, random_init=True, log=lambda line: None)
+    settings = load_settings(source)
+    plans = [(sweep.paper.keys[id(method)], sweep.plan(task, method, 0)) for task in sweep.tasks
+             for method in sweep.methods]
+    assert len(plans) == runs
+    for label, p in plans:
+        row = settings.row(suite, p.task.name, label)
+        assert p.backbone.name == settings.recipe["backbone"]
+        assert p.train.lr == row.train.get("lr", settings.recipe["train"].get("lr"))
+        assert p.backbone.args["drop_path_rate"] == {**settings.recipe["backbone_args"],
+                                                     **row.backbone_args}["drop_path_rate"]
+        assert all(getattr(p.method.config, k) == v for k, v in row.options.items())
+
+
+def test_convpass_attn_is_kept_and_refused(tmp_path):
+    with pytest.raises(UserError, match="petlbench has no method 'convpass_attn'"):
+        make_sweep("vtab1k", "convpass_attn", [0], data_root=str(tmp_path), protocol="paper", source="convpass",
+                   random_init=True, log=lambda line: None)

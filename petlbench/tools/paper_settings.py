@@ -2,12 +2,13 @@
 
     python -m petlbench.tools.paper_settings REFERENCE_DIR [OUT_DIR]
 
-REFERENCE_DIR holds the transcribed files (`petl_vision_best_tune.csv`, ...; a copy is in tests/data/paper_settings);
-the shipped files are this script's output, and tests/test_paper_protocol.py checks that they still are.
+REFERENCE_DIR holds the transcribed files (`petl_vision_best_tune.csv`, `ssf_train_scripts.csv`, `fact_configs.csv`,
+`convpass_configs.csv`; a copy is in tests/data/paper_settings); SSF's, FacT's and Convpass's numbers come from
+results/published/ (petlbench/tools/paper_sources.py). The shipped files are this script's output, and
+tests/test_paper_protocol.py checks that they still are.
 """
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,7 @@ from typing import Any
 import yaml
 
 from petlbench.records import replaced_whole
-
-CONVERTER = "petlbench/tools/paper_settings.py"
+from petlbench.tools.paper_sources import CONVERTER, convpass, fact, number, reference_rows, ssf
 
 # PETL_Vision folder name -> (petlbench method label, {petlbench option: PETL_Vision column}, fixed options)
 PETL_VISION = {
@@ -84,22 +84,6 @@ PETL_VISION_HEADER = {
 }
 
 
-def number(text: str) -> Any:
-    """'0.001' -> 0.001, '16' -> 16, 'True' -> True; '' -> None."""
-    if text == "":
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
-def reference_rows(path: Path) -> list[dict[str, str]]:
-    """A reference CSV's rows (its '#' lines name the source and are skipped)."""
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
-    return list(csv.DictReader(lines))
-
-
 def petl_vision(reference: Path) -> dict[str, Any]:
     rows = []
     for r in reference_rows(reference / "petl_vision_best_tune.csv"):
@@ -118,7 +102,7 @@ def petl_vision(reference: Path) -> dict[str, Any]:
     return {**PETL_VISION_HEADER, "rows": rows}
 
 
-SOURCES = {"petl_vision": petl_vision}
+SOURCES = {"petl_vision": petl_vision, "ssf": ssf, "fact": fact, "convpass": convpass}
 
 
 def dump(settings: dict[str, Any]) -> str:
