@@ -234,7 +234,7 @@ def test_shipped_jie_settings_equal_their_configs(source, csv_name, labels, sour
 
 @pytest.mark.parametrize("source, suite, methods, runs", [
     ("ssf", "vtab1k", "ssf", 19), ("ssf", "fgvc", "ssf", 5), ("fact", "vtab1k", "fact,fact:variant=tt", 38),
-    ("convpass", "vtab1k", "convpass", 19),
+    ("convpass", "vtab1k", "convpass", 19), ("petl_vision", "vtab1k", "ln,lora", 38),
 ])
 def test_every_run_of_a_shipped_source_plans_without_data(tmp_path, source, suite, methods, runs):
     """On an empty data root: every task of the suite has its row, its options fit the method, nothing refused."""
@@ -251,6 +251,9 @@ def test_every_run_of_a_shipped_source_plans_without_data(tmp_path, source, suit
         assert p.backbone.args["drop_path_rate"] == {**settings.recipe["backbone_args"],
                                                      **row.backbone_args}["drop_path_rate"]
         assert all(getattr(p.method.config, k) == v for k, v in row.options.items())
+        # the weight decay reaches what the source's optimizer decays: every tensor (AdamW over all trainable
+        # parameters: PETL_Vision, FacT, Convpass) or timm's filter (SSF's factory), whatever the method declares
+        assert p.train.decay_rule == settings.recipe["train"]["decay_rule"] == ("timm" if source == "ssf" else "all")
 
 
 def test_convpass_attn_is_kept_and_refused(tmp_path):

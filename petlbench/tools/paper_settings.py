@@ -59,12 +59,11 @@ PETL_VISION_HEADER = {
         "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],  # normalized: false: ToTensor only, inputs in [0, 1]
         "interpolation": "bicubic",
         "train": {"optimizer": "adamw", "epochs": 100, "warmup_epochs": 10, "batch_size": 64,
-                  "eval_batch_size": 512, "label_smoothing": 0.0, "lr_scale_batch": None, "grad_clip": None},
+                  "eval_batch_size": 512, "label_smoothing": 0.0, "lr_scale_batch": None, "grad_clip": None,
+                  "decay_rule": "all"},  # engine/optimizer.py: AdamW over every trainable tensor
         "departures": [
             "schedule: PETL_Vision steps timm's CosineLRScheduler per epoch (warm-up from 1e-6 over 10 epochs, "
             "cosine to lr_min 1e-5); petlbench steps per batch, warms up from lr x 1e-3 and decays to 0",
-            "weight decay: PETL_Vision's AdamW decays every trainable tensor; petlbench exempts biases, norms and "
-            "tokens (timm's filter)",
             "data: PETL_Vision resizes each JPEG with PIL (bicubic, 224x224) every epoch; petlbench decodes and "
             "resizes once (same filter), so pixels may differ by rounding",
         ],

@@ -22,8 +22,6 @@ FGVC_COLUMNS = {"cub": "CUB", "nabirds": "nabirds", "oxford_flowers": "OxfordFlo
                 "stanford_cars": "StanfordCars"}
 JIE_SCHEDULE = ("schedule: the script steps timm's CosineLRScheduler per epoch (warm-up from 1e-6 over 10 epochs, "
                 "cosine to lr_min 1e-5); petlbench steps per batch, warms up from lr x 1e-3 and decays to 0")
-JIE_DECAY = ("weight decay: the script's AdamW decays every trainable tensor (head included); petlbench exempts "
-             "biases, norms and tokens (timm's filter)")
 JIE_DATA = ("data: the script resizes each NOAH JPEG with torchvision (bicubic, 224x224) every epoch and drops the "
             "last partial batch; petlbench decodes and resizes once (same filter) and keeps it")
 JIE_SELECTION = ("reported: the script tests every 10 epochs and prints the best (selected on test); petlbench's "
@@ -82,7 +80,7 @@ def ssf(reference: Path) -> dict[str, Any]:
     train = {"optimizer": constant(scripts, "opt"), "epochs": int(constant(scripts, "epochs")),
              "warmup_epochs": int(constant(scripts, "warmup-epochs")), "batch_size": gpus * batch,
              "eval_batch_size": 512, "label_smoothing": 0.0, "lr_scale_batch": None, "grad_clip": None,
-             "eval_every": 10}
+             "eval_every": 10, "decay_rule": "timm"}  # SSF's timm optimizer factory
     rows = []
     for suite, bench in (("vtab1k", "vtab"), ("fgvc", "fgvc")):
         top = published(suite, "ssf", "ssf")
@@ -132,8 +130,8 @@ def jie_recipe() -> dict[str, Any]:
             "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bicubic",
             "train": {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.0001, "epochs": 100, "warmup_epochs": 10,
                       "batch_size": 64, "eval_batch_size": 256, "label_smoothing": 0.0, "lr_scale_batch": None,
-                      "grad_clip": None, "eval_every": 10},
-            "departures": [JIE_SCHEDULE, JIE_DECAY, JIE_DATA, JIE_SELECTION]}
+                      "grad_clip": None, "eval_every": 10, "decay_rule": "all"},  # AdamW(every trainable tensor)
+            "departures": [JIE_SCHEDULE, JIE_DATA, JIE_SELECTION]}
 
 
 def fact(reference: Path) -> dict[str, Any]:
