@@ -77,7 +77,7 @@ PETL_VISION_HEADER = {
         "adapter:placement=both": "PETL_Vision rand_h_adapter: sequential adapters after attention and MLP, "
                                   "Xavier init",
         "convpass": "convpass_xavier_init true -> conv_init xavier, false -> identity",
-        "difffit": "petlbench has no DiffFit: refused when asked for",
+        "difffit": "PETL_Vision's DiffFit (biases, norms, per-block gammas at 1; no options): petlbench difffit",
         "repadapter": "petlbench has no RepAdapter: refused when asked for (options keep PETL_Vision's names)",
     },
 }
