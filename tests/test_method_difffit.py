@@ -77,3 +77,18 @@ def test_defaults_are_petl_visions_most_chosen():
     assert (train["optimizer"], train["lr"], train["weight_decay"], train["batch_size"], train["epochs"]) == \
         ("adamw", 0.001, 0.001, 64, 100)
     assert train["decay_rule"] == "all"  # PETL_Vision's AdamW decays every trained tensor
+
+
+def test_petl_visions_difffit_rows_plan_without_data(tmp_path):
+    """PETL_Vision's 19 DiffFit rows, refused while petlbench had no difffit, plan with their per-task lr and wd."""
+    from petlbench.settings import load_settings
+    from petlbench.sweep.runner import make_sweep
+    sweep = make_sweep("vtab1k", "difffit", [0], data_root=str(tmp_path), out=str(tmp_path / "out"),
+                       protocol="paper", source="petl_vision", random_init=True, log=lambda line: None)
+    settings = load_settings("petl_vision")
+    plans = [sweep.plan(task, method, 0) for task in sweep.tasks for method in sweep.methods]
+    assert len(plans) == 19
+    for p in plans:
+        row = settings.row("vtab1k", p.task.name, "difffit")
+        assert (p.train.lr, p.train.weight_decay, p.train.decay_rule) == \
+            (row.train["lr"], row.train["weight_decay"], "all")
