@@ -35,6 +35,7 @@ BUILTIN: dict[str, str] = {
     "adaptformer": "petlbench.methods.adaptformer:AdaptFormer",
     "adapter_plus": "petlbench.methods.adapter_plus:AdapterPlus",
     "convpass": "petlbench.methods.convpass:Convpass",
+    "repadapter": "petlbench.methods.repadapter:RepAdapter",
 }
 
 _runtime: dict[str, type[Method]] = {}
