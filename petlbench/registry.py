@@ -36,6 +36,7 @@ BUILTIN: dict[str, str] = {
     "adapter_plus": "petlbench.methods.adapter_plus:AdapterPlus",
     "convpass": "petlbench.methods.convpass:Convpass",
     "difffit": "petlbench.methods.difffit:DiffFit",
+    "repadapter": "petlbench.methods.repadapter:RepAdapter",
 }
 
 _runtime: dict[str, type[Method]] = {}

@@ -32,7 +32,7 @@ rows:
   - {suite: demo, task: shapes, method: vpt_deep, options: {tokens: 2}, train: {lr: 0.01}, top1: 60.0}
   - {suite: demo, task: count, method: vpt_deep, options: {tokens: 3}, train: {lr: 0.02},
      backbone_args: {drop_path_rate: 0.05}, top1: 30.0}
-  - {suite: demo, task: count, method: repadapter, options: {bottleneck: 8}, top1: 30.0}
+  - {suite: demo, task: count, method: not_a_method, options: {bottleneck: 8}, top1: 30.0}
 """
 EXPECTED = {  # (task, method): (options, lr, weight decay, drop path)
     ("shapes", "lora"): ({"rank": 2, "alpha": 2.0}, 0.002, 1e-4, 0.0),
@@ -106,7 +106,7 @@ def test_the_settings_are_part_of_the_identity(demo_root, settings_file, tmp_pat
 @pytest.mark.parametrize("args, needles", [
     (["--methods", "ssf"], ["no settings for method 'ssf'", "it has", "lora", "vpt_deep"]),
     (["--methods", "lora", "--tasks", "position"], ["no settings for lora on task 'position'", "shapes, count"]),
-    (["--methods", "repadapter"], ["'repadapter'", "petlbench has no method"]),
+    (["--methods", "not_a_method"], ["'not_a_method'", "petlbench has no method"]),
     (["--methods", "lora", "--grid", "{lr: [0.1]}"], ["--grid", "--protocol paper"]),
 ])
 def test_missing_settings_are_refused_in_one_line(demo_root, settings_file, tmp_path, args, needles):

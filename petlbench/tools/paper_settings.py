@@ -78,7 +78,8 @@ PETL_VISION_HEADER = {
                                   "Xavier init",
         "convpass": "convpass_xavier_init true -> conv_init xavier, false -> identity",
         "difffit": "PETL_Vision's DiffFit (biases, norms, per-block gammas at 1; no options): petlbench difffit",
-        "repadapter": "petlbench has no RepAdapter: refused when asked for (options keep PETL_Vision's names)",
+        "repadapter": "repadapter_bottleneck -> bottleneck, repadapter_scaler -> scale; PETL_Vision's repadapter_group "
+                      "(2), dropout (0.1) and lora_xavier init are petlbench's defaults",
     },
 }
 
