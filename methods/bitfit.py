@@ -5,9 +5,8 @@ Biases are found structurally: each module's own `bias` parameter (linear, conv 
 Weight decay: VPT's AdamW rule (no decay on biases; KMnP/vpt src/solver/optimizer.py): only the head's
 weight decays, the same split as timm's on this trainable set.
 """
-from torch import nn
 
-from petlbench.method import ANY_FAMILY, Method
+from petlbench.method import ANY_FAMILY, Method, unfreeze_biases
 from petlbench.recipes import VPT_FINETUNE, VPT_FINETUNE_GRID, VPT_FINETUNE_SOURCE
 
 
@@ -26,10 +25,7 @@ class BitFit(Method):
                        "1e-2 (12 of 19 tasks)")
 
     def apply(self, model):
-        for module in model.modules():
-            bias = getattr(module, "bias", None)
-            if isinstance(bias, nn.Parameter):
-                bias.requires_grad_(True)
+        unfreeze_biases(model)
         return model
 
     def merge(self, model):

@@ -22,7 +22,7 @@ from torch import nn
 
 from petlbench.backbones import anatomy, replace_module
 from petlbench.errors import UserError
-from petlbench.method import Method, unfreeze
+from petlbench.method import Method, unfreeze, unfreeze_biases
 
 
 class BranchScale(nn.Module):
@@ -72,10 +72,7 @@ class DiffFit(Method):
                 replace_module(block.module, layer, BranchScale(layer))
         for norm in body.norm_layers(model):
             unfreeze(norm)
-        for module in model.modules():
-            bias = getattr(module, "bias", None)
-            if isinstance(bias, nn.Parameter):
-                bias.requires_grad_(True)
+        unfreeze_biases(model)
         return model
 
     def merge(self, model):

@@ -97,3 +97,11 @@ def freeze(model: nn.Module) -> None:
 def unfreeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(True)
+
+
+def unfreeze_biases(model: nn.Module) -> None:
+    """Every module's own bias trains (BitFit's set; DiffFit's too): found as the `bias` parameter a module owns."""
+    for module in model.modules():
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, nn.Parameter):
+            bias.requires_grad_(True)
