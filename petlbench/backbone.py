@@ -15,6 +15,8 @@ import timm
 import torch
 from torch import nn
 
+from petlbench import clip
+from petlbench.clip import is_clip
 from petlbench.errors import UserError
 
 
@@ -34,6 +36,8 @@ class BackboneSpec:
         """What the weights are, for run identity and tables: the checkpoint's content, not its path."""
         if self.checkpoint:
             return f"checkpoint sha256:{self.checkpoint_sha256[:16]}" if self.checkpoint_sha256 else "checkpoint"
+        if self.pretrained and self.name.startswith("clip:"):
+            return f"open_clip-pretrained:{self.args.get('pretrained')}"
         return "timm-pretrained" if self.pretrained else "random-init"
 
 
@@ -44,6 +48,9 @@ def check_model_name(name: str) -> None:
     """An unknown name or pretrained tag is refused before anything is built or fetched, with close names."""
     if not isinstance(name, str) or not name:
         raise UserError(f"backbone: expected a timm model name, got {name!r}")
+    if is_clip(name):
+        clip.architecture(name)
+        return
     if name.startswith(HUB_PREFIXES):
         return
     arch, _, tag = name.partition(".")
@@ -57,9 +64,13 @@ def check_model_name(name: str) -> None:
                         + (f"; close names: {', '.join(close)}" if close else ""))
 
 
-def create_backbone(spec: BackboneSpec, num_classes: int) -> nn.Module:
-    """A timm model with a fresh `num_classes` head and the weights the spec asks for."""
+def create_backbone(spec: BackboneSpec, num_classes: int, classnames: list[str] | None = None,
+                    templates: list[str] | None = None) -> nn.Module:
+    """A timm model with a fresh `num_classes` head and the weights the spec asks for; a CLIP backbone's image
+    tower (petlbench.clip), whose zero-shot head starts from the class names and templates."""
     check_model_name(spec.name)
+    if is_clip(spec.name):
+        return clip.create(spec, num_classes, classnames, templates)
     fetch = spec.pretrained and not spec.checkpoint
     try:
         model = timm.create_model(spec.name, pretrained=fetch, num_classes=num_classes, **spec.args)
@@ -141,8 +152,10 @@ def check_backbone(spec: BackboneSpec) -> str | None:
     """Bad input about the backbone (name, args, a checkpoint that does not fit) before any run starts;
     returns the backbone's anatomy family (None: no family reads it)."""
     from petlbench.backbones import family_of
+    if is_clip(spec.name):
+        clip.check(spec)
     model = meta_model(spec, num_classes=2)
-    if spec.checkpoint:
+    if spec.checkpoint and not is_clip(spec.name):
         fitting_state(model, Path(spec.checkpoint).expanduser())
     return family_of(model)
 

@@ -28,7 +28,7 @@ from petlbench.data.decode import TensorData
 from petlbench.errors import UserError
 from petlbench.data.layouts import find_task_dir, split_file
 from petlbench.options import as_dict
-from petlbench.params import build_model
+from petlbench.params import build_model, plan_text
 from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
                                recency, write_atomic)
@@ -147,6 +147,7 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout,
                  **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record()},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
+        **({"text": plan.text()} if plan.text() else {}),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
     }
 
@@ -159,7 +160,8 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        model, counts, task_keys = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed)
+        model, counts, task_keys = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed,
+                                               **plan_text(plan))
         record["params"] = counts.as_dict()
         task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]

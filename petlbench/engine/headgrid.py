@@ -18,7 +18,7 @@ from petlbench.engine.features import FeatureData, why_not
 from petlbench.engine.threads import rebalance
 from petlbench.engine.train import DIVERGED, EXPLODED, autocast_dtype, diverged, effective_lr, make_scheduler
 from petlbench.errors import UserError
-from petlbench.params import build_model
+from petlbench.params import build_model, plan_text
 from petlbench.records import is_finished, read_record
 from petlbench.specs import TrainConfig
 
@@ -163,7 +163,8 @@ def execute_grid(plans: list, out, device: torch.device, cache, progress, log, w
     pending = [i for i in range(len(plans)) if i not in done]
     if len(pending) < 2:
         return [done.get(i) or r for i, r in sorted({**done, **one_by_one(pending)}.items())]
-    model, counts, task_keys = build_model(base.backbone, base.method, base.task.classes, base.seed)
+    model, counts, task_keys = build_model(base.backbone, base.method, base.task.classes, base.seed,
+                                           **plan_text(base))
     if why_not(model, task_keys, train) is not None:
         return [done.get(i) or r for i, r in sorted({**done, **one_by_one(pending)}.items())]
     start = time.perf_counter()
