@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from petlbench.classnames import names_report
 from petlbench.data.build import Build, identify
 from petlbench.data.decode import open_image, open_rgb
 from petlbench.errors import UserError
@@ -228,6 +229,7 @@ def render(checks: list[TaskCheck], suite: Suite, data_root: Path) -> str:
                          f"({kinds['by path']} by path, {kinds['by content']} by content)")
             lines += [f"    {kind}: {train}" + ("" if train == test else f" = {test}")
                       for kind, train, test in c.leaks[:SHOWN]]
+    lines += names_report([c.task for c in checks])  # informs; a CLIP run refuses what it lists (not a data problem)
     lines += ["", f"{len(checks) - len(bad)} of {len(checks)} tasks ok" +
               (f"; with problems: {', '.join(c.task.name for c in bad)}" if bad else "") +
               (f"; leakage in {', '.join(c.task.name for c in leaky)}" if leaky else "; no train/test leakage")]
