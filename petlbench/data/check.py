@@ -213,6 +213,7 @@ def render(checks: list[TaskCheck], suite: Suite, data_root: Path) -> str:
     if warned:
         lines += ["", "split sanity (warnings, not errors):"]
         lines += [f"  {c.task.name}: {w}" for c in warned for w in c.warnings]
+    lines += names_report([c.task for c in checks])  # informs; a CLIP run refuses what it lists (not a data problem)
     bad = [c for c in checks if not c.ok]
     if bad:
         lines += ["", "problems:"]
@@ -229,7 +230,6 @@ def render(checks: list[TaskCheck], suite: Suite, data_root: Path) -> str:
                          f"({kinds['by path']} by path, {kinds['by content']} by content)")
             lines += [f"    {kind}: {train}" + ("" if train == test else f" = {test}")
                       for kind, train, test in c.leaks[:SHOWN]]
-    lines += names_report([c.task for c in checks])  # informs; a CLIP run refuses what it lists (not a data problem)
     lines += ["", f"{len(checks) - len(bad)} of {len(checks)} tasks ok" +
               (f"; with problems: {', '.join(c.task.name for c in bad)}" if bad else "") +
               (f"; leakage in {', '.join(c.task.name for c in leaky)}" if leaky else "; no train/test leakage")]
