@@ -1,9 +1,10 @@
 """Class names and prompt templates of a task: what a CLIP-style method turns into its text classifier.
 
 A suite gives them per task (`classnames:`, `templates:`) or for every task (top-level `templates:`), each as a
-list of strings or the path of a UTF-8 text file (relative to the suite file) with one entry a line; blank lines
-and lines starting with `#` are skipped, and `# source: ...` lines say where the list comes from (the packaged
-suites' files under benchmarks/classnames and benchmarks/templates carry theirs; see SOURCES.md there).
+list of strings or the path of a UTF-8 text file with one entry a line: relative to the suite file, or
+`petlbench:<path>` inside petlbench's benchmarks folder, where the shipped lists are (so a copy of a packaged
+suite keeps them). Blank lines and lines starting with `#` are skipped; `# source: ...` lines say where the list
+comes from (the shipped files under benchmarks/classnames and benchmarks/templates carry theirs; SOURCES.md).
 
 Names are checked on load for what would make two classes one text prompt: empty names and duplicates, compared
 as CLIP's tokenizer sees them (case and runs of whitespace ignored). A count that differs from the task's
@@ -12,6 +13,7 @@ CLIP run refuses it through `check_classnames`.
 """
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from petlbench.errors import UserError
 from petlbench.specs import Task
 
 PLACEHOLDER = "{}"
+PACKAGED = "petlbench:"  # a path inside petlbench's benchmarks folder: the shipped lists, from any suite file
 # what a run may use when a task has names but no templates (CLIP's plainest prompt); say so in its record
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
@@ -35,10 +38,17 @@ def read_entries(value: Any, where: str, key: str, what: str) -> tuple[list[str]
                         f"got {value!r}")
     if PLACEHOLDER in value:
         raise UserError(f"{where}: key '{key}' is a path; write one template as a list: ['{value}']")
-    path = Path(value).expanduser()
-    path = path if path.is_absolute() else Path(where).parent / path
+    if value.startswith(PACKAGED):
+        path = Path(str(importlib.resources.files("petlbench.benchmarks"))) / value[len(PACKAGED):]
+        if not path.is_file() or ".." in Path(value[len(PACKAGED):]).parts:
+            raise UserError(f"{where}: key '{key}': {value!r} is not a file shipped with petlbench "
+                            "(see benchmarks/classnames/SOURCES.md)")
+    else:
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else Path(where).parent / path
     if not path.is_file():
-        raise UserError(f"{where}: key '{key}': file {path} not found (a path relative to the suite file)")
+        raise UserError(f"{where}: key '{key}': file {path} not found (a path relative to the suite file, or "
+                        f"{PACKAGED}<path> for a list shipped with petlbench)")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:

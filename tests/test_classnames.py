@@ -141,19 +141,30 @@ def user_suite(tmp_path: Path, task_keys: str = "", top: str = "", classes: int 
 
 def test_user_suite_with_a_list_a_file_and_suite_templates(tmp_path):
     (tmp_path / "lists").mkdir()
-    (tmp_path / "lists" / "t.txt").write_text("# source: my labels.csv, column 2\n\ncat\n  sea   lion \n# a note\ndog\n")
+    (tmp_path / "lists" / "t.txt").write_text("# source: my labels.csv, column 2\n\ncat\n  sea   lion \n# note\ndog\n")
     suite = load_suite(str(user_suite(tmp_path, ", classnames: lists/t.txt", 'templates: ["a photo of a {}."]\n')))
     t, u = suite.tasks
     assert t.classnames == ["cat", "sea lion", "dog"] and t.classnames_source == "my labels.csv, column 2"
     assert t.templates == u.templates == ["a photo of a {}."] and u.classnames == []
-    suite = load_suite(str(user_suite(tmp_path, ', classnames: [a, b, c], templates: ["{} here"]',
-                                      "templates: [\"a {}\"]\n")))
+    own = ', classnames: [a, b, c], templates: ["{} here"]'
+    suite = load_suite(str(user_suite(tmp_path, own, 'templates: ["a {}"]\n')))
     t, u = suite.tasks
     assert t.classnames == ["a", "b", "c"] and t.templates == ["{} here"] and u.templates == ["a {}"]
     assert "mine.yaml: key 'tasks[0].classnames'" in t.classnames_source
 
 
+def test_a_copied_packaged_suite_keeps_its_lists_and_a_user_suite_may_name_them(tmp_path):
+    copy = tmp_path / "my_vtab.yaml"  # the usual way to change a packaged suite
+    copy.write_text(Path(str(packaged_suites()["vtab1k"])).read_text().replace("name: vtab1k", "name: my_vtab"))
+    assert [t.classnames for t in load_suite(str(copy)).tasks] == [t.classnames for t in SUITES["vtab1k"].tasks]
+    suite = load_suite(str(user_suite(tmp_path, ", classnames: petlbench:classnames/vtab1k/eurosat.txt", classes=10)))
+    assert suite.tasks[0].classnames == names("vtab1k", "eurosat")
+    assert "CLIP_benchmark" in suite.tasks[0].classnames_source
+
+
 @pytest.mark.parametrize("keys, top, needles", [
+    (", classnames: petlbench:classnames/vtab1k/nope.txt", "", ["'tasks[0].classnames'", "not a file shipped"]),
+    (", classnames: petlbench:../pyproject.toml", "", ["'tasks[0].classnames'", "not a file shipped"]),
     (", classnames: [a, 3, c]", "", ["mine.yaml", "'tasks[0].classnames'", "list of class names (strings)"]),
     (", classnames: absent.txt", "", ["'tasks[0].classnames'", "absent.txt not found"]),
     (", classnames: [a, B, b]", "", ["'tasks[0].classnames'", "'b' twice"]),
