@@ -13,7 +13,9 @@ CLIP run refuses it through `check_classnames`.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
+import json
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,13 @@ def parse_templates(value: Any, where: str, key: str) -> list[str]:
 def fill(template: str, name: str) -> str:
     """One prompt: the template with the class name in place of `{}`."""
     return template.replace(PLACEHOLDER, name)
+
+
+def names_record(task: Task) -> dict[str, Any]:
+    """What a CLIP run's record keeps of the text side: the names, templates, their source and one digest of both."""
+    blob = json.dumps([task.classnames, task.templates], ensure_ascii=False).encode()
+    return {"classnames": list(task.classnames), "templates": list(task.templates), "source": task.classnames_source,
+            "sha256": hashlib.sha256(blob).hexdigest()}
 
 
 def check_classnames(task: Task) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from petlbench.classnames import PLACEHOLDER, fill
+from petlbench.classnames import PLACEHOLDER, fill, names_record
 from petlbench.data.demo import SHAPES, write_task
 from petlbench.errors import UserError
 from petlbench.suite import check_classnames, load_suite, packaged_suites
@@ -194,3 +194,12 @@ def test_a_count_mismatch_loads_data_check_reports_it_and_a_clip_run_refuses_it(
         check_classnames(t)
     with pytest.raises(UserError, match="task 'u' has no class names"):
         check_classnames(u)
+
+
+def test_names_record_digests_names_and_templates():
+    cifar = next(t for t in SUITES["vtab1k"].tasks if t.name == "cifar")
+    record = names_record(cifar)
+    assert record["classnames"][:2] == ["apple", "aquarium fish"] and len(record["templates"]) == 18
+    assert record["source"].startswith("openai/CLIP@d05afc4")
+    other = names_record(next(t for t in SUITES["vtab1k"].tasks if t.name == "dtd"))
+    assert len(record["sha256"]) == 64 and record["sha256"] != other["sha256"]
