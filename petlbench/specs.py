@@ -62,3 +62,8 @@ class Task:
     group: str = ""
     aliases: list[str] = field(default_factory=list)  # other folder names users have for it
     images: str = ""  # fgvc: image root inside the task folder (e.g. "images" for CUB)
+    # issue 16 (petlbench.classnames): class names in label order and prompt templates with {} for the name;
+    # [] = unknown. A CLIP-style run needs one name per class (petlbench.suite.check_classnames)
+    classnames: list[str] = field(default_factory=list, repr=False)
+    templates: list[str] = field(default_factory=list, repr=False)
+    classnames_source: str = ""  # where the names come from, in words + repo@commit/path (their file's `# source:`)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from petlbench.classnames import check_classnames, suite_templates, task_names  # noqa: F401 (CLIP runs)
 from petlbench.errors import UserError
 from petlbench.options import build, read_yaml
 from petlbench.recipes import RECIPES
@@ -20,8 +21,8 @@ from petlbench.registry import get_method
 from petlbench.specs import INTERPOLATIONS, LAYOUT_SPLITS, Preprocessing, Task, TrainConfig
 
 TOP_KEYS = {"name", "aliases", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
-            "preprocessing", "recipe", "train", "method_options", "tasks"}
-TASK_KEYS = {"name", "classes", "group", "aliases", "images"}
+            "preprocessing", "recipe", "train", "method_options", "tasks", "templates"}
+TASK_KEYS = {"name", "classes", "group", "aliases", "images", "classnames", "templates", "classnames_source"}
 BACKBONE_KEYS = {"name", "args", "checkpoint", "pretrained", "mean", "std", "interpolation"}
 PREPARERS = {"demo"}
 # A name that becomes a folder or file: never a path, never hidden, nothing that leaves the data root or --out.
@@ -131,6 +132,7 @@ def parse_suite(raw: Any, where: str) -> Suite:
     if not tasks_raw:
         raise UserError(f"{where}: key 'tasks' must list at least one task")
     tasks = [_task(t, where, i) for i, t in enumerate(tasks_raw)]
+    suite_templates(tasks, raw, where)  # class names and templates: petlbench.classnames
     names = [n for t in tasks for n in (t.name, *t.aliases)]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -185,7 +187,7 @@ def _task(raw: Any, where: str, index: int) -> Task:
     images = raw.get("images", "")
     if not isinstance(images, str) or Path(images).is_absolute() or ".." in Path(images).parts:
         raise UserError(f"{where}: key '{key}.images' must be a folder inside the task folder, got {images!r}")
-    return Task(name, classes, group, aliases, images.strip("/") if images != "." else "")
+    return task_names(Task(name, classes, group, aliases, images.strip("/") if images != "." else ""), raw, where, key)
 
 
 def _get(raw: dict, key: str, kind: type, where: str, required: bool = False):
