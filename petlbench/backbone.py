@@ -6,7 +6,6 @@ import dataclasses
 import difflib
 import hashlib
 import inspect
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from torch import nn
 from petlbench import clip
 from petlbench.clip import is_clip
 from petlbench.errors import UserError
+from petlbench.statefiles import read_state_dict  # noqa: F401 -- re-exported: callers read weights from here
 
 
 @dataclass
@@ -113,33 +113,6 @@ def bad_args_message(spec: BackboneSpec, exc: Exception) -> str:
     shown = ",".join(f"{k}={v}" for k, v in spec.args.items())
     return (f"--backbone-args: timm cannot build {spec.name!r} with {shown or 'its defaults'} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no message'})")
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"--checkpoint {path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's message runs to a page; the cause is what the file holds
-        raise UserError(f"--checkpoint {path}: holds pickled objects that torch.load(weights_only=True) refuses; "
-                        "expected a state dict of tensors (torch.save(model.state_dict(), ...)) or .safetensors"
-                        ) from None
-    except Exception as exc:  # corrupt or foreign file: one line, not a traceback
-        first = str(exc).splitlines()[0][:160] if str(exc) else "no message"
-        raise UserError(f"--checkpoint {path}: cannot read weights ({type(exc).__name__}: {first})") from None
-    for key in ("state_dict", "model", "module"):  # common wrappers of training checkpoints
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise UserError(f"--checkpoint {path}: expected a state dict of tensors, got {type(state).__name__}")
-    for key, value in state.items():
-        if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
-            raise UserError(f"--checkpoint {path}: expected a state dict of tensors, but key {key!r} holds "
-                            f"{type(value).__name__}")
-    return state
 
 
 def meta_model(spec: BackboneSpec, num_classes: int) -> nn.Module:

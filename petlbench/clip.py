@@ -19,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import nn
 
 from petlbench.errors import UserError
+from petlbench.statefiles import read_state_dict
 from petlbench.textheads import ClipText, ZeroShotHead
 
 PREFIX = "clip:"
@@ -81,7 +82,6 @@ def open_clip_model(spec) -> nn.Module:
     model = open_clip.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"],
                            quick_gelu=cfg.get("quick_gelu", False))
     if spec.checkpoint and not model.logit_scale.is_meta:  # a meta build (planning's counts) reads no weights
-        from petlbench.backbone import read_state_dict
         path = Path(spec.checkpoint).expanduser()
         missing, unexpected = model.load_state_dict(read_state_dict(path), strict=False)
         if missing or unexpected:

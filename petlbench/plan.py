@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from petlbench.backbone import BackboneSpec, file_sha256, meta_model, preprocessing
+from petlbench.classnames import DEFAULT_TEMPLATES, check_classnames
 from petlbench.clip import is_clip
 from petlbench.errors import UserError
 from petlbench.method import Method
@@ -81,8 +82,8 @@ class RunPlan:
         None for an image-only backbone, whose runs never read them."""
         if not is_clip(self.backbone.name):
             return None
-        return {"classnames": list(getattr(self.task, "classnames", None) or []),
-                "templates": list(getattr(self.task, "templates", None) or [])}
+        names = list(self.task.classnames)
+        return {"classnames": names, "templates": list(self.task.templates or (DEFAULT_TEMPLATES if names else []))}
 
     def config_id(self) -> str:
         return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:12]
@@ -228,6 +229,8 @@ def plan_one(suite: Suite, task: Task, method: Method, spec: BackboneSpec, seed:
     backbone), so options that do not fit the backbone are refused here, not by every run failing."""
     chosen, _ = recipe_for(method, suite, recipe)
     backbone = backbone_for(spec, chosen, method)
+    if is_clip(backbone.name) and (method.needs_text or backbone.args.get("head") == "zeroshot"):
+        check_classnames(task)  # a text classifier from names that are missing or miscounted is refused here
     meta_counts(backbone, method)
     return RunPlan(suite, task, method, backbone, seed, resolve_train(method, suite, overrides, recipe), chosen,
                    protocol, data_root)

@@ -65,13 +65,19 @@ def test_zeroshot_trains_nothing_and_keeps_the_text_tower_out(tiny_clip):
     assert zs_head.backbone == linear.backbone + 48 * 32, "CLIP's projection counts as backbone"
 
 
-def suite_file(tmp_path, names=NAMES):
+COUNTS = ["one object", "two objects", "three objects", "four objects", "five objects", "six objects"]
+
+
+def suite_file(folder, names=True):
     from tests.conftest import write_tiny_suite
-    return write_tiny_suite(tmp_path / "suite.yaml", {"count": 6}, epochs=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_tiny_suite(folder / "suite.yaml", {"count": 6}, epochs=1)
+    if names:
+        path.write_text(path.read_text().replace("group: structured}", f"group: structured, classnames: {COUNTS}}}"))
+    return path
 
 
 def test_runner_runs_zeroshot_and_a_vision_method(tiny_clip, tiny_tasks, tmp_path):
-    from petlbench.data.demo import write_task  # noqa: F401 -- tiny_tasks wrote the data
     _, path = tiny_clip
     suite = suite_file(tmp_path)
     out = tmp_path / "results"
@@ -79,14 +85,15 @@ def test_runner_runs_zeroshot_and_a_vision_method(tiny_clip, tiny_tasks, tmp_pat
                          "--methods", "zeroshot,bitfit", "--backbone", "clip:tiny", "--checkpoint", str(path),
                          "--backbone-args", "head=zeroshot", "--no-samples")
     assert proc.returncode == 0, proc.stderr
-    records = [json.loads(p.read_text()) for p in out.rglob("*.json") if p.name != "manifest.json"]
-    records = [r for r in records if "method" in r]
+    records = [r for r in (json.loads(p.read_text()) for p in out.rglob("*.json")) if "method" in r]
     by = {r["method"]["name"]: r for r in records}
     assert set(by) == {"zeroshot", "bitfit"} and all(r["status"] == "success" for r in records)
     assert by["zeroshot"]["params"]["trainable"] == 0 and by["zeroshot"]["metrics"]["epochs"] == 0
     assert by["zeroshot"]["train"]["epochs"] == 0
     assert by["bitfit"]["params"]["trainable"] > 3 * 32
-    assert by["zeroshot"]["text"]["classnames"] == [] and by["bitfit"]["backbone"]["args"] == {"head": "zeroshot"}
+    assert by["zeroshot"]["text"] == {"classnames": COUNTS, "templates": ["a photo of a {}."]}
+    assert by["bitfit"]["backbone"]["args"] == {"head": "zeroshot"}
+    assert 0 <= by["zeroshot"]["metrics"]["test_top1"] <= 1
 
 
 def test_bad_clip_input_is_one_line(tiny_tasks, tmp_path):
@@ -99,3 +106,7 @@ def test_bad_clip_input_is_one_line(tiny_tasks, tmp_path):
                           "pretrained=TAG", "openai")
     assert_one_line_error(petlbench_cli(*common, "--methods", "linear", "--backbone", "clip:tiny",
                                         "--random-init", "--backbone-args", "head=text"), "head='text'", "zeroshot")
+    nameless = ["run", "--suite", str(suite_file(tmp_path / "nameless", names=False)), "--data-root", str(tiny_tasks),
+                "--out", str(tmp_path / "r"), "--backbone", "clip:tiny", "--random-init"]
+    assert_one_line_error(petlbench_cli(*nameless, "--methods", "zeroshot"), "count", "no class names")
+    assert petlbench_cli(*nameless, "--methods", "linear").returncode == 0, "a linear head reads no names"
