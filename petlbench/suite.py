@@ -21,7 +21,7 @@ from petlbench.specs import INTERPOLATIONS, LAYOUT_SPLITS, Preprocessing, Task, 
 
 TOP_KEYS = {"name", "aliases", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
             "preprocessing", "recipe", "train", "method_options", "tasks"}
-TASK_KEYS = {"name", "classes", "group", "aliases", "images"}
+TASK_KEYS = {"name", "classes", "group", "aliases", "images", "dataset", "domain", "train_domains"}
 BACKBONE_KEYS = {"name", "args", "checkpoint", "pretrained", "mean", "std", "interpolation"}
 PREPARERS = {"demo"}
 # A name that becomes a folder or file: never a path, never hidden, nothing that leaves the data root or --out.
@@ -131,6 +131,7 @@ def parse_suite(raw: Any, where: str) -> Suite:
     if not tasks_raw:
         raise UserError(f"{where}: key 'tasks' must list at least one task")
     tasks = [_task(t, where, i) for i, t in enumerate(tasks_raw)]
+    _domains(tasks, tasks_raw, layout, where)
     names = [n for t in tasks for n in (t.name, *t.aliases)]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -186,6 +187,36 @@ def _task(raw: Any, where: str, index: int) -> Task:
     if not isinstance(images, str) or Path(images).is_absolute() or ".." in Path(images).parts:
         raise UserError(f"{where}: key '{key}.images' must be a folder inside the task folder, got {images!r}")
     return Task(name, classes, group, aliases, images.strip("/") if images != "." else "")
+
+
+def _domains(tasks: list[Task], raw: list[dict], layout: str, where: str) -> None:
+    """The domainbed layout's keys (petlbench.data.domains): a task's `dataset` folder, held-out `domain` (default
+    its name) and `train_domains` (default the dataset's other domains in the suite); folder names, never paths."""
+    for i, (task, entry) in enumerate(zip(tasks, raw)):
+        keys = sorted(k for k in ("dataset", "domain", "train_domains") if k in entry)
+        if layout != "domainbed":
+            if keys:
+                raise UserError(f"{where}: key 'tasks[{i}].{keys[0]}' is for the domainbed layout only")
+            continue
+        task.dataset, task.domain = entry.get("dataset"), entry.get("domain", task.name)
+        task.train_domains = entry.get("train_domains", [])
+        if not isinstance(task.train_domains, list):
+            raise UserError(f"{where}: key 'tasks[{i}].train_domains' must be a list of domain folder names")
+        for key, value in (("dataset", task.dataset), ("domain", task.domain),
+                           *(("train_domains", d) for d in task.train_domains)):
+            if not (isinstance(value, str) and value.strip() and value not in ("..",) and not value.startswith(".")
+                    and "/" not in value and "\\" not in value):
+                raise UserError(f"{where}: key 'tasks[{i}].{key}' must be a folder name (no / or \\, not starting "
+                                f"with '.'), got {value!r}")
+        if task.domain in task.train_domains:
+            raise UserError(f"{where}: key 'tasks[{i}].train_domains' holds the held-out domain {task.domain!r}")
+    for task in tasks if layout == "domainbed" else []:
+        same = [t for t in tasks if t.dataset == task.dataset]
+        task.domains = sorted({d for t in same for d in (t.domain, *t.train_domains)})
+        task.train_domains = task.train_domains or [d for d in task.domains if d != task.domain]
+        if not task.train_domains:
+            raise UserError(f"{where}: task {task.name!r}: no training domain (one domain of dataset "
+                            f"{task.dataset!r} in the suite; list others as tasks or under 'train_domains')")
 
 
 def _get(raw: dict, key: str, kind: type, where: str, required: bool = False):
