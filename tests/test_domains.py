@@ -1,0 +1,205 @@
+"""Domain generalisation: the domainbed layout (DomainBed's <dataset>/<domain>/<class>/<image> folders), the
+leave-one-domain-out tasks of the pacs / officehome / terraincognita suites, their check, a real run, the table."""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from petlbench.data.domains import holdout, read_split, seed_hash
+from petlbench.data.layouts import find_task_dir, split_sha256
+from petlbench.errors import UserError
+from petlbench.records import load_records
+from petlbench.suite import load_suite
+from tests.conftest import TINY_ARGS, assert_one_line_error, petlbench_cli
+
+DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+CLASSES = ("dog", "elephant", "giraffe")
+PER_CLASS = 5  # images per class and domain: 15 per domain, 3 of them held out for val (int(15 * 0.2))
+
+
+def write_pacs(root: Path, domains=DOMAINS, classes=CLASSES, per_class: int = PER_CLASS) -> Path:
+    """A tiny PACS in DomainBed's real layout: <root>/PACS/<domain>/<class>/<n>.png, 32 px PNGs whose colour
+    says the class and whose brightness the domain (so a linear probe learns something)."""
+    rng = np.random.default_rng(0)
+    for d, domain in enumerate(domains):
+        for c, cls in enumerate(classes):
+            folder = root / "PACS" / domain / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 60, (32, 32, 3)) + 40 * d
+                pixels[..., c % 3] += 120
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"pic_{i:03d}.png")
+    return root
+
+
+def write_suite(path: Path, classes: int = len(CLASSES), extra_task: str = "") -> Path:
+    tasks = "".join(f"  - {{name: {d}, classes: {classes}, group: pacs, dataset: PACS}}\n" for d in DOMAINS)
+    path.write_text(
+        "name: tinypacs\nlayout: domainbed\ngroups: [pacs]\n"
+        f"backbone: {{name: vit_tiny_patch16_224, args: {TINY_ARGS}, pretrained: false}}\n"
+        "train: {epochs: 2, warmup_epochs: 1, batch_size: 16, eval_batch_size: 64}\n"
+        f"tasks:\n{tasks}{extra_task}")
+    return path
+
+
+@pytest.fixture
+def pacs(tmp_path) -> tuple[Path, Path]:
+    return write_pacs(tmp_path / "data"), write_suite(tmp_path / "tinypacs.yaml")
+
+
+def test_splits_hold_out_one_domain_with_domainbeds_split(pacs):
+    root, suite_file = pacs
+    suite = load_suite(str(suite_file))
+    task = suite.select(["cartoon"])[0]
+    folder = find_task_dir(root, task)
+    assert folder == root / "PACS" and task.train_domains == ["art_painting", "photo", "sketch"]
+    splits = {s: read_split(folder, task, s) for s in ("train", "val", "test")}
+    domain_of = {s: {p.relative_to(folder).parts[0] for p, _ in items} for s, items in splits.items()}
+    assert domain_of == {"train": {"art_painting", "photo", "sketch"}, "val": {"art_painting", "photo", "sketch"},
+                         "test": {"cartoon"}}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [3 * 12, 3 * 3, 15]
+    assert not {p for p, _ in splits["train"]} & {p for p, _ in splits["val"]}
+    # labels: the class folders sorted, as ImageFolder numbers them
+    assert {(p.parent.name, y) for p, y in splits["test"]} == {(c, i) for i, c in enumerate(CLASSES)}
+    # DomainBed's split: RandomState(seed_hash(trial_seed 0, env index)).shuffle, the first int(0.2 n) held out
+    keys = list(range(15))
+    np.random.RandomState(seed_hash(0, 2)).shuffle(keys)  # photo is environment 2 of the sorted four
+    photo = sorted(p for p, _ in splits["val"] if p.relative_to(folder).parts[0] == "photo")
+    ordered = sorted((folder / "photo").rglob("*.png"))  # ImageFolder order: class, then file name
+    assert photo == sorted(ordered[k] for k in keys[:3])
+    assert holdout(15, 2) == set(keys[:3]) and seed_hash(0, 2) == seed_hash(0, 2)
+    # the same domain is split the same way whichever task holds out another (the index is the dataset's)
+    other = suite.select(["sketch"])[0]
+    assert {p for p, _ in read_split(folder, other, "val") if "photo" in p.parts} == set(photo)
+
+
+def test_data_check_reports_each_held_out_domain(pacs, capsys):
+    root, suite_file = pacs
+    proc = petlbench_cli("data", "check", "--suite", str(suite_file), "--data-root", str(root))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "domainbed layout" in proc.stdout and "4 of 4 tasks ok" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| art_painting"))
+    assert [c.strip() for c in row.split("|")[2:7]] == ["PACS", "36", "9", "15", "3/3"]
+    # the data root may be the dataset folder itself
+    proc = petlbench_cli("data", "check", "--suite", str(suite_file), "--data-root", str(root / "PACS"))
+    assert proc.returncode == 0 and "4 of 4 tasks ok" in proc.stdout
+
+
+def test_missing_domain_and_class_mismatch_are_one_line(pacs, tmp_path):
+    """A class folder missing from one domain, or a missing domain folder: one line naming the folder, as the
+    run's recorded failure (the run's data problem, as a missing split file is) and in data check."""
+    root, suite_file = pacs
+    (root / "PACS" / "photo" / "giraffe").rename(root / "PACS" / "photo" / "zebra")
+    proc = petlbench_cli("run", "--methods", "linear", "--suite", str(suite_file), "--data-root", str(root),
+                         "--tasks", "sketch", "--out", str(tmp_path / "r"), "--quiet")
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    (record,) = load_records(tmp_path / "r")
+    assert record["status"] == "failed" and "\n" not in record["error"]
+    assert record["error"].startswith(f"{root / 'PACS' / 'art_painting' / 'giraffe'}: class folder not in every "
+                                      "domain of task sketch") or "zebra" in record["error"]
+    check = petlbench_cli("data", "check", "--suite", str(suite_file), "--data-root", str(root))
+    assert check.returncode == 1 and "class folder not in every domain" in check.stdout
+    (root / "PACS" / "photo" / "zebra").rename(root / "PACS" / "photo" / "giraffe")
+    import shutil
+    shutil.rmtree(root / "PACS" / "cartoon")
+    check = petlbench_cli("data", "check", "--suite", str(suite_file), "--data-root", str(root))
+    assert check.returncode == 1
+    assert f"sketch: {root / 'PACS' / 'cartoon'}: domain folder not found" in check.stdout
+    with pytest.raises(UserError, match="4 class folders, expected 3"):
+        write_pacs(root, domains=("cartoon",), classes=(*CLASSES, "horse"))
+        read_split(root / "PACS", load_suite(str(suite_file)).select(["sketch"])[0], "test")
+
+
+def test_suite_keys_are_checked(tmp_path):
+    bad = write_suite(tmp_path / "a.yaml", extra_task="  - {name: x, classes: 3, dataset: PACS, domain: ../etc}\n")
+    with pytest.raises(UserError, match=r"tasks\[4\].domain' must be a folder name"):
+        load_suite(str(bad))
+    lone = tmp_path / "b.yaml"
+    lone.write_text("name: b\nlayout: domainbed\ntasks:\n  - {name: photo, classes: 3, dataset: PACS}\n")
+    with pytest.raises(UserError, match="no training domain"):
+        load_suite(str(lone))
+    noah = tmp_path / "c.yaml"
+    noah.write_text("name: c\ntasks:\n  - {name: photo, classes: 3, dataset: PACS}\n")
+    with pytest.raises(UserError, match="'tasks\\[0\\].dataset' is for the domainbed layout only"):
+        load_suite(str(noah))
+
+
+def test_packaged_suites_follow_domainbed():
+    expected = {"pacs": (7, ["art_painting", "cartoon", "photo", "sketch"]),
+                "officehome": (65, ["Art", "Clipart", "Product", "Real World"]),
+                "terraincognita": (10, ["location_100", "location_38", "location_43", "location_46"])}
+    for name, (classes, domains) in expected.items():
+        suite = load_suite(name)
+        assert suite.layout == "domainbed" and len(suite.groups) == 1
+        assert [t.domain for t in suite.tasks] == domains and {t.classes for t in suite.tasks} == {classes}
+        assert all(t.domains == sorted(domains) for t in suite.tasks)
+        names = Path(suite.path).parent / "classnames" / name / "classes.txt"
+        lines = [line for line in names.read_text().splitlines() if line and not line.startswith("#")]
+        assert len(lines) == classes
+
+
+def test_run_linear_on_a_held_out_domain_then_table(pacs, tmp_path):
+    root, suite_file = pacs
+    out = tmp_path / "results"
+    args = ("run", "--methods", "linear", "--suite", str(suite_file), "--data-root", str(root), "--out", str(out),
+            "--quiet")
+    proc = petlbench_cli(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = load_records(out)
+    assert {r["task"] for r in records} == set(DOMAINS) and all(r["status"] == "success" for r in records)
+    record = next(r for r in records if r["task"] == "art_painting")
+    assert record["data"]["layout"] == "domainbed"
+    assert record["data"]["domains"] == {"dataset": "PACS", "test": "art_painting",
+                                         "train": ["cartoon", "photo", "sketch"], "holdout_fraction": 0.2,
+                                         "split": "DomainBed trial_seed 0 (misc.split_dataset)"}
+    assert record["protocol"]["train_splits"] == ["train", "val"] and record["protocol"]["eval_splits"] == ["test"]
+    assert record["data"]["train_images"] == 45 and record["data"]["eval_images"] == 15
+    task = load_suite(str(suite_file)).select(["art_painting"])[0]
+    assert record["data"]["split_files_sha256"]["test"] == split_sha256("domainbed", root / "PACS", task, "test")[:16]
+    # the two tasks share the dataset folder but not their data: each held-out domain is its own test set
+    assert len({r["data_id"] for r in records}) == 4
+    again = petlbench_cli(*args)
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 4
+    # the table: a column per held-out domain, then their mean (the suite's one group)
+    table = petlbench_cli("table", str(out), "--format", "csv")
+    assert table.returncode == 0, table.stderr
+    header = table.stdout.splitlines()[0].split(",")
+    assert header[:6] == ["method", *DOMAINS, "mean"], header
+    row = dict(zip(header, table.stdout.splitlines()[1].split(",")))
+    tops = {r["task"]: 100 * r["metrics"]["test_top1"] for r in records}
+    assert all(float(row[d]) == pytest.approx(tops[d], abs=0.051) for d in DOMAINS)
+    assert float(row["mean"]) == pytest.approx(sum(tops.values()) / 4, abs=0.051)
+    # a new image in a training domain changes the listing: the finished runs are no longer done
+    Image.new("RGB", (32, 32)).save(root / "PACS" / "photo" / "dog" / "pic_999.png")
+    third = petlbench_cli(*args)
+    assert third.returncode == 0 and "done before, skipped" not in third.stdout
+
+
+def test_download_from_a_local_archive_lays_out_pacs(tmp_path):
+    """The offline route of `data download pacs`: DomainBed's PACS.zip (kfold/<domain>/<class>) given with
+    --archive is unpacked, laid out as <to>/PACS atomically, then checked; nothing touches the network."""
+    src = write_pacs(tmp_path / "src")
+    archive = tmp_path / "PACS.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted((src / "PACS").rglob("*.png")):
+            z.write(path, "kfold/" + path.relative_to(src / "PACS").as_posix())
+    suite = write_suite(tmp_path / "tinypacs.yaml")
+    to = tmp_path / "domainbed"
+    proc = petlbench_cli("data", "download", str(suite), "--to", str(to), "--archive", str(archive))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (to / "PACS").iterdir()) == list(DOMAINS)
+    assert not [p for p in to.iterdir() if p.name != "PACS"]  # the staging folder is gone
+    assert "4 of 4 tasks ok" in proc.stdout
+    again = petlbench_cli("data", "download", str(suite), "--to", str(to), "--archive", str(archive))
+    assert again.returncode == 0 and "laid out before, kept" in again.stdout
+
+
+def test_download_without_a_mirror_names_the_source(tmp_path):
+    proc = petlbench_cli("data", "download", "terraincognita", "--to", str(tmp_path / "t"))
+    assert_one_line_error(proc, "terraincognita", "lila.science", "download.py")
+    assert not (tmp_path / "t").exists()
