@@ -203,3 +203,30 @@ def test_download_without_a_mirror_names_the_source(tmp_path):
     proc = petlbench_cli("data", "download", "terraincognita", "--to", str(tmp_path / "t"))
     assert_one_line_error(proc, "terraincognita", "lila.science", "download.py")
     assert not (tmp_path / "t").exists()
+
+
+def test_index_named_domain_maps_by_number(tmp_path):
+    """ImageNet-V2's (and ELEVATER's) class folders 0 .. C-1 are class indices, not names to sort ('10' < '2')."""
+    classes = [f"n{i:08d}" for i in range(12)]
+    root = write_pacs(tmp_path / "data", domains=("train",), classes=classes, per_class=1)
+    write_pacs(tmp_path / "data", domains=("v2",), classes=[str(i) for i in range(12)], per_class=1)
+    suite = tmp_path / "shift.yaml"
+    suite.write_text("name: shift\nlayout: domainbed\ntasks:\n"
+                     "  - {name: v2, classes: 12, dataset: PACS, domain: v2, train_domains: [train]}\n")
+    task = load_suite(str(suite)).tasks[0]
+    test = read_split(root / "PACS", task, "test")
+    assert {(p.parent.name, y) for p, y in test} == {(str(i), i) for i in range(12)}
+    train = read_split(root / "PACS", task, "train") + read_split(root / "PACS", task, "val")
+    assert {(p.parent.name, y) for p, y in train} == {(c, i) for i, c in enumerate(classes)}
+
+
+def test_shift_and_elevater_suites():
+    shift = load_suite("imagenet_shift")
+    assert [t.name for t in shift.tasks] == ["imagenet", "imagenet_v2", "imagenet_sketch"]
+    assert all(t.train_domains == ["train"] and t.classes == 1000 for t in shift.tasks)
+    assert "ImageNet-A and ImageNet-R are not tasks" in shift.description
+    elevater = load_suite("elevater")
+    counts = {t.name: t.classes for t in elevater.tasks}
+    assert len(counts) == 19 and "voc-2007-classification" in elevater.description
+    assert counts["country211"] == 211 and counts["fgvc-aircraft-2013b-variants102"] == 100
+    assert all(t.dataset == t.name and t.domain == "test" and t.train_domains == ["train"] for t in elevater.tasks)
