@@ -230,3 +230,23 @@ def test_shift_and_elevater_suites():
     assert len(counts) == 19 and "voc-2007-classification" in elevater.description
     assert counts["country211"] == 211 and counts["fgvc-aircraft-2013b-variants102"] == 100
     assert all(t.dataset == t.name and t.domain == "test" and t.train_domains == ["train"] for t in elevater.tasks)
+
+
+def test_domain_order_and_labels_equal_torchvisions_imagefolder(tmp_path):
+    """DomainBed reads each domain with torchvision's ImageFolder: our order and labels are its, so the 20%
+    DomainBed holds out (positions in that order) is the same images; nested folders and .PNG included."""
+    from torchvision.datasets import ImageFolder
+
+    from petlbench.data.domains import domain_images, labels_of
+    root = write_pacs(tmp_path / "data", classes=("TV", "Table", "alarm_clock", "b"))
+    nested = root / "PACS" / "photo" / "Table" / "more"
+    nested.mkdir()
+    Image.new("RGB", (8, 8)).save(nested / "x.PNG")
+    (root / "PACS" / "photo" / "b" / "notes.txt").write_text("not an image")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nlayout: domainbed\ntasks:\n" + "".join(
+        f"  - {{name: {d}, classes: 4, dataset: PACS}}\n" for d in DOMAINS))
+    task = load_suite(str(suite)).select(["sketch"])[0]
+    ours = domain_images(root / "PACS" / "photo", labels_of(root / "PACS", task)["photo"])
+    theirs = ImageFolder(str(root / "PACS" / "photo")).samples
+    assert [(str(p), y) for p, y in ours] == [(p, y) for p, y in theirs]
