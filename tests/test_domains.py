@@ -230,6 +230,14 @@ def test_shift_and_elevater_suites():
     assert len(counts) == 19 and "voc-2007-classification" in elevater.description
     assert counts["country211"] == 211 and counts["fgvc-aircraft-2013b-variants102"] == 100
     assert all(t.dataset == t.name and t.domain == "test" and t.train_domains == ["train"] for t in elevater.tasks)
+    folder = Path(elevater.path).parent
+    for task in elevater.tasks:  # the toolkit's class names (one a line) and templates, a file per task
+        names = [x for x in (folder / "classnames" / "elevater" / f"{task.name}.txt").read_text().splitlines()
+                 if x and not x.startswith("#")]
+        templates = [x for x in (folder / "templates" / "elevater" / f"{task.name}.txt").read_text().splitlines()
+                     if x and not x.startswith("#")]
+        assert len(names) == task.classes and len(set(names)) == len(names) and templates
+        assert all(t.count("{}") == 1 for t in templates)
 
 
 def test_domain_order_and_labels_equal_torchvisions_imagefolder(tmp_path):
