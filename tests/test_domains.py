@@ -199,10 +199,56 @@ def test_download_from_a_local_archive_lays_out_pacs(tmp_path):
     assert again.returncode == 0 and "laid out before, kept" in again.stdout
 
 
-def test_download_without_a_mirror_names_the_source(tmp_path):
-    proc = petlbench_cli("data", "download", "terraincognita", "--to", str(tmp_path / "t"))
-    assert_one_line_error(proc, "terraincognita", "lila.science", "download.py")
+def test_download_builds_terraincognita_from_local_archives(tmp_path):
+    """DomainBed's TerraIncognita: the Caltech Camera Traps annotations and images (the two files its script
+    fetches, given with --archive), laid out as location_<N>/<category>/ for four locations and ten categories."""
+    from petlbench.data.terra import CATEGORIES, LOCATIONS
+    import tarfile
+    pixels = tmp_path / "px"
+    pixels.mkdir()
+    images, annotations, categories = [], [], [{"id": i, "name": c} for i, c in enumerate((*CATEGORIES, "deer"))]
+    for location in (*LOCATIONS, "99"):
+        for c in range(len(categories)):
+            name = f"img_{location}_{c}.jpg"
+            Image.new("RGB", (8, 8), (c * 20, 0, 0)).save(pixels / name)
+            images.append({"id": name, "file_name": name, "location": location})
+            annotations.append({"id": f"a{len(annotations)}", "image_id": name, "category_id": c})
+    annotations.append({"id": "twice", "image_id": "img_38_0.jpg", "category_id": 1})  # bird and bobcat
+    labels = tmp_path / "caltech_camera_traps.json.zip"
+    with zipfile.ZipFile(labels, "w") as z:
+        z.writestr("caltech_images_20210113.json", json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories}))
+    tar = tmp_path / "eccv_18_all_images_sm.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        for path in sorted(pixels.iterdir()):
+            t.add(path, f"eccv_18_all_images_sm/{path.name}")
+    to = tmp_path / "domainbed"
+    proc = petlbench_cli("data", "download", "terraincognita", "--to", str(to), "--archive", str(labels),
+                         "--archive", str(tar))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    built = to / "terra_incognita"
+    assert sorted(p.name for p in built.iterdir()) == sorted(f"location_{n}" for n in LOCATIONS)
+    assert {p.name for p in (built / "location_43").iterdir()} == set(CATEGORIES)  # no deer, no location 99
+    assert (built / "location_38" / "bird" / "img_38_0.jpg").is_file()
+    assert (built / "location_38" / "bobcat" / "img_38_0.jpg").is_file()  # in both, as DomainBed copies it
+    assert not [p for p in to.iterdir() if p.name != "terra_incognita"] and "4 of 4 tasks ok" in proc.stdout
+
+
+def test_download_errors_are_one_line_and_offline(tmp_path):
+    from petlbench.data.domain_download import fetch
+    suite = tmp_path / "vlcs.yaml"
+    suite.write_text("name: vlcs\nlayout: domainbed\ntasks:\n" + "".join(
+        f"  - {{name: {d}, classes: 5, dataset: VLCS}}\n" for d in ("C", "L", "S", "V")))
+    proc = petlbench_cli("data", "download", str(suite), "--to", str(tmp_path / "t"))
+    assert_one_line_error(proc, "no source for 'VLCS'", "--archive")
     assert not (tmp_path / "t").exists()
+    with pytest.raises(UserError, match="cannot download PACS.zip from file:.*pass its archive"):
+        fetch((tmp_path / "absent.zip").as_uri(), "PACS.zip", "https://domaingeneralization.github.io/",
+              tmp_path / "dl")
+    assert not list((tmp_path / "dl").iterdir())  # no .part left behind
+    (tmp_path / "here.zip").write_bytes(b"zip bytes")
+    got = fetch((tmp_path / "here.zip").as_uri(), "PACS.zip", "", tmp_path / "dl")
+    assert got == tmp_path / "dl" / "PACS.zip" and got.read_bytes() == b"zip bytes"
 
 
 def test_index_named_domain_maps_by_number(tmp_path):
