@@ -21,7 +21,7 @@ from petlbench.specs import INTERPOLATIONS, LAYOUT_SPLITS, Preprocessing, Task, 
 
 TOP_KEYS = {"name", "aliases", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
             "preprocessing", "recipe", "train", "method_options", "tasks"}
-TASK_KEYS = {"name", "classes", "group", "aliases", "images", "dataset", "domain", "train_domains"}
+TASK_KEYS = {"name", "classes", "group", "aliases", "images"}
 BACKBONE_KEYS = {"name", "args", "checkpoint", "pretrained", "mean", "std", "interpolation"}
 PREPARERS = {"demo"}
 # A name that becomes a folder or file: never a path, never hidden, nothing that leaves the data root or --out.
@@ -131,11 +131,11 @@ def parse_suite(raw: Any, where: str) -> Suite:
     if not tasks_raw:
         raise UserError(f"{where}: key 'tasks' must list at least one task")
     tasks = [_task(t, where, i) for i, t in enumerate(tasks_raw)]
-    _domains(tasks, tasks_raw, layout, where)
     names = [n for t in tasks for n in (t.name, *t.aliases)]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise UserError(f"{where}: key 'tasks': name or alias {dup!r} is listed twice")
+    _domains(tasks, tasks_raw, layout, where)  # the domainbed layout's held-out and training domains
     groups = _get(raw, "groups", list, where) or list(dict.fromkeys(t.group for t in tasks if t.group))
     if not all(isinstance(g, str) and g for g in groups):
         raise UserError(f"{where}: key 'groups' must be a list of group names (strings), got {groups!r}")
@@ -168,7 +168,7 @@ def _task(raw: Any, where: str, index: int) -> Task:
     key = f"tasks[{index}]"
     if not isinstance(raw, dict):
         raise UserError(f"{where}: key '{key}' must be a mapping with name, classes and group")
-    _no_unknown(raw, TASK_KEYS, where, key + ".")
+    _no_unknown(raw, TASK_KEYS | DOMAIN_KEYS, where, key + ".")
     name, classes = raw.get("name"), raw.get("classes")
     if not isinstance(name, str) or not name:
         raise UserError(f"{where}: key '{key}.name' must be a task folder name, got {name!r}")
@@ -189,11 +189,14 @@ def _task(raw: Any, where: str, index: int) -> Task:
     return Task(name, classes, group, aliases, images.strip("/") if images != "." else "")
 
 
+DOMAIN_KEYS = {"dataset", "domain", "train_domains"}  # per task, the domainbed layout's (petlbench.data.domains)
+
+
 def _domains(tasks: list[Task], raw: list[dict], layout: str, where: str) -> None:
     """The domainbed layout's keys (petlbench.data.domains): a task's `dataset` folder, held-out `domain` (default
     its name) and `train_domains` (default the dataset's other domains in the suite); folder names, never paths."""
     for i, (task, entry) in enumerate(zip(tasks, raw)):
-        keys = sorted(k for k in ("dataset", "domain", "train_domains") if k in entry)
+        keys = sorted(k for k in DOMAIN_KEYS if k in entry)
         if layout != "domainbed":
             if keys:
                 raise UserError(f"{where}: key 'tasks[{i}].{keys[0]}' is for the domainbed layout only")
