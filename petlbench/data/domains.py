@@ -6,7 +6,9 @@
 trains on others (`train_domains`, default every other domain of its dataset in the suite). Splits, with no
 split file on disk:
 
-- `test`: every image of the held-out domain;
+- `test`: every image of the held-out domain (DomainBed's tables report the 80% "in" split of it,
+  `env{test}_in_acc` in model_selection.py, keeping the other 20% for its oracle selection; petlbench has no
+  oracle selection and tests the whole domain);
 - `train` / `val`: each training domain split 80 / 20 exactly as DomainBed's trial 0 splits it
   (`train.py`: `misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(trial_seed=0, env_i))`, i.e. numpy's
   RandomState(md5-derived seed) shuffle of the domain's ImageFolder order, the first 20% held out), env_i the
