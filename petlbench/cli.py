@@ -200,7 +200,8 @@ def parser() -> argparse.ArgumentParser:
     dc.add_argument("--strict", action="store_true",
                     help="train/test leakage (an image in a training split and in test) is an error, not a warning")
     dd = dsub.add_parser("download", help="fetch (or take local archives), unpack into --to, then check")
-    dd.add_argument("suite", help="vtab1k or fgvc (their public mirrors on the Hugging Face hub)")
+    dd.add_argument("suite", help="vtab1k or fgvc (their public mirrors on the Hugging Face hub); pacs, officehome or "
+                                  "terraincognita (DomainBed's sources)")
     dd.add_argument("--to", required=True, help="folder to download and unpack into")
     dd.add_argument("--tasks", help="comma-separated subset of the suite's tasks (fgvc: datasets)")
     dd.add_argument("--repo", help="another Hugging Face dataset repo OWNER/NAME in the suite's layout")

@@ -16,6 +16,8 @@ from petlbench.options import Range
 LAYOUT_SPLITS = {
     "noah": {"train": ["train800"], "val": ["val200"], "trainval": ["train800val200"], "test": ["test"]},
     "fgvc": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
+    # DomainBed's folders (petlbench.data.domains): the training domains' 80 / 20 split, the held-out domain
+    "domainbed": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
 }
 PROTOCOLS = ("final", "tune", "paper")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")  # PIL's resampling filters
@@ -67,3 +69,9 @@ class Task:
     classnames: list[str] = field(default_factory=list, repr=False)
     templates: list[str] = field(default_factory=list, repr=False)
     classnames_source: str = ""  # where the names come from, in words + repo@commit/path (their file's `# source:`)
+    # domainbed layout (petlbench.data.domains): the dataset folder under the data root, the held-out (test) domain
+    # folder, the training domain folders, and every domain folder of the dataset the suite names (sorted)
+    dataset: str = ""
+    domain: str = ""
+    train_domains: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)

@@ -6,17 +6,21 @@ noah (VTAB-1k as NOAH, FacT, SSF and V-PETL ship it):
 fgvc (as VPT ships CUB, NABirds, Oxford Flowers, Stanford Dogs and Cars):
     <root>/<task>/<split>.json, a flat {"<path relative to the image root>": <class id>}; class ids
     are remapped to 0..C-1 by sorting the ids found in all of the task's split files.
+domainbed (DomainBed's PACS, OfficeHome, TerraIncognita): <root>/<dataset>/<domain>/<class>/<image>, no split
+    files; a task holds out one domain (petlbench.data.domains).
 Every path must stay inside the task folder, every label inside [0, classes). Split files are UTF-8 (a BOM at
 the start is fine); a label is ASCII digits with at most one leading minus.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from petlbench.data import domains
 from petlbench.errors import UserError
 from petlbench.specs import LAYOUT_SPLITS, Task
 
@@ -24,7 +28,10 @@ LABEL = re.compile(r"-?[0-9]+")  # not str.isdigit: it (and int()) also accept '
 
 
 def find_task_dir(data_root: Path, task: Task) -> Path:
-    """The task's folder under the data root, under its name or any alias (e.g. cifar100, CUB_200_2011)."""
+    """The task's folder under the data root, under its name or any alias (e.g. cifar100, CUB_200_2011); a
+    domainbed task's is its dataset's folder."""
+    if task.dataset:
+        return domains.dataset_dir(data_root, task)
     for name in (task.name, *task.aliases):
         if (data_root / name).is_dir():
             return data_root / name
@@ -35,6 +42,8 @@ def list_images(layout: str, task_dir: Path, task: Task, split: str,
                 split_names: Sequence[str] | None = None) -> list[tuple[Path, int]]:
     """The (image, label) entries of one split file. `split_names`: every split file of the suite (FGVC numbers
     its class ids over all of them); default the layout's (fgvc: train, val, test)."""
+    if layout == "domainbed":
+        return domains.read_split(task_dir, task, split)
     if not task_dir.is_dir():
         names = " or ".join(repr(n) for n in (task.name, *task.aliases))
         raise UserError(f"{task_dir}: task folder not found (looked for {names} under {task_dir.parent})")
@@ -48,6 +57,19 @@ def list_images(layout: str, task_dir: Path, task: Task, split: str,
 def split_file(layout: str, task_dir: Path, split: str) -> Path:
     """The file listing a split: <split>.txt (noah) or <split>.json (fgvc)."""
     return task_dir / f"{split}.{'txt' if layout == 'noah' else 'json'}"
+
+
+def split_bytes(layout: str, task_dir: Path, task: Task, split: str) -> bytes:
+    """What defines a split's listing: its split file's bytes (OSError if unreadable), or the domainbed layout's
+    listing text (petlbench.data.domains.listing)."""
+    if layout == "domainbed":
+        return domains.listing(task_dir, task, split)
+    return split_file(layout, task_dir, split).read_bytes()
+
+
+def split_sha256(layout: str, task_dir: Path, task: Task, split: str) -> str:
+    """sha256 of split_bytes: a split file's file_sha256."""
+    return hashlib.sha256(split_bytes(layout, task_dir, task, split)).hexdigest()
 
 
 def read_text(path: Path) -> str:
@@ -111,6 +133,8 @@ def read_fgvc_json(json_file: Path) -> dict[str, int]:
 
 def split_duplicates(layout: str, task_dir: Path, task: Task, split: str) -> list[str]:
     """One line per image listed again in the same split file (paths compared after `./` and `..` are folded)."""
+    if layout == "domainbed":
+        return []  # listed from folders: an image cannot be listed twice
     listed = split_file(layout, task_dir, split)
     if layout == "noah":
         entries = [(f"{listed}:{n}", rel, path, n) for n, rel, path, _ in noah_entries(task_dir, split, task.classes)]

@@ -22,11 +22,11 @@ from typing import Any, Callable
 
 import torch
 
-from petlbench.backbone import file_sha256
 from petlbench.data.build import identify
 from petlbench.data.decode import TensorData
 from petlbench.errors import UserError
-from petlbench.data.layouts import find_task_dir, split_file
+from petlbench.data.domains import describe as describe_domains
+from petlbench.data.layouts import find_task_dir, split_sha256
 from petlbench.options import as_dict
 from petlbench.params import build_model, plan_text
 from petlbench.plan import RunPlan, defaults_source, method_label
@@ -145,7 +145,8 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
         "protocol": plan.protocol, "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
         "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout,
-                 **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record()},
+                 **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record(),
+                 **({"domains": describe_domains(plan.task)} if plan.task.dataset else {})},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
         **({"text": plan.text()} if plan.text() else {}),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
@@ -166,7 +167,7 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
         task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
         record["data"].update(folder=str(task_dir), split_files_sha256={
-            split: file_sha256(split_file(plan.suite.layout, task_dir, split))[:16] for split in used})
+            split: split_sha256(plan.suite.layout, task_dir, plan.task, split)[:16] for split in used})
         metrics = train_model(plan, model, task_keys, train, evaluation, device, progress, cache, keep)
         metrics[plan.metric] = metrics.pop("top1")
         if "eval_curve" in metrics:
