@@ -37,6 +37,7 @@ BUILTIN: dict[str, str] = {
     "convpass": "petlbench.methods.convpass:Convpass",
     "difffit": "petlbench.methods.difffit:DiffFit",
     "repadapter": "petlbench.methods.repadapter:RepAdapter",
+    "dtl": "petlbench.methods.dtl:DTL",
 }
 
 _runtime: dict[str, type[Method]] = {}
