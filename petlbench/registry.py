@@ -38,6 +38,7 @@ BUILTIN: dict[str, str] = {
     "difffit": "petlbench.methods.difffit:DiffFit",
     "repadapter": "petlbench.methods.repadapter:RepAdapter",
     "zeroshot": "petlbench.methods.zeroshot:ZeroShot",
+    "dtl": "petlbench.methods.dtl:DTL",
 }
 
 _runtime: dict[str, type[Method]] = {}
