@@ -1,0 +1,142 @@
+"""The few-shot protocol (`--shots K`): the sampler, the protocol it makes, real tiny runs, the table's rows."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from petlbench.data.shots import VAL_SHOTS, check_shots, draw, few_shot_protocol
+from petlbench.errors import UserError
+from petlbench.specs import LAYOUT_SPLITS
+from petlbench.suite import load_suite
+from tests.conftest import assert_one_line_error, petlbench_cli, write_tiny_suite
+
+LABELS = np.repeat(np.arange(5), [10, 10, 10, 10, 3])  # class 4 has only 3 images
+
+
+def test_draw_takes_k_per_class_and_says_which_classes_had_fewer():
+    indices, short = draw(LABELS, 4, 5, seed=0, task="t", role="train")
+    assert Counter(LABELS[indices].tolist()) == {0: 4, 1: 4, 2: 4, 3: 4, 4: 3}
+    assert short == {4: 3}
+    assert list(indices) == sorted(set(indices.tolist()))  # no repeats, in list order
+    _, none_short = draw(LABELS, 3, 5, seed=0, task="t", role="train")
+    assert none_short == {}
+    _, absent = draw(LABELS, 2, 7, seed=0, task="t", role="train")  # classes 5 and 6 have no image at all
+    assert absent == {5: 0, 6: 0}
+
+
+def test_draw_is_deterministic_per_seed_and_differs_across_seeds_tasks_and_k():
+    first = draw(LABELS, 2, 5, seed=0, task="t", role="train")[0]
+    assert np.array_equal(first, draw(LABELS, 2, 5, seed=0, task="t", role="train")[0])
+    others = [draw(LABELS, 2, 5, seed=1, task="t", role="train")[0], draw(LABELS, 2, 5, seed=0, task="u", role="train")[0],
+              draw(LABELS, 2, 5, seed=0, task="t", role="val")[0]]
+    assert all(not np.array_equal(first, o) for o in others)
+    assert len(draw(LABELS, 3, 5, seed=0, task="t", role="train")[0]) == 15
+
+
+def test_protocol_final_draws_from_trainval_tune_from_train_with_min_k_4_val():
+    splits = LAYOUT_SPLITS["noah"]
+    suite = load_suite("demo")
+    final = few_shot_protocol(suite.protocol("final"), splits, 8)
+    assert final["shots"] == 8 and final["train_splits"] == ["train800val200"] and final["eval_splits"] == ["test"]
+    assert "val_shots" not in final
+    search = few_shot_protocol(suite.protocol("tune", "search"), splits, 8)
+    assert search["train_splits"] == ["train800"] and search["eval_splits"] == ["val200"]
+    assert search["val_shots"] == VAL_SHOTS == 4
+    assert few_shot_protocol(suite.protocol("tune", "search"), splits, 2)["val_shots"] == 2
+    tuned = few_shot_protocol(suite.protocol("tune", "final"), splits, 8)
+    assert tuned["train_splits"] == ["train800"] and tuned["eval_splits"] == ["test"] and "val_shots" not in tuned
+    assert few_shot_protocol(suite.protocol("final"), splits, None) == suite.protocol("final")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "4"])
+def test_check_shots_refuses_what_is_not_a_positive_integer(bad):
+    with pytest.raises(UserError, match="--shots: expected a positive integer"):
+        check_shots(bad)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.rglob("*.json")) if "search" not in p.parts
+            and p.name != "selection.json" and not p.name.endswith(".samples.json")]
+
+
+def run(tmp_path, data, out, *extra):
+    suite = write_tiny_suite(tmp_path / "tiny.yaml", {"count": 6}, epochs=1)
+    return petlbench_cli("run", "--suite", str(suite), "--data-root", str(data), "--methods", "linear",
+                         "--out", str(out), "--quiet", "--no-weights", "--no-samples", "--cache-dir", "none", *extra)
+
+
+def test_run_with_shots_records_the_draw_and_never_collides_with_other_k(tmp_path, tiny_tasks):
+    out = tmp_path / "results"
+    proc = run(tmp_path, tiny_tasks, out, "--shots", "2", "--seeds", "0,1")
+    assert proc.returncode == 0, proc.stderr
+    two = records(out)
+    assert len(two) == 2 and all(r["status"] == "success" for r in two)
+    lines = (tiny_tasks / "count" / "train800val200.txt").read_text().splitlines()
+    labels = np.array([int(line.rsplit(" ", 1)[1]) for line in lines])
+    for r in two:
+        assert r["protocol"]["shots"] == 2 and r["protocol"]["train_splits"] == ["train800val200"]
+        shots = r["data"]["shots"]
+        assert shots["k"] == 2 and shots["splits"] == ["train800val200"]
+        chosen = np.array(shots["indices"])
+        assert r["data"]["train_images"] == len(chosen) == shots["images"]
+        assert Counter(labels[chosen].tolist()) == {c: min(2, n) for c, n in Counter(labels.tolist()).items()}
+        assert r["data"]["eval_images"] == 32  # the full test split
+        import hashlib
+        entries = [f"{line.rsplit(' ', 1)[0]}\t{line.rsplit(' ', 1)[1]}" for line in lines]
+        assert shots["list_sha256"] == hashlib.sha256("\n".join(entries).encode()).hexdigest()
+    assert two[0]["data"]["shots"]["indices"] != two[1]["data"]["shots"]["indices"]  # seeds draw differently
+    assert two[0]["config_id"] != two[1]["config_id"]
+
+    again = run(tmp_path, tiny_tasks, out, "--shots", "2", "--seeds", "0")
+    assert "done before, skipped" in again.stdout  # the same draw, the same run
+
+    proc = run(tmp_path, tiny_tasks, out, "--shots", "4", "--seeds", "0")
+    assert proc.returncode == 0, proc.stderr
+    full = run(tmp_path, tiny_tasks, out, "--seeds", "0")
+    assert full.returncode == 0, full.stderr
+    every = records(out)
+    assert len(every) == 4 and len({r["run_id"] for r in every}) == 4
+    by_k = {r["protocol"]["shots"]: r for r in every if r["seed"] == 0}
+    assert set(by_k) == {2, 4, None}
+    assert "shots" not in by_k[None]["data"] and by_k[None]["data"]["train_images"] == len(lines)
+    assert by_k[4]["data"]["train_images"] == sum(min(4, n) for n in Counter(labels.tolist()).values())
+
+    table = petlbench_cli("table", str(out), "--published", "never")
+    assert table.returncode == 0, table.stderr
+    rows = {line.split("|")[1].strip(" ◆"): line for line in table.stdout.splitlines() if line.startswith("| linear")}
+    assert set(rows) == {"linear", "linear [2-shot]", "linear [4-shot]"}
+    header = [c.strip() for c in next(l for l in table.stdout.splitlines() if l.startswith("| method")).split("|")]
+    assert rows["linear [2-shot]"].split("|")[header.index("seeds")].strip() == "2"  # both seeds of K = 2, one row
+
+
+def test_tune_with_shots_selects_on_min_k_4_val_images_and_trains_final_on_the_same_shots(tmp_path, tiny_tasks):
+    out = tmp_path / "results"
+    proc = run(tmp_path, tiny_tasks, out, "--shots", "8", "--protocol", "tune", "--grid", "{lr: [0.1, 0.01]}")
+    assert proc.returncode == 0, proc.stderr
+    search = [json.loads(p.read_text()) for p in (out / "tiny" / "count" / "search").glob("*__*.json")]
+    assert len(search) == 2
+    val_labels = Counter(int(line.rsplit(" ", 1)[1]) for line in (tiny_tasks / "count" / "val200.txt").read_text().split())
+    for r in search:
+        assert r["protocol"]["val_shots"] == 4 and r["data"]["shots"]["val"]["splits"] == ["val200"]
+        assert r["data"]["eval_images"] == sum(min(4, n) for n in val_labels.values())
+    final, = records(out)
+    assert final["protocol"]["train_splits"] == ["train800"] and final["protocol"]["stage"] == "final"
+    assert final["data"]["shots"]["indices"] == search[0]["data"]["shots"]["indices"]  # the shots the choice saw
+    assert final["data"]["eval_images"] == 32
+
+
+def test_shots_never_come_from_the_test_split(tmp_path, tiny_tasks):
+    suite = write_tiny_suite(tmp_path / "leak.yaml", {"count": 6}, epochs=1, extra="splits: {trainval: test}")
+    proc = petlbench_cli("run", "--suite", str(suite), "--data-root", str(tiny_tasks), "--methods", "linear",
+                         "--out", str(tmp_path / "r"), "--quiet", "--shots", "2", "--cache-dir", "none")
+    r, = records(tmp_path / "r")
+    assert r["status"] == "failed" and "drawn from the test split" in r["error"]
+    assert proc.returncode != 0
+
+
+def test_shots_flag_refuses_zero_in_one_line(tmp_path, tiny_tasks):
+    assert_one_line_error(run(tmp_path, tiny_tasks, tmp_path / "r", "--shots", "0"), "--shots", "positive integer")
