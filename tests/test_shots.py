@@ -140,3 +140,57 @@ def test_shots_never_come_from_the_test_split(tmp_path, tiny_tasks):
 
 def test_shots_flag_refuses_zero_in_one_line(tmp_path, tiny_tasks):
     assert_one_line_error(run(tmp_path, tiny_tasks, tmp_path / "r", "--shots", "0"), "--shots", "positive integer")
+
+
+def fewshot_record(task, index, method, seed, top1, shots, backbone, args=None, layout="noah"):
+    return {"schema": 2, "run_id": f"{task}-{method}-{seed}-{shots}", "status": "success", "suite": "clipfew",
+            "task": task, "task_index": index, "task_group": "", "seed": seed,
+            "method": {"name": method, "label": method}, "protocol": {"name": "final", "shots": shots},
+            "backbone": {"name": backbone, "args": args or {}, "weights": "timm-pretrained"},
+            "data": {"layout": layout}, "metrics": {"test_top1": top1},
+            "params": {"trainable_excl_head": 0, "backbone": 38_000_000}}
+
+
+def published_table(tmp_path, records_list):
+    from petlbench.records import write_atomic
+    from petlbench.report.tables import render
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    suite = tmp_path / "clipfew.yaml"
+    suite.write_text("name: clipfew\nlayout: noah\nbackbone: {name: resnet50_clip.openai}\ntasks:\n"
+                     "  - {name: textures, classes: 47, aliases: [dtd]}\n"
+                     "  - {name: flowers, classes: 102, aliases: [oxford_flowers]}\n")
+    out = tmp_path / "results"
+    for i, r in enumerate(records_list):
+        write_atomic(out / "clipfew" / f"{i}.json", {**r, "suite_file": str(suite)})
+    import io
+    import pandas as pd
+    frame = pd.read_csv(io.StringIO(render(out, "csv")), dtype=str)
+    return frame.set_index("method"), render(out, "md")
+
+
+def test_published_fewshot_rows_match_dataset_alias_backbone_and_shots(tmp_path):
+    rows = [fewshot_record("textures", 0, "linear", 0, 0.55, 16, "resnet50_clip.openai"),
+            fewshot_record("flowers", 1, "linear", 0, 0.85, 16, "resnet50_clip.openai")]
+    frame, text = published_table(tmp_path, rows)
+    assert frame.loc["linear [16-shot]", "textures"] == "55.0"
+    tip = "published: tip_adapter [tip_adapter (val_last), 16-shot]"
+    assert frame.loc[tip, "textures"] == "60.9" and frame.loc[tip, "flowers"] == "89.9"  # 60.93, 89.89 in the file
+    assert frame.loc[tip, "mean"] == f"{(60.93 + 89.89) / 2:.1f}"
+    assert frame.loc["published: tip_adapter_f [tip_adapter (test_best), 16-shot] †", "textures"] == "66.5"
+    assert frame.loc["published: zeroshot [tip_adapter (fixed), 0-shot]", "flowers"] == "66.0"
+    assert not any("8-shot" in m or "4-shot" in m for m in frame.index)  # other K: not shown
+    assert "CoOp's splits" in text and "noah layout" in text
+
+
+def test_published_fewshot_rows_follow_the_shots_and_the_backbone(tmp_path):
+    clip = fewshot_record("textures", 0, "linear", 0, 0.5, 4, "clip:RN50", {"pretrained": "openai"}, layout="coop")
+    frame, text = published_table(tmp_path, [clip])
+    assert frame.loc["published: tip_adapter [tip_adapter (val_last), 4-shot]", "textures"] == "54.0"
+    assert "CoOp's splits" not in text  # the published numbers' own layout: no warning
+    assert not any("16-shot" in m for m in frame.index)
+    other = fewshot_record("textures", 0, "linear", 0, 0.5, 4, "vit_base_patch16_clip_224.openai")
+    frame, _ = published_table(tmp_path / "other", [other])
+    assert not any(m.startswith("published:") for m in frame.index)  # no RN50 rows for a ViT-B/16
+    full = {**fewshot_record("textures", 0, "linear", 0, 0.5, 4, "resnet50_clip.openai"), "protocol": {"name": "final"}}
+    frame, _ = published_table(tmp_path / "full", [full])
+    assert list(frame.index) == ["linear"]  # a full-data run: no few-shot published rows
