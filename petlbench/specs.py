@@ -16,6 +16,8 @@ from petlbench.options import Range
 LAYOUT_SPLITS = {
     "noah": {"train": ["train800"], "val": ["val200"], "trainval": ["train800val200"], "test": ["test"]},
     "fgvc": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
+    # CoOp trains on its train split only (val for choices): `final` trains on train here too
+    "coop": {"train": ["train"], "val": ["val"], "trainval": ["train"], "test": ["test"]},
 }
 PROTOCOLS = ("final", "tune", "paper")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")  # PIL's resampling filters

@@ -194,3 +194,87 @@ def test_published_fewshot_rows_follow_the_shots_and_the_backbone(tmp_path):
     full = {**fewshot_record("textures", 0, "linear", 0, 0.5, 4, "resnet50_clip.openai"), "protocol": {"name": "final"}}
     frame, _ = published_table(tmp_path / "full", [full])
     assert list(frame.index) == ["linear"]  # a full-data run: no few-shot published rows
+
+
+# --------------------------------------------------------------------------------------------------
+# CoOp's layout (split_zhou_<Name>.json) and the coop11 suite
+
+
+def write_coop_task(folder: Path, classes: int = 4, per_split=(5, 3, 4), name="DescribableTextures") -> dict:
+    """A tiny task in CoOp's real format: images under images/<class>/, one split_zhou json with [path, label, name]."""
+    from PIL import Image
+    split = {}
+    for s, count in zip(("train", "val", "test"), per_split):
+        split[s] = []
+        for c in range(classes):
+            for i in range(count):
+                rel = f"class_{c}/{s}_{i}.jpg"
+                (folder / "images" / f"class_{c}").mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (40, 36), (60 * c % 256, 40 * i % 256, 90)).save(folder / "images" / rel)
+                split[s].append([rel, c, f"class {c}"])
+    (folder / f"split_zhou_{name}.json").write_text(json.dumps(split))
+    return split
+
+
+def coop_suite(path: Path, classes: int = 4) -> Path:
+    from tests.conftest import TINY_ARGS
+    path.write_text("\n".join([
+        "name: tinycoop", "layout: coop",
+        "backbone:", "  name: vit_tiny_patch16_224", f"  args: {TINY_ARGS}", "  pretrained: false",
+        "preprocessing: {crop_pct: 0.875, train: random_crop_flip, eval: center_crop}",
+        "train: {epochs: 1, warmup_epochs: 0, batch_size: 8, eval_batch_size: 64}",
+        f"tasks:\n  - {{name: dtd, classes: {classes}, images: images, aliases: [DescribableTextures]}}"]) + "\n")
+    return path
+
+
+def test_coop_layout_reads_split_zhou_and_runs_few_shot(tmp_path):
+    split = write_coop_task(tmp_path / "data" / "dtd")
+    suite = coop_suite(tmp_path / "coop.yaml")
+    from petlbench.data.layouts import list_images
+    from petlbench.suite import load_suite as load
+    task = load(str(suite)).tasks[0]
+    items = list_images("coop", tmp_path / "data" / "dtd", task, "val")
+    assert [(p.relative_to(tmp_path / "data" / "dtd" / "images").as_posix(), label) for p, label in items] == \
+        [(rel, label) for rel, label, _ in split["val"]]
+    check = petlbench_cli("data", "check", "--suite", str(suite), "--data-root", str(tmp_path / "data"))
+    assert check.returncode == 0, check.stdout + check.stderr
+    out = tmp_path / "results"
+    proc = petlbench_cli("run", "--suite", str(suite), "--data-root", str(tmp_path / "data"), "--methods", "linear",
+                         "--out", str(out), "--quiet", "--shots", "2", "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    r, = [x for x in records(out) if "status" in x]
+    assert r["protocol"]["train_splits"] == ["train"]  # CoOp trains on its train split only
+    assert r["data"]["layout"] == "coop" and r["data"]["train_images"] == 8 and r["data"]["eval_images"] == 16
+    chosen = [split["train"][i][0] for i in r["data"]["shots"]["indices"]]
+    assert all(rel.split("/")[1].startswith("train_") for rel in chosen)
+
+
+def test_coop_layout_refuses_a_bad_entry_in_one_line(tmp_path):
+    split = write_coop_task(tmp_path / "data" / "dtd")
+    split["train"][3] = ["class_0/train_0.jpg", 9, "class 0"]  # label outside [0, 4)
+    (tmp_path / "data" / "dtd" / "split_zhou_DescribableTextures.json").write_text(json.dumps(split))
+    proc = petlbench_cli("data", "check", "--suite", str(coop_suite(tmp_path / "coop.yaml")),
+                         "--data-root", str(tmp_path / "data"))
+    assert proc.returncode != 0 and "train[3]" in proc.stdout + proc.stderr
+
+
+def test_aircraft_lists_are_read_as_coop_reads_them(tmp_path):
+    from petlbench.data.layouts import list_images
+    from petlbench.specs import Task
+    folder = tmp_path / "fgvc_aircraft"
+    (folder / "images").mkdir(parents=True)
+    (folder / "variants.txt").write_text("707-320\n727-200\nA300B4\n")
+    (folder / "images_variant_train.txt").write_text("1025794 707-320\n1340192 A300B4\n0056978 727-200\n")
+    items = list_images("coop", folder, Task("fgvc_aircraft", 3), "train")
+    assert [(p.name, label) for p, label in items] == [("1025794.jpg", 0), ("1340192.jpg", 2), ("0056978.jpg", 1)]
+
+
+def test_coop11_task_names_are_the_published_datasets():
+    from petlbench.report.fewshot import load
+    suite = load_suite("coop")
+    assert suite.name == "coop11" and suite.layout == "coop" and suite.splits["trainval"] == ["train"]
+    published = set(load()["dataset"])
+    assert {t.name for t in suite.tasks} == published - {"imagenet"}
+    assert {t.name: t.classes for t in suite.tasks} == {
+        "caltech101": 100, "oxford_pets": 37, "stanford_cars": 196, "oxford_flowers": 102, "food101": 101,
+        "fgvc_aircraft": 100, "sun397": 397, "dtd": 47, "eurosat": 10, "ucf101": 101}
