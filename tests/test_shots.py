@@ -31,7 +31,8 @@ def test_draw_takes_k_per_class_and_says_which_classes_had_fewer():
 def test_draw_is_deterministic_per_seed_and_differs_across_seeds_tasks_and_k():
     first = draw(LABELS, 2, 5, seed=0, task="t", role="train")[0]
     assert np.array_equal(first, draw(LABELS, 2, 5, seed=0, task="t", role="train")[0])
-    others = [draw(LABELS, 2, 5, seed=1, task="t", role="train")[0], draw(LABELS, 2, 5, seed=0, task="u", role="train")[0],
+    others = [draw(LABELS, 2, 5, seed=1, task="t", role="train")[0],
+              draw(LABELS, 2, 5, seed=0, task="u", role="train")[0],
               draw(LABELS, 2, 5, seed=0, task="t", role="val")[0]]
     assert all(not np.array_equal(first, o) for o in others)
     assert len(draw(LABELS, 3, 5, seed=0, task="t", role="train")[0]) == 15
@@ -119,7 +120,8 @@ def test_tune_with_shots_selects_on_min_k_4_val_images_and_trains_final_on_the_s
     search = [r for p in (out / "tiny" / "count" / "search").glob("*__*.json")
               if (r := json.loads(p.read_text())).get("kind") != "selection"]
     assert len(search) == 2
-    val_labels = Counter(int(line.rsplit(" ", 1)[1]) for line in (tiny_tasks / "count" / "val200.txt").read_text().splitlines())
+    val_lines = (tiny_tasks / "count" / "val200.txt").read_text().splitlines()
+    val_labels = Counter(int(line.rsplit(" ", 1)[1]) for line in val_lines)
     for r in search:
         assert r["protocol"]["val_shots"] == 4 and r["data"]["shots"]["val"]["splits"] == ["val200"]
         assert r["data"]["eval_images"] == sum(min(4, n) for n in val_labels.values())

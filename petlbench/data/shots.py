@@ -53,10 +53,12 @@ def draw(labels: np.ndarray, per_class: int, classes: int, seed: int, task: str,
     how many they had. Deterministic in (seed, task, per_class, role) and the labels, independent of anything else."""
     key = hashlib.sha256(f"petlbench-shots\0{role}\0{task}\0{per_class}\0{seed}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(key[:8], "little"))
-    labels = np.asarray(labels)
+    labels = np.asarray(labels, dtype=np.int64)
+    order = np.argsort(labels, kind="stable")  # per class, its indices in list order: one sort, not a scan per class
+    bounds = np.searchsorted(labels[order], np.arange(max(classes, int(labels.max()) + 1 if labels.size else 0) + 1))
     chosen, short = [], {}
-    for c in range(max(classes, int(labels.max()) + 1 if labels.size else 0)):
-        members = np.flatnonzero(labels == c)
+    for c in range(len(bounds) - 1):
+        members = order[bounds[c]:bounds[c + 1]]
         if len(members) <= per_class:
             chosen.append(members)
             if len(members) < per_class:

@@ -146,7 +146,8 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
                    "options": as_dict(plan.method.config)},
         "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "checkpoint": b.checkpoint,
                      "checkpoint_sha256": b.checkpoint_sha256},
-        "protocol": {"shots": None, **plan.protocol}, "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
+        "protocol": {"shots": None, **plan.protocol},  # shots: K under --shots K (few-shot), else null
+        "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
         "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout,
                  **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record()},

@@ -89,7 +89,8 @@ def beside(records: list[dict], info: SuiteInfo, mode: str = "auto") -> tuple[St
     shown = table.loc[[i for i, _ in keep]]
     notes = [f"published few-shot ({FILE}; test top-1 %; each row: method [source (selection rule), shots], shown "
              "where one of your few-shot rows has its dataset, backbone and shots; 0-shot: zero-shot CLIP): "
-             + "; ".join(f"{r['source_key']} = {citation(r)}" for _, r in shown.drop_duplicates("source_key").iterrows())]
+             + "; ".join(f"{r['source_key']} = {citation(r)}"
+                         for _, r in shown.drop_duplicates("source_key").iterrows())]
     layouts = sorted({str((r.get("data") or {}).get("layout")) for r in runs} - {SPLIT_LAYOUT})
     if layouts:
         notes.append(f"⚠ published few-shot numbers use CoOp's splits (split_zhou_*.json, layout {SPLIT_LAYOUT}); "
