@@ -280,3 +280,15 @@ def test_coop11_task_names_are_the_published_datasets():
     assert {t.name: t.classes for t in suite.tasks} == {
         "caltech101": 100, "oxford_pets": 37, "stanford_cars": 196, "oxford_flowers": 102, "food101": 101,
         "fgvc_aircraft": 100, "sun397": 397, "dtd": 47, "eurosat": 10, "ucf101": 101}
+
+
+def test_status_knows_few_shot_runs_by_their_k(tmp_path, tiny_tasks):
+    out = tmp_path / "results"
+    assert run(tmp_path, tiny_tasks, out, "--shots", "2").returncode == 0
+    suite = str(tmp_path / "tiny.yaml")
+    common = ["status", str(out), "--suite", suite, "--data-root", str(tiny_tasks), "--methods", "linear",
+              "--format", "json"]
+    done = json.loads(petlbench_cli(*common, "--shots", "2").stdout)
+    missing = json.loads(petlbench_cli(*common, "--shots", "4").stdout)
+    assert (done["rows"][0]["done"], done["rows"][0]["missing"]) == (1, 0)
+    assert (missing["rows"][0]["done"], missing["rows"][0]["missing"]) == (0, 1)  # K = 4 is another run
