@@ -18,6 +18,8 @@ LAYOUT_SPLITS = {
     "fgvc": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
     # DomainBed's folders (petlbench.data.domains): the training domains' 80 / 20 split, the held-out domain
     "domainbed": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
+    # CoOp trains on its train split only (val for choices): `final` trains on train here too
+    "coop": {"train": ["train"], "val": ["val"], "trainval": ["train"], "test": ["test"]},
 }
 PROTOCOLS = ("final", "tune", "paper")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")  # PIL's resampling filters

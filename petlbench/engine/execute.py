@@ -24,6 +24,7 @@ import torch
 
 from petlbench.data.build import identify
 from petlbench.data.decode import TensorData
+from petlbench.data import shots
 from petlbench.errors import UserError
 from petlbench.data.domains import describe as describe_domains
 from petlbench.data.layouts import find_task_dir, split_sha256
@@ -50,6 +51,7 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
         prep = plan.preprocessing()
         train = cache.get(plan, plan.protocol["train_splits"], prep, train=True)
         evaluation = cache.get(plan, plan.protocol["eval_splits"], prep, train=False)
+        train, evaluation, drawn = shots.apply(plan, train, evaluation)  # --shots K: the seed's K per class
     except UserError as exc:  # no data, no data id: the record is named by the config alone
         record.update(status="failed", error=str(exc))
         return report(finish(record, plan, out, device, start), log, where)
@@ -75,6 +77,8 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
     record.update(run_id=plan.run_id(), data_id=plan.data_id)
     record["data"].update(preprocessing=prep, train_images=len(train), eval_images=len(evaluation),
                           train_digest=train.digest, eval_digest=evaluation.digest)
+    if drawn is not None:
+        record["data"]["shots"] = drawn
     keep = TopK() if save_samples and not plan.is_search else None
     trained = run_one(plan, record, train, evaluation, device, progress, cache, keep)
     if trained is not None and save_weights and not plan.is_search:
@@ -142,7 +146,8 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
                    "options": as_dict(plan.method.config)},
         "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "checkpoint": b.checkpoint,
                      "checkpoint_sha256": b.checkpoint_sha256},
-        "protocol": plan.protocol, "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
+        "protocol": {"shots": None, **plan.protocol},  # shots: K under --shots K (few-shot), else null
+        "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
         "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout,
                  **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record(),
