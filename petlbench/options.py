@@ -225,6 +225,7 @@ def _coerce(value: Any, tp, bounds: Range | None, where: str, cls: type) -> Any:
     if typing.get_origin(tp) is list:  # a YAML list, or 'q+v' on the command line (where ',' and ':' are taken)
         (item,) = typing.get_args(tp)
         items = [parse_scalar(v.strip()) for v in value.split("+")] if isinstance(value, str) else value
+        items = [items] if isinstance(items, (int, float)) and not isinstance(items, bool) else items  # 'blocks=-1'
         if not isinstance(items, list) or not items:
             raise UserError(f"{where} expects a non-empty list of {_type_name(item)} (a+b on the command line, "
                             f"[a, b] in YAML), got {value!r}")

@@ -39,6 +39,7 @@ BUILTIN: dict[str, str] = {
     "repadapter": "petlbench.methods.repadapter:RepAdapter",
     "zeroshot": "petlbench.methods.zeroshot:ZeroShot",
     "dtl": "petlbench.methods.dtl:DTL",
+    "selective": "petlbench.methods.selective:Selective",
 }
 
 _runtime: dict[str, type[Method]] = {}

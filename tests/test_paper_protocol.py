@@ -161,6 +161,9 @@ def test_shipped_petl_vision_settings_equal_the_reference():
                 assert row.options[option] == float(ref[column])
     lora = settings.row("vtab1k", "cifar", "lora")
     assert lora.options["alpha"] == lora.options["rank"]  # PETL_Vision adds B A unscaled
+    for label in ("adapter:init=zeros", "adapter:placement=both"):  # model/adapter.py, block.py sequential_after
+        row = settings.row("vtab1k", "cifar", label)
+        assert row.options["act"] == "relu" and row.options["drop_path_order"] == "twice"
     assert settings.recipe["mean"] == [0.0, 0.0, 0.0] and settings.recipe["backbone"].endswith("orig_in21k")
     raw = yaml.safe_load(shipped.read_text())
     assert raw["origin"]["commit"] == "245d262"
@@ -235,6 +238,7 @@ def test_shipped_jie_settings_equal_their_configs(source, csv_name, labels, sour
 @pytest.mark.parametrize("source, suite, methods, runs", [
     ("ssf", "vtab1k", "ssf", 19), ("ssf", "fgvc", "ssf", 5), ("fact", "vtab1k", "fact,fact:variant=tt", 38),
     ("convpass", "vtab1k", "convpass", 19), ("petl_vision", "vtab1k", "ln,lora", 38),
+    ("petl_vision", "vtab1k", "adapter:init=zeros,adapter:placement=both", 38),
 ])
 def test_every_run_of_a_shipped_source_plans_without_data(tmp_path, source, suite, methods, runs):
     """On an empty data root: every task of the suite has its row, its options fit the method, nothing refused."""

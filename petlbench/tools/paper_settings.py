@@ -32,8 +32,10 @@ PETL_VISION = {
     "ln": ("ln", {}, {}),
     "lora": ("lora", {"rank": "lora_bottleneck", "alpha": "lora_bottleneck"}, {"targets": ["q", "k", "v"],
                                                                              "dropout": 0.1}),
-    "lora_p_adapter": ("adapter:init=zeros", {"bottleneck": "adapter_bottleneck", "scale": "adapter_scaler"}, {}),
-    "rand_h_adapter": ("adapter:placement=both", {"bottleneck": "adapter_bottleneck", "scale": "adapter_scaler"}, {}),
+    "lora_p_adapter": ("adapter:init=zeros", {"bottleneck": "adapter_bottleneck", "scale": "adapter_scaler"},
+                       {"act": "relu", "drop_path_order": "twice"}),
+    "rand_h_adapter": ("adapter:placement=both", {"bottleneck": "adapter_bottleneck", "scale": "adapter_scaler"},
+                       {"act": "relu", "drop_path_order": "twice"}),
     "repadapter": ("repadapter", {"bottleneck": "repadapter_bottleneck", "scale": "repadapter_scaler"}, {}),
     "ssf": ("ssf", {}, {}),
     "vpt_deep": ("vpt_deep", {"tokens": "vpt_num"}, {}),
@@ -73,9 +75,10 @@ PETL_VISION_HEADER = {
                 "dropout 0.1 on its input and no scaling; petlbench's (peft) has one per target (12 x r x 4608), "
                 "alpha = rank keeps the scale 1",
         "adapter:init=zeros": "PETL_Vision lora_p_adapter: sequential adapter after the MLP, LoRA-style init "
-                              "(zero up-projection), ReLU, dropout 0.1",
+                              "(Xavier down, zero up-projection and biases: lora_xavier), ReLU, dropout 0.1, the "
+                              "branch's drop-path before and after the adapter (model/block.py sequential_after)",
         "adapter:placement=both": "PETL_Vision rand_h_adapter: sequential adapters after attention and MLP, "
-                                  "Xavier init",
+                                  "Xavier init, ReLU, dropout 0.1, drop-path before and after each adapter",
         "convpass": "convpass_xavier_init true -> conv_init xavier, false -> identity",
         "difffit": "PETL_Vision's DiffFit (biases, norms, per-block gammas at 1; no options): petlbench difffit",
         "repadapter": "repadapter_bottleneck -> bottleneck, repadapter_scaler -> scale; PETL_Vision's repadapter_group "
