@@ -37,6 +37,7 @@ BUILTIN: dict[str, str] = {
     "convpass": "petlbench.methods.convpass:Convpass",
     "difffit": "petlbench.methods.difffit:DiffFit",
     "repadapter": "petlbench.methods.repadapter:RepAdapter",
+    "e2vpt": "petlbench.methods.e2vpt:E2VPT",
 }
 
 _runtime: dict[str, type[Method]] = {}
