@@ -43,7 +43,7 @@ from petlbench.prompts import MAX_TOKENS, InsertPrompts, PromptConfig, StripProm
 
 # The released settings: ChengHan111/E2VPT @7a66e75 command.txt, "Documented Version (Origin 5runs ...)",
 # 19 VTAB-1k and 5 FGVC commands (shared/reference/paper_settings/e2vpt_commands.csv).
-SOURCE = ("visual prompts 10 per layer (NUM_TOKENS_P: 13 of 19 VTAB-1k commands; 5 on the 5 FGVC ones), key-value "
+SOURCE = ("visual prompts 10 per layer (NUM_TOKENS_P: 14 of 19 VTAB-1k commands; 5 on the 5 FGVC ones), key-value "
           "prompts 5 per layer (NUM_TOKENS: 17 of 19 VTAB-1k, 5 of 5 FGVC), shared keys and values (SHARE_PARAM_KV "
           "24 of 24), Kaiming-uniform key-value init (ORIGIN_INIT 2, 24 of 24), prompt dropout 0.1 (DROPOUT_P 24 of "
           "24), key-value dropout 0 (MODEL.P_VK.DROPOUT, the config default; no command sets it): ChengHan111/E2VPT "
