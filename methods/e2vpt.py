@@ -14,12 +14,12 @@ The attention is replaced by `KVPromptAttention`, which holds the frozen timm at
 layers (qkv, q/k norms, attention dropout, output norm, proj) with the prompts joined to keys and values;
 prompt keys join after timm's k_norm (an identity in ViT-B; E2VPT's ViT has no q/k norm).
 
-Left out: E2VPT's pruning (the paper's section 3.3): learned masks on the visual prompts, token-wise (one per
-prompt) and segment-wise (16 pieces of each prompt's width), scored by their loss gradient summed over the
-training set after a first training, pruned at 10-90% of tokens and pieces (81 combinations), each combination
-retrained from the start with its mask fixed ("rewinding") and the best chosen on val. It is a three-phase
-search (train, score, 81 retrainings) that petlbench's engine has no schedule for; the released "origin"
-commands (MASK_CLS_TOKEN False) run without it, and those are what this method reproduces.
+Left out: E2VPT's pruning (tune_vtab_PruningRewind_CVK.py, Trainer.calculate_importance): learned masks on
+the visual prompts, token-wise (one per prompt) and segment-wise (16 pieces of each prompt's width), one mask for
+all layers, scored by their loss gradient averaged over the training set after a first training, pruned at
+10-90% of tokens x 10-90% of pieces, each of the 81 combinations retrained from the start with its mask fixed
+("rewinding"), one kept (get_results_PruningRewind_CVK.py). A three-phase search that petlbench's engine has no
+schedule for; the released "origin" commands (MASK_CLS_TOKEN False) run without it, and this method is those.
 
 Weight decay: VPT's rule (E2VPT's src/solver/optimizer.py is VPT's: SGD decays every trained tensor but the
 head's bias). Faithfulness: on a random timm ViT the logits equal the released attention's (copied into a
