@@ -40,6 +40,7 @@ BUILTIN: dict[str, str] = {
     "zeroshot": "petlbench.methods.zeroshot:ZeroShot",
     "dtl": "petlbench.methods.dtl:DTL",
     "selective": "petlbench.methods.selective:Selective",
+    "e2vpt": "petlbench.methods.e2vpt:E2VPT",
 }
 
 _runtime: dict[str, type[Method]] = {}

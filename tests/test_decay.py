@@ -111,7 +111,8 @@ def test_every_builtin_method_declares_its_rule():
         "kadaptation": "timm", "ssf": "timm", "fact": "all", "vpt_shallow": "vpt", "vpt_deep": "vpt", "vqt": "vpt",
         "conv_adapter": "timm", "vpt_pad": "vpt", "difffit": "all", "repadapter": "all",
         "dtl": "timm",
-        "selective": "all"}
+        "selective": "all",
+        "e2vpt": "vpt"}
 
 
 def test_the_head_grid_trains_together_only_where_the_bias_is_not_decayed():
