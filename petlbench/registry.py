@@ -38,6 +38,8 @@ BUILTIN: dict[str, str] = {
     "difffit": "petlbench.methods.difffit:DiffFit",
     "repadapter": "petlbench.methods.repadapter:RepAdapter",
     "zeroshot": "petlbench.methods.zeroshot:ZeroShot",
+    "coop": "petlbench.methods.coop:CoOp",
+    "cocoop": "petlbench.methods.cocoop:CoCoOp",
 }
 
 _runtime: dict[str, type[Method]] = {}
