@@ -16,7 +16,7 @@ from tests.families import CLIP_FAMILY, tiny
 
 NUM_CLASSES = 5
 # options that fit every tiny model: KAdaptation's default factor 32 divides none of their widths (ViT 48, Swin 24)
-FITTING = {"kadaptation": "kadaptation:factor=6"}
+FITTING = {"kadaptation": "kadaptation:factor=6", "coop": "coop:n_ctx=8"}  # coop: 16 + a name overflow the tiny text context
 # every method on every family it supports, and on a tiny CLIP's image tower (a timm ViT) when it supports ViTs or
 # needs CLIP's text side
 PAIRS = [(name, family) for name in sorted(available_methods()) for family in (*ALL_FAMILIES, CLIP_FAMILY)
