@@ -60,8 +60,9 @@ class CoCoOp(Method):
     families = ("vit",)
     needs_text = True
     recipe = "coop"
+    decay_rule = "all"  # Dassl's SGD: one group, every trained tensor (the recipe's rule too)
     train_defaults = {"batch_size": 1, "epochs": 10}
-    defaults_source = ("batch 1, 10 epochs, lr 0.002, 1 constant warm-up epoch: KaiyangZhou/CoOp configs/trainers/"
+    defaults_source = ("batch 1, 10 epochs, lr 0.002, 1 warm-up epoch: KaiyangZhou/CoOp configs/trainers/"
                        "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml (base-to-new, 16 shots); the rest as CoOp: "
                        + COOP_SOURCE)
 

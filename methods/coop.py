@@ -54,6 +54,7 @@ class CoOp(Method):
     families = ("vit",)  # the CLIP image tower, read as a timm ViT
     needs_text = True
     recipe = "coop"
+    decay_rule = "all"  # Dassl's SGD: one group, every trained tensor (the recipe's rule too)
     defaults_source = COOP_SOURCE
 
     def phrase(self) -> str:

@@ -55,16 +55,6 @@ RECIPES: dict[str, Recipe] = {
         preprocessing={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"},
         defaults_source=VPT_PROMPT_DEFAULT,
     ),
-    # Departures: CoOp warms up at a constant lr 1e-5 for its 1 epoch and steps the cosine per epoch (Dassl's
-    # ConstantWarmupScheduler); here the warm-up is linear from lr x 1e-3 and the cosine steps per batch.
-    "coop": Recipe(
-        name="coop", source="CoOp (Zhou et al., IJCV 2022), section 4.1; KaiyangZhou/CoOp configs",
-        train={"optimizer": "sgd", "momentum": 0.9, "lr": 0.002, "weight_decay": 0.0005, "epochs": 200,
-               "warmup_epochs": 1, "batch_size": 32, "decay_rule": "all"},
-        grid={"lr": [0.02, 0.005, 0.002, 0.0005], "weight_decay": [0.0005]},  # petlbench's: CoOp tuned nothing
-        preprocessing={"interpolation": "bicubic"},  # mean and std: the CLIP weights' own
-        defaults_source=COOP_SOURCE,
-    ),
     "noah": Recipe(
         name="noah", source="NOAH (Zhang et al., 2022) configs, followed by most later VTAB-1k papers",
         train={"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.0001, "epochs": 100, "warmup_epochs": 10,
@@ -74,5 +64,15 @@ RECIPES: dict[str, Recipe] = {
         preprocessing={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic"},
         defaults_source=("lr 1e-3, wd 1e-4, batch 64: NOAH's VTAB-1k scripts "
                          "(configs/Adapter/VTAB/slurm_train_adapter_vtab.sh: LR 0.001, WEIGHT_DECAY 0.0001)"),
+    ),
+    # Departures: CoOp warms up at a constant lr 1e-5 for its 1 epoch and steps the cosine per epoch (Dassl's
+    # ConstantWarmupScheduler); here the warm-up is linear from lr x 1e-3 and the cosine steps per batch.
+    "coop": Recipe(
+        name="coop", source="CoOp (Zhou et al., IJCV 2022), section 4.1; KaiyangZhou/CoOp configs",
+        train={"optimizer": "sgd", "momentum": 0.9, "lr": 0.002, "weight_decay": 0.0005, "epochs": 200,
+               "warmup_epochs": 1, "batch_size": 32, "decay_rule": "all"},
+        grid={"lr": [0.02, 0.005, 0.002, 0.0005], "weight_decay": [0.0005]},  # petlbench's: CoOp tuned nothing
+        preprocessing={"interpolation": "bicubic"},  # mean and std: the CLIP weights' own
+        defaults_source=COOP_SOURCE,
     ),
 }
