@@ -38,6 +38,9 @@ BUILTIN: dict[str, str] = {
     "difffit": "petlbench.methods.difffit:DiffFit",
     "repadapter": "petlbench.methods.repadapter:RepAdapter",
     "zeroshot": "petlbench.methods.zeroshot:ZeroShot",
+    "tip_adapter": "petlbench.methods.tip_adapter:TipAdapter",
+    "tip_adapter_f": "petlbench.methods.tip_adapter_f:TipAdapterF",
+    "clip_adapter": "petlbench.methods.clip_adapter:ClipAdapter",
 }
 
 _runtime: dict[str, type[Method]] = {}
