@@ -64,6 +64,7 @@ class ClipAdapter(Method):
     families = ("vit",)
     needs_text = True
     backbone_defaults = {"drop_path_rate": 0.0, "mean": "backbone", "std": "backbone"}  # CLIP's own preprocessing
+    decay_rule = "all"  # Dassl's build_optimizer over the adapter's parameters (weights only, no biases)
     defaults_source = "gaopengcuhk/CLIP-Adapter clip_adapter.py (Adapter(c_in, reduction=4), ratio = 0.2)"
 
     def check_fit(self, model):

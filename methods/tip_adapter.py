@@ -143,6 +143,7 @@ class TipAdapter(Method):
     closed_form = True
     defaults_source = CONFIGS
     backbone_defaults = {"drop_path_rate": 0.0, "mean": "backbone", "std": "backbone"}  # CLIP's own preprocessing
+    decay_rule = "all"  # torch.optim.AdamW(adapter.parameters()) in main.py: every trained tensor decays
     learn_keys = False
 
     def apply(self, model):

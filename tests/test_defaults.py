@@ -5,8 +5,8 @@ from __future__ import annotations
 import petlbench
 from petlbench.registry import BUILTIN, get_method
 
-VIT = [name for name in BUILTIN if get_method(name).supports("vit")]
-CONVNET_ONLY = [name for name in BUILTIN if name not in VIT]
+VIT = [name for name in BUILTIN if get_method(name).supports("vit") and not get_method(name).needs_text]  # text: on CLIP
+CONVNET_ONLY = [name for name in BUILTIN if not get_method(name).supports("vit")]
 
 
 def check(records, names, floor=1.5 / 6):
