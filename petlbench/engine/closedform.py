@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from petlbench.data.decode import TensorData
+from petlbench.data import shots
 from petlbench.errors import UserError
 from petlbench.engine.features import RunCache, compute
 from petlbench.engine.train import autocast_dtype
@@ -48,6 +49,9 @@ class ClosedForm:
             raise UserError(f"suite {self.plan.suite.name}: the val split {splits} is a test split; "
                             f"{self.plan.method.name} chooses its settings on val, never on test")
         val = self.cache.get(self.plan, splits, self.plan.preprocessing(), train=False)
+        k = self.plan.protocol.get("shots")
+        if k:  # few-shot: the search sees min(K, 4) images per class of val, as CoOp's and Tip-Adapter's runs
+            val, self.record["val_shots"] = shots.take(self.plan, val, list(splits), min(k, shots.VAL_SHOTS), "val")
         features, labels = self.head_inputs(model, val)
         held_out = torch.from_numpy(np.isin(image_hashes(self.train), image_hashes(val)))
         found = self.plan.method.choose_on_val(model, features, labels, held_out)
