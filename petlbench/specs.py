@@ -62,3 +62,5 @@ class Task:
     group: str = ""
     aliases: list[str] = field(default_factory=list)  # other folder names users have for it
     images: str = ""  # fgvc: image root inside the task folder (e.g. "images" for CUB)
+    classnames: list[str] = field(default_factory=list)  # one name per class; [] = unknown
+    templates: list[str] = field(default_factory=list)  # prompts with {} for a class name (the suite's); [] = unknown

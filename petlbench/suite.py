@@ -20,10 +20,10 @@ from petlbench.registry import get_method
 from petlbench.specs import INTERPOLATIONS, LAYOUT_SPLITS, Preprocessing, Task, TrainConfig
 
 TOP_KEYS = {"name", "aliases", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
-            "preprocessing", "recipe", "train", "method_options", "tasks"}
-TASK_KEYS = {"name", "classes", "group", "aliases", "images"}
+            "preprocessing", "recipe", "train", "method_options", "tasks", "templates"}
+TASK_KEYS = {"name", "classes", "group", "aliases", "images", "classnames"}
 BACKBONE_KEYS = {"name", "args", "checkpoint", "pretrained", "mean", "std", "interpolation"}
-PREPARERS = {"demo"}
+PREPARERS = {"demo", "demo-clip"}
 # A name that becomes a folder or file: never a path, never hidden, nothing that leaves the data root or --out.
 PLAIN_NAME = re.compile(r"[\w+-][\w.+-]*\Z")
 PLAIN_NAME_RULE = "a plain name (letters, digits, _ - . +, not starting with '.'; no / or \\)"
@@ -131,6 +131,11 @@ def parse_suite(raw: Any, where: str) -> Suite:
     if not tasks_raw:
         raise UserError(f"{where}: key 'tasks' must list at least one task")
     tasks = [_task(t, where, i) for i, t in enumerate(tasks_raw)]
+    templates = _get(raw, "templates", list, where) or []
+    if not all(isinstance(t, str) and "{}" in t for t in templates):
+        raise UserError(f"{where}: key 'templates' must be a list of prompts with {{}} for the class name, got {templates!r}")
+    for task in tasks:
+        task.templates = list(templates)
     names = [n for t in tasks for n in (t.name, *t.aliases)]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -185,7 +190,11 @@ def _task(raw: Any, where: str, index: int) -> Task:
     images = raw.get("images", "")
     if not isinstance(images, str) or Path(images).is_absolute() or ".." in Path(images).parts:
         raise UserError(f"{where}: key '{key}.images' must be a folder inside the task folder, got {images!r}")
-    return Task(name, classes, group, aliases, images.strip("/") if images != "." else "")
+    classnames = raw.get("classnames") or []
+    if not (isinstance(classnames, list) and all(isinstance(c, str) and c for c in classnames)
+            and len(classnames) in (0, classes)):
+        raise UserError(f"{where}: key '{key}.classnames' must be a list of {classes} class names, got {classnames!r}")
+    return Task(name, classes, group, aliases, images.strip("/") if images != "." else "", classnames)
 
 
 def _get(raw: dict, key: str, kind: type, where: str, required: bool = False):
