@@ -37,12 +37,12 @@ def jitter(rng: np.random.Generator, rgb) -> tuple[int, ...]:
 def draw(rng: np.random.Generator, colour: str, shape: str) -> tuple[Image.Image, str, str]:
     """One object of that colour and shape, at a random place and size; also its size and place words."""
     image, pen = canvas(rng)
-    r = rng.uniform(18, 44)
+    r = rng.uniform(24, 46)
     cx, cy = rng.uniform(r, 128 - r), rng.uniform(r, 128 - r)
     draw_shape(pen, shape, cx, cy, r, jitter(rng, COLOURS[colour]))
     where = ("left", "centre", "right")[min(2, int(cx * 3 / 128))] if rng.random() < 0.5 else \
         ("top", "middle", "bottom")[min(2, int(cy * 3 / 128))]
-    return finish(image), "small" if r < 31 else "large", where
+    return finish(image), "small" if r < 35 else "large", where
 
 
 def caption_sample(rng: np.random.Generator) -> tuple[Image.Image, str]:

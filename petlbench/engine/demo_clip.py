@@ -92,7 +92,7 @@ def pretrain(path: Path, log: Callable[[str], None] = print, pairs: int = PAIRS,
     log(f"demo-clip: pre-trained on {pairs} captioned images, {epochs} epochs, final loss {losses[-1]:.3f}")
     return {"pairs": pairs, "epochs": epochs, "batch_size": BATCH, "lr": LR, "weight_decay": WEIGHT_DECAY,
             "steps": steps, "loss_per_epoch": [round(x, 4) for x in losses], "sha256": sha256,
-            "logit_scale": round(float(model.logit_scale.exp()), 3)}
+            "logit_scale": round(float(model.logit_scale.detach().exp()), 3)}
 
 
 @torch.no_grad()
