@@ -6,7 +6,6 @@ import dataclasses
 import difflib
 import hashlib
 import inspect
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,10 @@ import timm
 import torch
 from torch import nn
 
+from petlbench import clip
+from petlbench.clip import is_clip
 from petlbench.errors import UserError
+from petlbench.statefiles import read_state_dict  # noqa: F401 -- re-exported: callers read weights from here
 
 
 @dataclass
@@ -34,6 +36,8 @@ class BackboneSpec:
         """What the weights are, for run identity and tables: the checkpoint's content, not its path."""
         if self.checkpoint:
             return f"checkpoint sha256:{self.checkpoint_sha256[:16]}" if self.checkpoint_sha256 else "checkpoint"
+        if self.pretrained and self.name.startswith("clip:"):
+            return f"open_clip-pretrained:{self.args.get('pretrained')}"
         return "timm-pretrained" if self.pretrained else "random-init"
 
 
@@ -44,6 +48,9 @@ def check_model_name(name: str) -> None:
     """An unknown name or pretrained tag is refused before anything is built or fetched, with close names."""
     if not isinstance(name, str) or not name:
         raise UserError(f"backbone: expected a timm model name, got {name!r}")
+    if is_clip(name):
+        clip.architecture(name)
+        return
     if name.startswith(HUB_PREFIXES):
         return
     arch, _, tag = name.partition(".")
@@ -57,9 +64,13 @@ def check_model_name(name: str) -> None:
                         + (f"; close names: {', '.join(close)}" if close else ""))
 
 
-def create_backbone(spec: BackboneSpec, num_classes: int) -> nn.Module:
-    """A timm model with a fresh `num_classes` head and the weights the spec asks for."""
+def create_backbone(spec: BackboneSpec, num_classes: int, classnames: list[str] | None = None,
+                    templates: list[str] | None = None) -> nn.Module:
+    """A timm model with a fresh `num_classes` head and the weights the spec asks for; a CLIP backbone's image
+    tower (petlbench.clip), whose zero-shot head starts from the class names and templates."""
     check_model_name(spec.name)
+    if is_clip(spec.name):
+        return clip.create(spec, num_classes, classnames, templates)
     fetch = spec.pretrained and not spec.checkpoint
     try:
         model = timm.create_model(spec.name, pretrained=fetch, num_classes=num_classes, **spec.args)
@@ -104,33 +115,6 @@ def bad_args_message(spec: BackboneSpec, exc: Exception) -> str:
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no message'})")
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"--checkpoint {path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's message runs to a page; the cause is what the file holds
-        raise UserError(f"--checkpoint {path}: holds pickled objects that torch.load(weights_only=True) refuses; "
-                        "expected a state dict of tensors (torch.save(model.state_dict(), ...)) or .safetensors"
-                        ) from None
-    except Exception as exc:  # corrupt or foreign file: one line, not a traceback
-        first = str(exc).splitlines()[0][:160] if str(exc) else "no message"
-        raise UserError(f"--checkpoint {path}: cannot read weights ({type(exc).__name__}: {first})") from None
-    for key in ("state_dict", "model", "module"):  # common wrappers of training checkpoints
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise UserError(f"--checkpoint {path}: expected a state dict of tensors, got {type(state).__name__}")
-    for key, value in state.items():
-        if not (isinstance(key, str) and isinstance(value, torch.Tensor)):
-            raise UserError(f"--checkpoint {path}: expected a state dict of tensors, but key {key!r} holds "
-                            f"{type(value).__name__}")
-    return state
-
-
 def meta_model(spec: BackboneSpec, num_classes: int) -> nn.Module:
     """The backbone's architecture on the meta device: no weights, no memory, nothing fetched."""
     with torch.device("meta"):
@@ -141,8 +125,10 @@ def check_backbone(spec: BackboneSpec) -> str | None:
     """Bad input about the backbone (name, args, a checkpoint that does not fit) before any run starts;
     returns the backbone's anatomy family (None: no family reads it)."""
     from petlbench.backbones import family_of
+    if is_clip(spec.name):
+        clip.check(spec)
     model = meta_model(spec, num_classes=2)
-    if spec.checkpoint:
+    if spec.checkpoint and not is_clip(spec.name):
         fitting_state(model, Path(spec.checkpoint).expanduser())
     return family_of(model)
 

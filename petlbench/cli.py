@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
                    help="final: train on train+val, report test; tune: grid on train, select on val, then final; "
                         "paper: final runs with the per-task settings of --source")
     r.add_argument("--source", help="--protocol paper: a packaged settings source (petl_vision, ...) or a settings YAML")
+    r.add_argument("--shots", type=int, metavar="K", help="few-shot: K training images per class, drawn per seed "
+                   "(the same for every method); val for any choice: min(K, 4) per class; test: all of it")
     r.add_argument("--recipe", help="put every method on one named recipe (vpt, noah); default: each method's own")
     r.add_argument("--grid", help="tune grid as a YAML mapping, e.g. '{lr: [0.1, 0.01], weight_decay: [0, 1e-4]}' "
                                   "(default: the recipe's grid)")
@@ -82,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--eval-every", type=int, metavar="N", help="as for run")
     st.add_argument("--protocol", default="final", choices=["final", "tune", "paper"])
     st.add_argument("--source", help="as for run")
+    st.add_argument("--shots", type=int, metavar="K", help="as for run")
     st.add_argument("--format", default="md", choices=["md", "json"])
     st.set_defaults(func=commands.cmd_status)
 
@@ -200,7 +203,8 @@ def parser() -> argparse.ArgumentParser:
     dc.add_argument("--strict", action="store_true",
                     help="train/test leakage (an image in a training split and in test) is an error, not a warning")
     dd = dsub.add_parser("download", help="fetch (or take local archives), unpack into --to, then check")
-    dd.add_argument("suite", help="vtab1k or fgvc (their public mirrors on the Hugging Face hub)")
+    dd.add_argument("suite", help="vtab1k or fgvc (their public mirrors on the Hugging Face hub); pacs, officehome or "
+                                  "terraincognita (DomainBed's sources)")
     dd.add_argument("--to", required=True, help="folder to download and unpack into")
     dd.add_argument("--tasks", help="comma-separated subset of the suite's tasks (fgvc: datasets)")
     dd.add_argument("--repo", help="another Hugging Face dataset repo OWNER/NAME in the suite's layout")

@@ -66,7 +66,8 @@ def run_arguments(args, seeds: list[int], grid: dict | None) -> dict:
                 checkpoint=args.checkpoint, random_init=args.random_init, mean=numbers(args.mean, "--mean"),
                 std=numbers(args.std, "--std"), data_root=args.data_root, out=args.out if hasattr(args, "out")
                 else args.results, train=train_overrides(args), protocol=args.protocol, recipe=args.recipe,
-                grid=grid, cache_dir=getattr(args, "cache_dir", None), source=getattr(args, "source", None))
+                grid=grid, cache_dir=getattr(args, "cache_dir", None), source=getattr(args, "source", None),
+                shots=getattr(args, "shots", None))
 
 
 def slurm_arguments(args):

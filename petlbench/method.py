@@ -47,6 +47,10 @@ class Method:
     # Which trained tensors weight decay reaches, as the code of the method's source does it
     # (petlbench.engine.decay: "timm", "all", "vpt"); None: its recipe's. Recorded as the record's train.decay_rule.
     decay_rule: ClassVar[str | None] = None
+    # False: the method is evaluated as built, never trained (zero-shot CLIP, Tip-Adapter); its runs get epochs 0
+    trains: ClassVar[bool] = True
+    # True: the method needs a CLIP backbone's text side (`model.clip`, petlbench.clip); refused on other backbones
+    needs_text: ClassVar[bool] = False
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()

@@ -11,7 +11,7 @@ from torch import nn
 
 from petlbench.backbone import BackboneSpec, create_backbone
 from petlbench.errors import UserError
-from petlbench.method import Method, freeze, unfreeze
+from petlbench.method import Method, freeze
 
 BACKBONE_INIT_SEED = 0  # every run of a random-init backbone sees the same backbone
 
@@ -39,27 +39,40 @@ def numel(params) -> int:
     return sum(p.numel() for p in params)
 
 
-def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int) -> Built:
+def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int,
+                classnames: list[str] | None = None, templates: list[str] | None = None) -> Built:
     """Backbone (fixed init seed) -> fresh head (run seed) -> freeze -> method.apply -> head trains ->
-    frozen BatchNorms keep their running statistics."""
+    frozen BatchNorms keep their running statistics. A CLIP backbone's zero-shot head and text methods read the
+    task's class names and templates."""
     torch.manual_seed(BACKBONE_INIT_SEED)
-    model = create_backbone(spec, num_classes)
+    model = create_backbone(spec, num_classes, classnames, templates)
     torch.manual_seed(seed)
     model.reset_classifier(num_classes)
-    before = numel(model.parameters())
-    backbone = before - numel(model.get_classifier().parameters())
-    known = {id(t) for t in (*model.parameters(), *model.buffers())}
+    text = getattr(model, "clip", None)  # a CLIP backbone's text side: not the image model's, known all the same
+    known = {id(t) for t in (*model.parameters(), *model.buffers(),
+                             *((*text.tower.parameters(), *text.tower.buffers()) if text else ()))}
+    fresh_head = {id(p) for p in head_parameters(model.get_classifier())}
     freeze(model)
     method.check_fit(model)
     model = method.apply(model)
-    unfreeze(model.get_classifier())
-    head = numel(model.get_classifier().parameters())  # after apply: a method may widen the head (VQT)
+    unfreeze_head(model.get_classifier())
+    head = numel(head_parameters(model.get_classifier()))  # after apply: a method may widen the head (VQT)
+    # the pretrained tensors the model holds: the backbone's, and any a method's head took in (CoOp: the text tower)
+    frozen_parts = set(map(id, frozen_head_parts(model.get_classifier())))  # CLIP's projection, a text tower
+    backbone = numel(p for p in model.parameters()
+                     if (id(p) in known and id(p) not in fresh_head) or id(p) in frozen_parts)
     freeze_batch_norms(model)
     task_keys = task_state_keys(model, known)
     total = numel(model.parameters())
     trainable = numel(p for p in model.parameters() if p.requires_grad)
     counts = ParamCounts(trainable, trainable - head, head, backbone, total - backbone - head, total)
     return Built(model, counts, task_keys)
+
+
+def plan_text(plan) -> dict[str, list[str] | None]:
+    """build_model's class names and templates from a run plan (None for an image-only backbone)."""
+    text = plan.text() or {}
+    return {"classnames": text.get("classnames") or None, "templates": text.get("templates") or None}
 
 
 _META_COUNTS: dict[str, ParamCounts | None] = {}
@@ -95,6 +108,27 @@ def count_params(spec: BackboneSpec, method: Method, num_classes: int) -> ParamC
         raise
     except Exception:  # noqa: BLE001 -- needs real tensors
         return build_model(spec, method, num_classes, seed=0).counts
+
+
+def frozen_head_parts(head: nn.Module) -> list[nn.Parameter]:
+    """Pretrained tensors inside a head that stay frozen when it trains (`head.frozen_parts()`: CLIP's projection,
+    the text tower a prompt head runs)."""
+    parts = getattr(head, "frozen_parts", None)
+    return [p for part in (parts() if parts else ()) for p in part.parameters()]
+
+
+def head_parameters(head: nn.Module) -> list[nn.Parameter]:
+    """The head's own parameters: what the runner trains after `apply`."""
+    frozen = set(map(id, frozen_head_parts(head)))
+    return [p for p in head.parameters() if id(p) not in frozen]
+
+
+def unfreeze_head(head: nn.Module) -> None:
+    """The head trains, but for the pretrained parts it names as frozen (they stay frozen even when new)."""
+    for p in head_parameters(head):
+        p.requires_grad_(True)
+    for p in frozen_head_parts(head):
+        p.requires_grad_(False)
 
 
 def task_state_keys(model: nn.Module, known: set[int]) -> list[str]:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from petlbench.backbone import BackboneSpec, file_sha256, meta_model, preprocessing
+from petlbench.classnames import DEFAULT_TEMPLATES, check_classnames
+from petlbench.clip import is_clip
 from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import as_dict, build, finite
@@ -72,7 +74,16 @@ class RunPlan:
                          "interpolation": b.interpolation},
             "preprocessing": as_dict(self.suite.preprocessing),
             "train": train_identity(self.train), "protocol": self.protocol,
+            **({"text": self.text()} if self.text() else {}),
         }
+
+    def text(self) -> dict[str, list[str]] | None:
+        """A CLIP backbone's class names and prompt templates (what its zero-shot head and text methods read);
+        None for an image-only backbone, whose runs never read them."""
+        if not is_clip(self.backbone.name):
+            return None
+        names = list(self.task.classnames)
+        return {"classnames": names, "templates": list(self.task.templates or (DEFAULT_TEMPLATES if names else []))}
 
     def config_id(self) -> str:
         return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:12]
@@ -157,6 +168,8 @@ def defaults_source(method: Method, recipe: Recipe) -> str:
 def resolve_train(method: Method, suite: Suite, overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:
     chosen, forced = recipe_for(method, suite, recipe)
     values = {**chosen.train, **departures(method, chosen), **suite.train, **overrides}
+    if not method.trains:  # zero-shot, training-free caches: nothing to train, whatever the recipe says
+        values.update(epochs=0, warmup_epochs=0)
     return build(TrainConfig, values, f"training config of {method.name}")
 
 
@@ -216,6 +229,8 @@ def plan_one(suite: Suite, task: Task, method: Method, spec: BackboneSpec, seed:
     backbone), so options that do not fit the backbone are refused here, not by every run failing."""
     chosen, _ = recipe_for(method, suite, recipe)
     backbone = backbone_for(spec, chosen, method)
+    if is_clip(backbone.name) and (method.needs_text or backbone.args.get("head") == "zeroshot"):
+        check_classnames(task)  # a text classifier from names that are missing or miscounted is refused here
     meta_counts(backbone, method)
     return RunPlan(suite, task, method, backbone, seed, resolve_train(method, suite, overrides, recipe), chosen,
                    protocol, data_root)

@@ -37,6 +37,8 @@ BUILTIN: dict[str, str] = {
     "convpass": "petlbench.methods.convpass:Convpass",
     "difffit": "petlbench.methods.difffit:DiffFit",
     "repadapter": "petlbench.methods.repadapter:RepAdapter",
+    "zeroshot": "petlbench.methods.zeroshot:ZeroShot",
+    "dtl": "petlbench.methods.dtl:DTL",
 }
 
 _runtime: dict[str, type[Method]] = {}
@@ -124,6 +126,9 @@ def refuse_unsupported(methods: list[Method], family: str | None, backbone: str)
             what = f"a {family} backbone" if family else "of no family petlbench reads"
             raise UserError(f"method {method.name!r} supports {', '.join(method.families)} backbones; "
                             f"{backbone} is {what}")
+        if method.needs_text and not str(backbone).startswith("clip:"):
+            raise UserError(f"method {method.name!r} needs a CLIP backbone with its text tower "
+                            f"(--backbone clip:<open_clip model>); {backbone} has none")
 
 
 def method_options_help(cls: type[Method]) -> str:

@@ -16,6 +16,10 @@ from petlbench.options import Range
 LAYOUT_SPLITS = {
     "noah": {"train": ["train800"], "val": ["val200"], "trainval": ["train800val200"], "test": ["test"]},
     "fgvc": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
+    # DomainBed's folders (petlbench.data.domains): the training domains' 80 / 20 split, the held-out domain
+    "domainbed": {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]},
+    # CoOp trains on its train split only (val for choices): `final` trains on train here too
+    "coop": {"train": ["train"], "val": ["val"], "trainval": ["train"], "test": ["test"]},
 }
 PROTOCOLS = ("final", "tune", "paper")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")  # PIL's resampling filters
@@ -30,7 +34,7 @@ class TrainConfig:
     # biases, declared tokens), every one (PETL_Vision), or VPT's code's; a method's own is its `decay_rule`
     decay_rule: Literal["timm", "all", "vpt"] = "timm"
     momentum: Annotated[float, Range(min=0, lt=1)] = 0.9  # SGD only
-    epochs: Annotated[int, Range(min=1)] = 100
+    epochs: Annotated[int, Range(min=0)] = 100  # 0: evaluate as built (a method that does not train)
     warmup_epochs: Annotated[int, Range(min=0)] = 10
     batch_size: Annotated[int, Range(min=1)] = 64
     eval_batch_size: Annotated[int, Range(min=1)] = 512
@@ -62,5 +66,14 @@ class Task:
     group: str = ""
     aliases: list[str] = field(default_factory=list)  # other folder names users have for it
     images: str = ""  # fgvc: image root inside the task folder (e.g. "images" for CUB)
-    classnames: list[str] = field(default_factory=list)  # one name per class; [] = unknown
-    templates: list[str] = field(default_factory=list)  # prompts with {} for a class name (the suite's); [] = unknown
+    # issue 16 (petlbench.classnames): class names in label order and prompt templates with {} for the name;
+    # [] = unknown. A CLIP-style run needs one name per class (petlbench.suite.check_classnames)
+    classnames: list[str] = field(default_factory=list, repr=False)
+    templates: list[str] = field(default_factory=list, repr=False)
+    classnames_source: str = ""  # where the names come from, in words + repo@commit/path (their file's `# source:`)
+    # domainbed layout (petlbench.data.domains): the dataset folder under the data root, the held-out (test) domain
+    # folder, the training domain folders, and every domain folder of the dataset the suite names (sorted)
+    dataset: str = ""
+    domain: str = ""
+    train_domains: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from petlbench.classnames import check_classnames, suite_templates, task_names  # noqa: F401 (CLIP runs)
 from petlbench.errors import UserError
 from petlbench.options import build, read_yaml
 from petlbench.recipes import RECIPES
@@ -21,7 +22,7 @@ from petlbench.specs import INTERPOLATIONS, LAYOUT_SPLITS, Preprocessing, Task, 
 
 TOP_KEYS = {"name", "aliases", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
             "preprocessing", "recipe", "train", "method_options", "tasks", "templates"}
-TASK_KEYS = {"name", "classes", "group", "aliases", "images", "classnames"}
+TASK_KEYS = {"name", "classes", "group", "aliases", "images", "classnames", "templates", "classnames_source"}
 BACKBONE_KEYS = {"name", "args", "checkpoint", "pretrained", "mean", "std", "interpolation"}
 PREPARERS = {"demo", "demo-clip"}
 # A name that becomes a folder or file: never a path, never hidden, nothing that leaves the data root or --out.
@@ -131,15 +132,12 @@ def parse_suite(raw: Any, where: str) -> Suite:
     if not tasks_raw:
         raise UserError(f"{where}: key 'tasks' must list at least one task")
     tasks = [_task(t, where, i) for i, t in enumerate(tasks_raw)]
-    templates = _get(raw, "templates", list, where) or []
-    if not all(isinstance(t, str) and "{}" in t for t in templates):
-        raise UserError(f"{where}: key 'templates' must be a list of prompts with {{}} for the class name, got {templates!r}")
-    for task in tasks:
-        task.templates = list(templates)
+    suite_templates(tasks, raw, where)  # class names and templates: petlbench.classnames
     names = [n for t in tasks for n in (t.name, *t.aliases)]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise UserError(f"{where}: key 'tasks': name or alias {dup!r} is listed twice")
+    _domains(tasks, tasks_raw, layout, where)  # the domainbed layout's held-out and training domains
     groups = _get(raw, "groups", list, where) or list(dict.fromkeys(t.group for t in tasks if t.group))
     if not all(isinstance(g, str) and g for g in groups):
         raise UserError(f"{where}: key 'groups' must be a list of group names (strings), got {groups!r}")
@@ -172,7 +170,7 @@ def _task(raw: Any, where: str, index: int) -> Task:
     key = f"tasks[{index}]"
     if not isinstance(raw, dict):
         raise UserError(f"{where}: key '{key}' must be a mapping with name, classes and group")
-    _no_unknown(raw, TASK_KEYS, where, key + ".")
+    _no_unknown(raw, TASK_KEYS | DOMAIN_KEYS, where, key + ".")
     name, classes = raw.get("name"), raw.get("classes")
     if not isinstance(name, str) or not name:
         raise UserError(f"{where}: key '{key}.name' must be a task folder name, got {name!r}")
@@ -190,11 +188,40 @@ def _task(raw: Any, where: str, index: int) -> Task:
     images = raw.get("images", "")
     if not isinstance(images, str) or Path(images).is_absolute() or ".." in Path(images).parts:
         raise UserError(f"{where}: key '{key}.images' must be a folder inside the task folder, got {images!r}")
-    classnames = raw.get("classnames") or []
-    if not (isinstance(classnames, list) and all(isinstance(c, str) and c for c in classnames)
-            and len(classnames) in (0, classes)):
-        raise UserError(f"{where}: key '{key}.classnames' must be a list of {classes} class names, got {classnames!r}")
-    return Task(name, classes, group, aliases, images.strip("/") if images != "." else "", classnames)
+    return task_names(Task(name, classes, group, aliases, images.strip("/") if images != "." else ""), raw, where, key)
+
+
+DOMAIN_KEYS = {"dataset", "domain", "train_domains"}  # per task, the domainbed layout's (petlbench.data.domains)
+
+
+def _domains(tasks: list[Task], raw: list[dict], layout: str, where: str) -> None:
+    """The domainbed layout's keys (petlbench.data.domains): a task's `dataset` folder, held-out `domain` (default
+    its name) and `train_domains` (default the dataset's other domains in the suite); folder names, never paths."""
+    for i, (task, entry) in enumerate(zip(tasks, raw)):
+        keys = sorted(k for k in DOMAIN_KEYS if k in entry)
+        if layout != "domainbed":
+            if keys:
+                raise UserError(f"{where}: key 'tasks[{i}].{keys[0]}' is for the domainbed layout only")
+            continue
+        task.dataset, task.domain = entry.get("dataset"), entry.get("domain", task.name)
+        task.train_domains = entry.get("train_domains", [])
+        if not isinstance(task.train_domains, list):
+            raise UserError(f"{where}: key 'tasks[{i}].train_domains' must be a list of domain folder names")
+        for key, value in (("dataset", task.dataset), ("domain", task.domain),
+                           *(("train_domains", d) for d in task.train_domains)):
+            if not (isinstance(value, str) and value.strip() and value not in ("..",) and not value.startswith(".")
+                    and "/" not in value and "\\" not in value):
+                raise UserError(f"{where}: key 'tasks[{i}].{key}' must be a folder name (no / or \\, not starting "
+                                f"with '.'), got {value!r}")
+        if task.domain in task.train_domains:
+            raise UserError(f"{where}: key 'tasks[{i}].train_domains' holds the held-out domain {task.domain!r}")
+    for task in tasks if layout == "domainbed" else []:
+        same = [t for t in tasks if t.dataset == task.dataset]
+        task.domains = sorted({d for t in same for d in (t.domain, *t.train_domains)})
+        task.train_domains = task.train_domains or [d for d in task.domains if d != task.domain]
+        if not task.train_domains:
+            raise UserError(f"{where}: task {task.name!r}: no training domain (one domain of dataset "
+                            f"{task.dataset!r} in the suite; list others as tasks or under 'train_domains')")
 
 
 def _get(raw: dict, key: str, kind: type, where: str, required: bool = False):

@@ -14,6 +14,12 @@ TINY = {
 assert set(TINY) == set(ALL_FAMILIES)
 
 
+# a tiny CLIP (petlbench/clip_configs/tiny.json): its image tower is a timm ViT, its text tower open_clip's
+CLIP_FAMILY = "clip"
+
+
 def tiny(family: str) -> BackboneSpec:
+    if family == CLIP_FAMILY:
+        return BackboneSpec("clip:tiny", {}, pretrained=False)
     name, args = TINY[family]
     return BackboneSpec(name, dict(args), pretrained=False)

@@ -8,17 +8,22 @@ import torch
 from torch import nn
 
 from petlbench.backbones import ALL_FAMILIES, family_of
-from petlbench.params import build_model
+from petlbench.params import build_model, head_parameters
 from petlbench.registry import available_methods, parse_method_spec
 from petlbench.specs import TrainConfig
 from petlbench.engine.train import make_optimizer
-from tests.families import tiny
+from tests.families import CLIP_FAMILY, tiny
 
 NUM_CLASSES = 5
 # options that fit every tiny model: KAdaptation's default factor 32 divides none of their widths (ViT 48, Swin 24)
 FITTING = {"kadaptation": "kadaptation:factor=6"}
-PAIRS = [(name, family) for name in sorted(available_methods()) for family in ALL_FAMILIES
-         if available_methods()[name].load().supports(family)]
+# every method on every family it supports, and on a tiny CLIP's image tower (a timm ViT) when it supports ViTs or
+# needs CLIP's text side
+PAIRS = [(name, family) for name in sorted(available_methods()) for family in (*ALL_FAMILIES, CLIP_FAMILY)
+         if (family == CLIP_FAMILY and (available_methods()[name].load().supports("vit")
+                                         or available_methods()[name].load().needs_text))
+         or (family != CLIP_FAMILY and available_methods()[name].load().supports(family)
+             and not available_methods()[name].load().needs_text)]
 
 
 @pytest.mark.parametrize("name,family", PAIRS)
@@ -26,7 +31,8 @@ def test_one_step_moves_exactly_what_trains(name, family):
     torch.manual_seed(0)
     method = parse_method_spec(FITTING.get(name, name))
     model, counts, task_keys = build_model(tiny(family), method, NUM_CLASSES, seed=0)
-    assert family_of(model) == family or name in ("vpt_deep", "vpt_shallow"), "methods keep the timm model"
+    assert family_of(model) == family.replace(CLIP_FAMILY, "vit") or name in ("vpt_deep", "vpt_shallow"), \
+        "methods keep the timm model"
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, NUM_CLASSES, (4,))
     with torch.no_grad():  # off the zero inits (LoRA's B, FacT's V) that hold back the gradients of the rest
         for name, p in model.named_parameters():
@@ -39,7 +45,10 @@ def test_one_step_moves_exactly_what_trains(name, family):
     state_before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) == counts.trainable
-    head = {n for n, p in model.named_parameters() if any(p is q for q in model.get_classifier().parameters())}
+    if not method.trains:  # evaluated as built (zero-shot): nothing trains, nothing has a gradient
+        assert counts.trainable == 0 and not trainable
+        return
+    head = {n for n, p in model.named_parameters() if any(p is q for q in head_parameters(model.get_classifier()))}
     assert head <= trainable, "the head always trains"
     assert trainable <= set(task_keys), "what trains is part of the saved task"
 

@@ -109,7 +109,8 @@ def test_every_builtin_method_declares_its_rule():
         "full": "vpt", "linear": "vpt", "bitfit": "vpt", "ln": "all", "partial": "vpt", "adapter": "timm",
         "adapter_plus": "timm", "adaptformer": "timm", "convpass": "all", "lora": "timm", "peft": "timm",
         "kadaptation": "timm", "ssf": "timm", "fact": "all", "vpt_shallow": "vpt", "vpt_deep": "vpt", "vqt": "vpt",
-        "conv_adapter": "timm", "vpt_pad": "vpt", "difffit": "all", "repadapter": "all"}
+        "conv_adapter": "timm", "vpt_pad": "vpt", "difffit": "all", "repadapter": "all",
+        "dtl": "timm"}
 
 
 def test_the_head_grid_trains_together_only_where_the_bias_is_not_decayed():

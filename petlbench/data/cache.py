@@ -47,12 +47,13 @@ def content_digest(images: np.ndarray, labels: np.ndarray) -> str:
     return store.digest([np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)])
 
 
-def fingerprint(split_file: Path, task_dir: Path, items: list[tuple[Path, int]]) -> str:
-    """sha256 of the split file's bytes and of (relative path, label, size, mtime_ns) of every image.
+def fingerprint(split_file: Path | bytes, task_dir: Path, items: list[tuple[Path, int]]) -> str:
+    """sha256 of the split file's bytes (or the listing's, layouts.split_bytes) and of (relative path, label,
+    size, mtime_ns) of every image.
 
     `task_dir` as the items were listed (symlinks not resolved), so a linked data root or task folder works.
     """
-    h = hashlib.sha256(split_file.read_bytes())
+    h = hashlib.sha256(split_file if isinstance(split_file, bytes) else split_file.read_bytes())
     base = len(str(absolute(task_dir)).rstrip(os.sep)) + 1  # items lie inside it (layouts.inside): slice, not pathlib
     for path, label in items:
         try:
@@ -72,7 +73,7 @@ def entry_name(key: dict, source: str) -> str:
     return f"{label}-{digest}-{source[:16]}"
 
 
-def cached_split(cache_dir: Path, key: dict, task_dir: Path, split_file: Path, items: list[tuple[Path, int]],
+def cached_split(cache_dir: Path, key: dict, task_dir: Path, split_file: Path | bytes, items: list[tuple[Path, int]],
                  decode_into: Callable[[np.ndarray], None]) -> tuple[np.ndarray, np.ndarray, str]:
     """The split's (images, labels, content digest) from a verified entry, decoded into a new one if need be."""
     source = fingerprint(split_file, task_dir, items)

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from petlbench.classnames import names_report
 from petlbench.data.build import Build, identify
 from petlbench.data.decode import open_image, open_rgb
 from petlbench.errors import UserError
@@ -212,6 +213,7 @@ def render(checks: list[TaskCheck], suite: Suite, data_root: Path) -> str:
     if warned:
         lines += ["", "split sanity (warnings, not errors):"]
         lines += [f"  {c.task.name}: {w}" for c in warned for w in c.warnings]
+    lines += names_report([c.task for c in checks])  # informs; a CLIP run refuses what it lists (not a data problem)
     bad = [c for c in checks if not c.ok]
     if bad:
         lines += ["", "problems:"]

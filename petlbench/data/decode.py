@@ -19,7 +19,7 @@ from PIL import Image
 
 from petlbench.data.cache import cached_split, content_digest, entry_key
 from petlbench.errors import UserError
-from petlbench.data.layouts import find_task_dir, list_images, split_file
+from petlbench.data.layouts import find_task_dir, list_images, split_bytes, split_file
 from petlbench.specs import INTERPOLATIONS
 
 INTERPOLATION = {name: getattr(Image, name.upper()) for name in INTERPOLATIONS}
@@ -197,8 +197,10 @@ def load_split_arrays(layout: str, task_dir: Path, task, split: str, prep: dict,
     if cache_dir is None:
         images, labels = decode_all(items, prep)
         return SplitArrays(images, labels, content_digest(images, labels))
-    key = entry_key(task_dir, layout, split, stored_size(prep), prep["interpolation"], prep.get("crop_pct", 1.0) < 1.0)
-    return SplitArrays(*cached_split(Path(cache_dir), key, task_dir, split_file(layout, task_dir, split), items,
+    named = f"{task.name}.{split}" if layout == "domainbed" else split  # a dataset folder holds several tasks
+    key = entry_key(task_dir, layout, named, stored_size(prep), prep["interpolation"], prep.get("crop_pct", 1.0) < 1.0)
+    listing = split_bytes(layout, task_dir, task, split) if layout == "domainbed" else split_file(layout, task_dir, split)
+    return SplitArrays(*cached_split(Path(cache_dir), key, task_dir, listing, items,
                                      lambda out: decode_all(items, prep, out)))
 
 
@@ -210,8 +212,8 @@ class SplitCache:
 
     def get(self, plan, splits: list[str], prep: dict, train: bool) -> TensorData:
         task_dir = find_task_dir(plan.data_root, plan.task)
-        if task_dir != self.task:
-            self.task, self.data = task_dir, {}
+        if (task_dir, plan.task.name) != self.task:  # domainbed: one dataset folder, a task per held-out domain
+            self.task, self.data = (task_dir, plan.task.name), {}
         key = (tuple(splits), repr(sorted(prep.items())), train)
         if key not in self.data:
             self.data[key] = load_images(plan.suite.layout, task_dir, plan.task, splits, prep, train, self.cache_dir,

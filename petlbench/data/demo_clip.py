@@ -25,7 +25,6 @@ SEEN = tuple(combo for combo in COMBOS if combo not in HELD_OUT)
 CAPTIONS = ("a {colour} {shape}", "a photo of a {colour} {shape}.", "a {size} {colour} {shape}",
             "a {colour} {shape} on the {where}", "a photo of a {size} {colour} {shape} on the {where}.",
             "a {shape} that is {colour}", "a {colour} object", "a {shape}")
-TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.")  # the suite's zero-shot prompts
 SPLITS = {"train800": 800, "val200": 200, "test": 600}
 VERSION = 1  # bump when the generated data or the pre-training changes
 

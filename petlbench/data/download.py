@@ -1,7 +1,8 @@
 """`petlbench data download`: fetch a suite's data, unpack it safely, then run the data check.
 
 VTAB-1k comes from the public NOAH-layout mirror on the Hugging Face hub (one vtab-1k.zip); FGVC from
-its public mirror of split files and image archives (petlbench.data.fgvc lays it out). --archive
+its public mirror of split files and image archives (petlbench.data.fgvc lays it out); PACS and OfficeHome from
+DomainBed's copies (petlbench.data.domain_download). --archive
 takes local archives instead (the offline route). Archive members that would land outside the target
 folder are refused before anything is written.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from petlbench.data.archives import find_archives, hub_errors, unpack
+from petlbench.data.domain_download import download_domains
 from petlbench.data.fgvc import download_fgvc, is_split_archive
 from petlbench.data.layouts import find_task_dir
 from petlbench.errors import UserError
@@ -30,6 +32,9 @@ def download(suite: str, to: str | Path, repo: str | None = None, archives: list
     for path in paths:
         if not path.is_file():
             raise UserError(f"--archive {path}: file not found")
+    if the_suite.layout == "domainbed":  # DomainBed's sources (petlbench.data.domain_download)
+        download_domains(the_suite.name, selected, dest, paths, repo)
+        return run_check(the_suite, dest, tasks)
     if the_suite.layout == "fgvc" and (repo or not paths or any(is_split_archive(p.name) for p in paths)):
         # the mirror's shape: split files and image archives; else (archives of a laid-out tree) as below
         make_folder(dest)

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petlbench.clip import CONFIG_DIR
 from petlbench.data.demo_clip import TASKS, VERSION, caption_sample, write_task
 from petlbench.engine.threads import register, unregister
 from petlbench.errors import UserError
 from petlbench.records import write_atomic
 from petlbench.weights import write_safetensors
 
-CONFIGS = Path(__file__).resolve().parents[1] / "clip_configs"  # open_clip model configs shipped with petlbench
 MODEL = "demo-tiny"
 PAIRS, EPOCHS, BATCH, LR, WEIGHT_DECAY = 6144, 8, 128, 2e-3, 0.1
 
@@ -32,14 +32,14 @@ def create_clip(name: str = MODEL) -> nn.Module:
     """The open_clip model of a shipped config, random weights (nothing fetched)."""
     import open_clip
     if name not in open_clip.list_models():
-        open_clip.add_model_config(CONFIGS)
+        open_clip.add_model_config(CONFIG_DIR)
     return open_clip.create_model(name, pretrained=None)
 
 
 def tokenizer(name: str = MODEL):
     import open_clip
     if name not in open_clip.list_models():
-        open_clip.add_model_config(CONFIGS)
+        open_clip.add_model_config(CONFIG_DIR)
     return open_clip.get_tokenizer(name)
 
 

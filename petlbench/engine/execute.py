@@ -22,13 +22,14 @@ from typing import Any, Callable
 
 import torch
 
-from petlbench.backbone import file_sha256
 from petlbench.data.build import identify
 from petlbench.data.decode import TensorData
+from petlbench.data import shots
 from petlbench.errors import UserError
-from petlbench.data.layouts import find_task_dir, split_file
+from petlbench.data.domains import describe as describe_domains
+from petlbench.data.layouts import find_task_dir, split_sha256
 from petlbench.options import as_dict
-from petlbench.params import build_model
+from petlbench.params import build_model, plan_text
 from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
                                recency, write_atomic)
@@ -50,6 +51,7 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
         prep = plan.preprocessing()
         train = cache.get(plan, plan.protocol["train_splits"], prep, train=True)
         evaluation = cache.get(plan, plan.protocol["eval_splits"], prep, train=False)
+        train, evaluation, drawn = shots.apply(plan, train, evaluation)  # --shots K: the seed's K per class
     except UserError as exc:  # no data, no data id: the record is named by the config alone
         record.update(status="failed", error=str(exc))
         return report(finish(record, plan, out, device, start), log, where)
@@ -75,6 +77,8 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
     record.update(run_id=plan.run_id(), data_id=plan.data_id)
     record["data"].update(preprocessing=prep, train_images=len(train), eval_images=len(evaluation),
                           train_digest=train.digest, eval_digest=evaluation.digest)
+    if drawn is not None:
+        record["data"]["shots"] = drawn
     keep = TopK() if save_samples and not plan.is_search else None
     trained = run_one(plan, record, train, evaluation, device, progress, cache, keep)
     if trained is not None and save_weights and not plan.is_search:
@@ -142,11 +146,14 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
                    "options": as_dict(plan.method.config)},
         "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "checkpoint": b.checkpoint,
                      "checkpoint_sha256": b.checkpoint_sha256},
-        "protocol": plan.protocol, "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
+        "protocol": {"shots": None, **plan.protocol},  # shots: K under --shots K (few-shot), else null
+        "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
         "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout,
-                 **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record()},
+                 **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record(),
+                 **({"domains": describe_domains(plan.task)} if plan.task.dataset else {})},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
+        **({"text": plan.text()} if plan.text() else {}),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
     }
 
@@ -159,12 +166,13 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        model, counts, task_keys = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed)
+        model, counts, task_keys = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed,
+                                               **plan_text(plan))
         record["params"] = counts.as_dict()
         task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
         record["data"].update(folder=str(task_dir), split_files_sha256={
-            split: file_sha256(split_file(plan.suite.layout, task_dir, split))[:16] for split in used})
+            split: split_sha256(plan.suite.layout, task_dir, plan.task, split)[:16] for split in used})
         metrics = train_model(plan, model, task_keys, train, evaluation, device, progress, cache, keep)
         metrics[plan.metric] = metrics.pop("top1")
         if "eval_curve" in metrics:

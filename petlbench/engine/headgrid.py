@@ -18,7 +18,7 @@ from petlbench.engine.features import FeatureData, why_not
 from petlbench.engine.threads import rebalance
 from petlbench.engine.train import DIVERGED, EXPLODED, autocast_dtype, diverged, effective_lr, make_scheduler
 from petlbench.errors import UserError
-from petlbench.params import build_model
+from petlbench.params import build_model, plan_text
 from petlbench.records import is_finished, read_record
 from petlbench.specs import TrainConfig
 
@@ -145,7 +145,8 @@ def execute_grid(plans: list, out, device: torch.device, cache, progress, log, w
 
     base = plans[0]
     same_method = all(p.method.config == base.method.config for p in plans)
-    if cache.features is None or not same_method or not batchable([p.train for p in plans]):
+    few_shot = base.protocol.get("shots")  # each point through execute, which draws the shots and records them
+    if cache.features is None or not same_method or not batchable([p.train for p in plans]) or few_shot:
         return list(one_by_one(range(len(plans))).values())
     try:
         prep = base.preprocessing()
@@ -163,7 +164,8 @@ def execute_grid(plans: list, out, device: torch.device, cache, progress, log, w
     pending = [i for i in range(len(plans)) if i not in done]
     if len(pending) < 2:
         return [done.get(i) or r for i, r in sorted({**done, **one_by_one(pending)}.items())]
-    model, counts, task_keys = build_model(base.backbone, base.method, base.task.classes, base.seed)
+    model, counts, task_keys = build_model(base.backbone, base.method, base.task.classes, base.seed,
+                                           **plan_text(base))
     if why_not(model, task_keys, train) is not None:
         return [done.get(i) or r for i, r in sorted({**done, **one_by_one(pending)}.items())]
     start = time.perf_counter()

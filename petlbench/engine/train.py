@@ -75,8 +75,9 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     else:
         evaluator.to(device, memory_format=memory_format(evaluator))
     train, test = train.to(device), test.to(device)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
+    if cfg.epochs:  # 0: a training-free method (zero-shot, a closed-form cache) is evaluated as built
+        optimizer = make_optimizer(model, cfg)
+        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp = autocast_dtype(cfg, device)
     order = torch.Generator().manual_seed(seed)
@@ -126,7 +127,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
             tick = time.perf_counter()
             curve.append([epoch, evaluate(evaluator, test, cfg, device)])
             eval_time += time.perf_counter() - tick
-    if epoch_loss > DIVERGED * first_loss:
+    if first_loss is not None and epoch_loss > DIVERGED * first_loss:
         raise Diverged(diverged(epoch_loss, cfg.epochs, first_loss))
     if device.type == "cuda":
         torch.cuda.synchronize()

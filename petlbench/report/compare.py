@@ -108,7 +108,7 @@ def context(record: dict) -> tuple[str, str, str]:
     name = str(protocol.get("name", "final"))
     source = (record.get("paper") or {}).get("source") if isinstance(record.get("paper"), dict) else None
     return (record["suite"], f"{backbone.get('name')} ({backbone.get('weights')})",
-            name + (f" ({source})" if source else ""))
+            name + (f" ({source})" if source else "") + (f", {protocol['shots']}-shot" if protocol.get("shots") else ""))
 
 
 def compare(results: str | Path, a: str, b: str, suite: str | None = None) -> list[Comparison]:

@@ -178,10 +178,11 @@ def compare(frame: pd.DataFrame, user: Stats, info: SuiteInfo, mode: str = "auto
         found = table[table["method"] == method]
         return found[[forced or match(name, weights, b) is not None for b in found["backbone"]]]
 
-    partners = {}  # user key -> table index of its published row
+    few_shot = {key for key, part in frame.groupby(KEYS, sort=False) if "shots" in part and part["shots"].any()}
+    partners = {}  # user key -> table index of its published row (none for few-shot rows: report.fewshot's)
     for key, row in rows.iterrows():
         found = candidates(row["method_name"], row["backbone_name"], row["weights"])
-        if (levels[key] or forced) and not found.empty:
+        if (levels[key] or forced) and not found.empty and key not in few_shot:
             partners[key] = choose(profiles[key], found)
     matched = [k for k, level in levels.items() if level]
     default = majority([profiles[k] for k in matched or list(rows.index)])

@@ -107,6 +107,8 @@ def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
             continue
         top1, label = r["metrics"]["test_top1"], r["method"]["label"]
         label = (r.get("paper") or {}).get("label") or label  # --protocol paper: one row per method and source
+        shots = (r.get("protocol") or {}).get("shots")  # --shots K: a row per K, never averaged with another K
+        label = f"{label} [{shots}-shot]" if shots else label
         if report == "max-test":
             curve = r["metrics"].get("test_curve")
             if not curve:
@@ -120,6 +122,7 @@ def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
             "weights_bytes": (r.get("weights") or {}).get("bytes", float("nan")),
             "protocol": r.get("protocol", {}).get("name", "final"),  # what published row it is compared with
             "build": str((r.get("data") or {}).get("build") or "unknown"),  # data.build; older records: unknown
+            "shots": shots or 0,  # 0: all the training data
         })
     frame = pd.DataFrame(rows)
     if not frame.empty:

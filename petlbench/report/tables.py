@@ -14,7 +14,7 @@ from tabulate import SEPARATING_LINE, tabulate
 
 from petlbench.errors import UserError
 from petlbench.report.marks import annotate
-from petlbench.report import reproduce
+from petlbench.report import fewshot, reproduce
 from petlbench.report.published import MODES, compare
 from petlbench.records import current, load_records
 from petlbench.report.summary import KEYS, Stats, aggregate, records_frame, suite_info
@@ -91,13 +91,16 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
         marks = annotate(blocks, stats, comparison.stats if len(blocks) > 1 else None, records, report, fmt, ppt)
         if fmt == "latex":
             embolden(blocks[:2], [stats] + ([comparison.stats] if len(blocks) > 1 else []))
+        few, few_notes = fewshot.beside(records, info, published)  # --shots K rows: published K-shot rows
+        if few is not None:
+            blocks.append(cells(few, tasks, fmt, storage).reindex(columns=blocks[0].columns, fill_value=""))
         if ece is not None:  # the user's rows: their ECE (%); published and difference rows have none
             for i, block in enumerate(blocks):
                 block[ECE] = [ece_cell(ece.get((name, *row))) for row in stats.mean.index] if i == 0 else ""
         blocks = [b for b in blocks if not b.empty]
         several = stats.mean.index.get_level_values("backbone").nunique() > 1
         blocks = [b if several else b.drop(columns="backbone") for b in blocks]
-        notes = table_notes(info, stats, comparison) + marks + ([ECE_NOTE] if ece is not None else [])
+        notes = table_notes(info, stats, comparison) + few_notes + marks + ([ECE_NOTE] if ece is not None else [])
         if fmt == "csv":
             parts.append(pd.concat(blocks).assign(suite=name).to_csv(index=False))
             continue

@@ -8,11 +8,12 @@ as Slurm jobs (petlbench.sweep.executors, petlbench.sweep.slurm).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from petlbench.errors import UserError
+from petlbench.data.shots import few_shot_protocol
 from petlbench.sweep.jobs import Job, Unit
 from petlbench.method import Method
 from petlbench.params import meta_counts
@@ -45,13 +46,15 @@ class Sweep:
     progress: bool | None = None
     save_samples: bool = True
     paper: Any = None  # petlbench.sweep.paper.Paper under --protocol paper: the source's settings
+    shots: int | None = None  # --shots K: K training images per class per seed (petlbench.data.shots)
 
     def plan(self, task: Task, method: Method, seed: int, stage: str | None = None) -> RunPlan:
         if self.protocol == "paper":
-            return paper.plan(self, task, method, seed)
+            found = paper.plan(self, task, method, seed)
+            return replace(found, protocol=few_shot_protocol(found.protocol, self.suite.splits, self.shots))
         protocol = self.suite.protocol("final") if stage is None else self.suite.protocol("tune", stage)
-        return plan_one(self.suite, task, method, self.backbone, seed, self.overrides, self.recipe, protocol,
-                        self.data_root)
+        return plan_one(self.suite, task, method, self.backbone, seed, self.overrides, self.recipe,
+                        few_shot_protocol(protocol, self.suite.splits, self.shots), self.data_root)
 
     def job(self, units: list[Unit]) -> Job:
         return Job(units, self.out, self.device, self.cache_dir, self.save_weights, self.progress,

@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 from petlbench.engine import threads
 from petlbench.backbone import check_backbone
 from petlbench.data.cache import resolve_cache_dir
+from petlbench.data.shots import check_shots
 from petlbench.engine.preparers import prepare_suite
 from petlbench.errors import UserError
 from petlbench.sweep.executors import InProcess, LocalWorkers
@@ -37,14 +38,15 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
         device: str = "auto", cache_dir: str | Path | None = None, progress: bool | None = None,
         log: Callable[[str], None] | None = None, save_weights: bool = True, executor: str = "local",
         workers: int = 1, runs_per_job: int = 1, slurm=None, wait: bool = True,
-        save_samples: bool = True, source: str | None = None) -> list[dict]:
+        save_samples: bool = True, source: str | None = None, shots: int | None = None) -> list[dict]:
     """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns the final records.
     `executor`: local (in this process, or `workers` processes) or slurm (`slurm`: SlurmOptions).
-    `source`: with protocol "paper", a packaged settings source or the path of a settings YAML."""
+    `source`: with protocol "paper", a packaged settings source or the path of a settings YAML.
+    `shots`: K training images per class per seed (the few-shot protocol); None: all of them."""
     log = log or say
     the_sweep = make_sweep(suite, methods, seeds, tasks, backbone, backbone_args, checkpoint, random_init, mean, std,
                            data_root, out, train, recipe, protocol, grid, device, cache_dir, progress, save_weights,
-                           log, source, save_samples=save_samples)
+                           log, source, save_samples=save_samples, shots=shots)
     check_writable(the_sweep.out)
     runner = make_executor(executor, workers, runs_per_job, slurm, wait)
     threads.register()  # this process's share of the cores, re-read every epoch
@@ -70,11 +72,12 @@ def make_executor(name: str, workers: int = 1, runs_per_job: int = 1, slurm: dic
 def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=None, checkpoint=None,
                random_init=False, mean=None, std=None, data_root=None, out="results", train=None, recipe=None,
                protocol="final", grid=None, device="auto", cache_dir=None, progress=None, save_weights=True,
-               log: Callable[[str], None] = say, source=None, save_samples: bool = True) -> Sweep:
+               log: Callable[[str], None] = say, source=None, save_samples: bool = True, shots=None) -> Sweep:
     """The command, checked and resolved (the demo's data prepared), as one Sweep value."""
     the_suite = load_suite(suite)
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    shots = check_shots(shots)
     paper = paper_source(protocol, source, methods if isinstance(methods, str) else ",".join(methods), recipe, grid,
                          backbone_args)
     if paper is not None:
@@ -95,7 +98,8 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     refuse_unsupported(method_list, check_backbone(spec), spec.name)
     cache = resolve_cache_dir(cache_dir)
     the_sweep = Sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root,
-                      Path(out), device, cache, save_weights, progress, save_samples=save_samples)
+                      Path(out), device, cache, save_weights, progress, save_samples=save_samples,
+                      shots=shots)
     if paper is not None:  # every (task, method) must have a row: refused now, not after hours of training
         the_sweep.paper = Paper(paper.settings, {id(m): method_label(m) for m in method_list}, paper.backbone_args)
         for task in selected:

@@ -16,9 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from petlbench.backbone import file_sha256
 from petlbench.sweep.jobs import is_running, lock_held
-from petlbench.data.layouts import find_task_dir, split_file
+from petlbench.data.layouts import find_task_dir, split_file, split_sha256
+from petlbench.errors import UserError
 from petlbench.plan import RunPlan, method_label
 from petlbench.records import current, is_finished, read_record, recency, record_files
 from petlbench.weights import weights_problem
@@ -41,13 +41,13 @@ def same_split_files(plan: RunPlan, record: dict[str, Any], hashes: dict[Path, s
     task_dir = find_task_dir(plan.data_root, plan.task)
     try:
         for split, digest in recorded.items():
-            path = split_file(plan.suite.layout, task_dir, split)
+            path = (split_file(plan.suite.layout, task_dir, split), plan.task.name)  # domainbed: a task per domain
             if path not in hashes:
-                hashes[path] = file_sha256(path)[:16]
+                hashes[path] = split_sha256(plan.suite.layout, task_dir, plan.task, split)[:16]
             if hashes[path] != digest:
                 return False
         return True
-    except OSError:
+    except (OSError, UserError):
         return False
 
 

@@ -22,7 +22,7 @@ from petlbench.data.decode import INTERPOLATION
 from petlbench.engine.preparers import prepare_suite
 from petlbench.errors import UserError
 from petlbench.data.layouts import find_task_dir, list_images
-from petlbench.params import build_model
+from petlbench.params import build_model, plan_text
 from petlbench.plan import DATA_ROOT_ENV, method_label, plan_one, resolve_backbone, resolve_data_root
 from petlbench.registry import parse_method_list
 from petlbench.suite import load_suite
@@ -67,7 +67,7 @@ def reference(plan, prep: dict, seed: int) -> dict:
         transforms.Resize(size, interpolation=transforms.InterpolationMode(prep["interpolation"])),
         transforms.ToTensor(), transforms.Normalize(prep["mean"], prep["std"])])
     start = time.perf_counter()
-    model, _, _ = build_model(plan.backbone, plan.method, plan.task.classes, seed)
+    model, _, _ = build_model(plan.backbone, plan.method, plan.task.classes, seed, **plan_text(plan))
     datasets = [SplitFiles([item for split in plan.protocol[key] for item in list_images(
         plan.suite.layout, task_dir, plan.task, split, plan.suite.split_names())], transform) for key in ("train_splits", "eval_splits")]
     # own generators: a DataLoader otherwise draws its workers' seed from the global RNG, which the model's

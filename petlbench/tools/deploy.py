@@ -87,7 +87,9 @@ def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
     problem = weights_problem(record, path)
     if problem:
         raise UserError(problem)
-    model, _, task_keys = build_model(spec, method, task.classes, record["seed"])
+    text = record.get("text") or {}  # a CLIP run's class names and templates, as it trained
+    model, _, task_keys = build_model(spec, method, task.classes, record["seed"],
+                                      text.get("classnames") or None, text.get("templates") or None)
     load_task(model, weights_path(path), task_keys)
     return Deployed(record, plan, model.eval(), record["data"]["preprocessing"])
 
