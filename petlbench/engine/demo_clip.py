@@ -19,7 +19,7 @@ from torch import nn
 
 from petlbench.clip import CONFIG_DIR
 from petlbench.data.demo_clip import TASKS, VERSION, caption_sample, write_task
-from petlbench.engine.threads import register, unregister
+from petlbench.engine.threads import rebalance, register, unregister
 from petlbench.errors import UserError
 from petlbench.records import write_atomic
 from petlbench.weights import write_safetensors
@@ -74,6 +74,7 @@ def pretrain(path: Path, log: Callable[[str], None] = print, pairs: int = PAIRS,
     register()  # take this process's share of the cores, as a run does
     try:
         for epoch in range(epochs):
+            rebalance()  # another run started or ended on this machine: take the new share, as fit does
             perm, total = torch.randperm(pairs, generator=order), 0.0
             for b in range(pairs // BATCH):
                 idx = perm[b * BATCH:(b + 1) * BATCH]
