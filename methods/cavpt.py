@@ -3,8 +3,8 @@ Pre-Trained Model", IEEE TMM 2023, arXiv 2208.08340; first titled "Class-Aware V
 Vision-Language Pre-Trained Model"), as its official code does it (fanrena/DPT @11fef90, trainers/DPT.py).
 
 Three parts train, on a frozen CLIP:
-- text prompts: CoOp's learned context (`TEXT`, see below), the classifier being CLIP's logit scale x
-  cos(image feature, text feature of each class's prompt);
+- text prompts: CoOp's learned context (methods.coop's prompt learner: 16 vectors N(0, 0.02), shared, the name at
+  the end), the classifier being CLIP's logit scale x cos(image feature, text feature of each class's prompt);
 - VPT-deep prompts (`vpt_tokens` per block, N(0, 0.02)) in every block before the last `layers`;
 - class-aware prompts in each of the last `layers` blocks, made per image from the text features of its top
   `classes` classes (ranked by zero-shot CLIP on the unprompted image; all classes when C <= `classes`):
@@ -17,10 +17,11 @@ Loss: CE(logits) + alpha x CE(aux logits of the prompts made from the true class
 class-aware layers), through petlbench.auxloss. Defaults: the released run (train_single.sh: CPN 10, VPT N_CTX 10,
 BOTTOMLIMIT 12 = class-aware prompts in the last block only, ALPHA 0.3, COOP N_CTX 16, CSC False, end).
 
+`text=fixed` replaces the learned text side by the zero-shot class embeddings (the task's templates), fixed: an
+ablation, not the paper's. Checked against the official generator and block loop (copied into a scratch script,
+same weights and random tensors, tiny CLIP): selected classes equal, logits within 1.5e-6, auxiliary logits 5e-7.
+
 Departures from the official code, and why:
-- TEXT: CoOp is not on main yet; the text side is the zero-shot class embeddings (the task's templates), fixed, for
-  both the classifier and the generator's queries (the official queries are the learned, unnormalised CoOp text
-  features). Trainable therefore: the visual side only.
 - its first C = 30 epochs add CE(zero-shot image feature vs learned text) + CE(prompted image vs zero-shot text)
   and weight the main CE by 0.1 ("general knowledge guidance", PRETRAIN.C); petlbench's loop has no epoch-dependent
   losses, so the main CE and the class-aware term are used throughout;
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,11 @@ from torch import nn
 from petlbench.auxloss import AuxiliaryLoss
 from petlbench.backbones import anatomy
 from petlbench.method import Method, refuse_above
+from petlbench.methods.coop import CoOpHead
 from petlbench.options import Range
 from petlbench.prompts import MAX_TOKENS
+from petlbench.recipes import COOP_SOURCE
+from petlbench.textprompts import initial_context, prompt_tokens
 
 ATTN_DIM = 32  # the generator's query/key width (fixed in the official Attention: nn.Linear(width, 32))
 KEY_TOKENS = 10  # learned tokens appended to the generator's keys and values (fixed in the official CAVPT: 10)
@@ -58,6 +62,8 @@ class CAVPTConfig:
     layers: Annotated[int, Range(min=1)] = 1  # the last blocks that get class-aware prompts (13 - BOTTOMLIMIT)
     classes: Annotated[int, Range(min=1, max=MAX_TOKENS)] = 10  # top classes whose prompts enter (CPN)
     alpha: Annotated[float, Range(min=0)] = 0.3  # weight of the class-aware prompt loss
+    n_ctx: Annotated[int, Range(min=1)] = 16  # CoOp's context vectors of the text prompts (COOP.N_CTX)
+    text: Literal["coop", "fixed"] = "coop"  # learned text prompts, or the zero-shot class embeddings fixed
 
 
 class Relay:
@@ -75,6 +81,18 @@ class FixedText(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.embeddings
+
+
+class LearnedText(nn.Module):
+    """CoOp's prompt learner (methods.coop.CoOpHead: its context, prompts and the frozen text tower): each class's
+    text feature, unnormalised, as DPT hands them to the generator (the classifier normalises them)."""
+
+    def __init__(self, coop: CoOpHead):
+        super().__init__()
+        self.coop = coop
+
+    def forward(self) -> torch.Tensor:
+        return self.coop.tower(self.coop.prompts(self.coop.ctx), self.coop.tokens)
 
 
 class PromptGenerator(nn.Module):
@@ -166,14 +184,14 @@ class CAVPTHead(nn.Module):
     """CLIP's classifier on the prompted image: logit scale x cos(projected pooled token, the class text features
     of this forward, from the relay)."""
 
-    def __init__(self, proj: nn.Linear, relay: Relay, logit_scale: float):
+    def __init__(self, proj: nn.Linear, relay: Relay, logit_scale: float, tower: nn.Module | None = None):
         super().__init__()
-        self.proj, self.relay = proj, relay
+        self.proj, self.relay, self.tower = proj, relay, tower  # tower: only named, as frozen (the blocks run it)
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
         self.in_features = proj.in_features
 
     def frozen_parts(self) -> tuple[nn.Module, ...]:
-        return (self.proj,)  # CLIP's projection: backbone, not head
+        return (self.proj,) if self.tower is None else (self.proj, self.tower)  # CLIP's own: backbone, not head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.relay.features is None:
@@ -191,26 +209,31 @@ class CAVPT(Method):
     Config = CAVPTConfig
     families = ("vit",)  # the CLIP image tower, read as a timm ViT
     needs_text = True
-    recipe = "noah"
-    train_defaults = {"optimizer": "sgd", "momentum": 0.9, "lr": 0.01, "weight_decay": 0.0005, "epochs": 100,
-                      "warmup_epochs": 10, "batch_size": 32, "decay_rule": "all"}
+    recipe = "coop"  # Dassl's SGD (momentum 0.9, wd 5e-4, batch 32, cosine), CLIP's preprocessing
+    train_defaults = {"lr": 0.01, "epochs": 100, "warmup_epochs": 10}  # configs/trainers/VPT/vit_b16.yaml
     decay_rule = "all"  # Dassl's SGD: every trained tensor in one group
-    defaults_source = SOURCE
+    defaults_source = SOURCE + "; " + COOP_SOURCE
 
     def check_fit(self, model: nn.Module) -> None:
         depth = anatomy(model, self.name).depth
         refuse_above(self, "option 'layers'", self.config.layers, depth, f"the backbone's {depth} blocks")
+        if self.config.text == "coop":  # every class's prompt fits the text tower's context (named as cavpt's)
+            prompt_tokens(model.clip, model.clip.classnames, self.config.n_ctx, "end", self.name)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        vit, text = anatomy(model, self.name), model.clip
+        cfg, vit, text = self.config, anatomy(model, self.name), model.clip
         zero_shot = text.class_embeddings(text.classnames, text.templates)
-        width, embed = text.projection.shape
-        proj = nn.Linear(width, embed, bias=False)
-        with torch.no_grad():
-            proj.weight.copy_(text.projection.T)
-        proj.requires_grad_(False)
+        tower = None
+        if cfg.text == "coop":
+            coop = CoOpHead(text, initial_context(text, cfg.n_ctx, ""), "end")  # CoOp's: N(0, 0.02), unified, end
+            source, proj, tower = LearnedText(coop), coop.proj, coop.tower
+        else:
+            source, proj = FixedText(zero_shot), nn.Linear(*text.projection.shape, bias=False)
+            with torch.no_grad():
+                proj.weight.copy_(text.projection.T)
+        proj.requires_grad_(False)  # CLIP's projection; the text tower came frozen
         relay = Relay()
-        model.blocks = ClassAwareBlocks(model.blocks, model.norm, proj, zero_shot, FixedText(zero_shot), relay,
-                                        self.config, vit.num_prefix_tokens)
-        model.head = CAVPTHead(proj, relay, text.logit_scale)
+        model.blocks = ClassAwareBlocks(model.blocks, model.norm, proj, zero_shot, source, relay, cfg,
+                                        vit.num_prefix_tokens)
+        model.head = CAVPTHead(proj, relay, text.logit_scale, tower)
         return model
