@@ -21,7 +21,9 @@ BOTTOMLIMIT 12 = class-aware prompts in the last block only, ALPHA 0.3, COOP N_C
 ablation, not the paper's. Checked against the official generator and block loop (copied into a scratch script,
 same weights and random tensors, tiny CLIP): selected classes equal, logits within 1.5e-6, auxiliary logits 5e-7.
 
-Departures from the official code, and why:
+The queries are the text features and the keys and values the image's tokens, as the code and the paper's abstract
+("cross attention between text prompts features and image patch token embeddings") have it, not learned queries
+over text keys. Departures from the official code, and why:
 - its first C = 30 epochs add CE(zero-shot image feature vs learned text) + CE(prompted image vs zero-shot text)
   and weight the main CE by 0.1 ("general knowledge guidance", PRETRAIN.C); petlbench's loop has no epoch-dependent
   losses, so the main CE and the class-aware term are used throughout;
