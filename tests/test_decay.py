@@ -113,7 +113,8 @@ def test_every_builtin_method_declares_its_rule():
         "dtl": "timm",
         "selective": "all",
         "e2vpt": "vpt",
-        "zeroshot": None, "coop": "all", "cocoop": "all"}  # zeroshot trains nothing
+        "zeroshot": None, "coop": "all", "cocoop": "all",  # zeroshot trains nothing
+        "cavpt": "all"}
 
 
 def test_the_head_grid_trains_together_only_where_the_bias_is_not_decayed():
