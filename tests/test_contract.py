@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from petlbench.auxloss import auxiliary_loss
 from petlbench.backbones import ALL_FAMILIES, family_of
 from petlbench.params import build_model, head_parameters
 from petlbench.registry import available_methods, parse_method_spec
@@ -18,7 +19,7 @@ NUM_CLASSES = 5
 # options that fit every tiny model: KAdaptation's default factor 32 divides none of their widths (ViT 48, Swin 24),
 # selective's default last three blocks are more than they have
 FITTING = {"kadaptation": "kadaptation:factor=6", "selective": "selective:blocks=-1",
-           "coop": "coop:n_ctx=8"}  # tiny models: 2 blocks; coop: 16 + a name overflow the tiny text context
+           "coop": "coop:n_ctx=8", "cavpt": "cavpt:n_ctx=8"}  # tiny models: 2 blocks; coop: 16 + a name overflow the tiny text context
 # every method on every family it supports, and on a tiny CLIP's image tower (a timm ViT) when it supports ViTs or
 # needs CLIP's text side
 PAIRS = [(name, family) for name in sorted(available_methods()) for family in (*ALL_FAMILIES, CLIP_FAMILY)
@@ -62,7 +63,7 @@ def test_one_step_moves_exactly_what_trains(name, family):
     assert head <= trainable, "the head always trains"
     assert trainable <= set(task_keys), "what trains is part of the saved task"
 
-    nn.functional.cross_entropy(logits, y).backward()
+    (nn.functional.cross_entropy(logits, y) + auxiliary_loss(model, y)).backward()  # the loss fit() trains with
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == trainable, "gradients reach exactly the trainable set"
     assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in trainable), "every trainable tensor gets a gradient"

@@ -11,6 +11,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
+from petlbench.auxloss import auxiliary_loss
 from petlbench.data.decode import TensorData
 from petlbench.engine.decay import param_groups
 from petlbench.specs import TrainConfig
@@ -156,7 +157,7 @@ def backward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, accum
         if len(chunk_y) == 0:
             continue
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = loss_fn(model(chunk_x), chunk_y) * (len(chunk_y) / len(labels))
+            loss = (loss_fn(model(chunk_x), chunk_y) + auxiliary_loss(model, chunk_y)) * (len(chunk_y) / len(labels))
         loss.backward()
         total = total + loss.detach().float()
     return total
