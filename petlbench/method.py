@@ -23,7 +23,7 @@ calls `select(model, batches)` right after `apply`, before parameters are counte
 (petlbench.engine.selection): `batches` is one epoch of the run's training images (normalised, the run's training
 augmentation, in an order drawn from the run's seed) with their labels; never a validation or test image. `apply`
 already sized what trains (so planning counts it on the meta device); `select` only fills it in. What it returns
-goes into the run record's `selection`.
+goes into the run record's `parameter_selection` (`selection` is a tuned final's grid choice).
 """
 from __future__ import annotations
 

@@ -142,8 +142,8 @@ def plan_for(tmp_path, data_root, seed=0):
     tmp_path.mkdir(parents=True, exist_ok=True)
     suite = load_suite(str(write_tiny_suite(tmp_path / "suite.yaml", {"count": 6}, epochs=1)))
     spec = resolve_backbone(suite, data_root, None, {}, None, False)
-    return plan_one(suite, suite.tasks[0], parse_method_spec("gps:k=2"), spec, seed, {}, None, suite.protocol("tune", "search"),
-                    data_root)
+    return plan_one(suite, suite.tasks[0], parse_method_spec("gps:k=2"), spec, seed, {}, None,
+                    suite.protocol("tune", "search"), data_root)
 
 
 def test_runs_record_the_selection_made_from_train_only(tiny_tasks, tmp_path):
@@ -163,9 +163,9 @@ def test_runs_record_the_selection_made_from_train_only(tiny_tasks, tmp_path):
     a, b, other = records
     assert a["status"] == b["status"] == other["status"] == "success", (a.get("error"), b.get("error"))
     assert a["data"]["eval_digest"] != b["data"]["eval_digest"], "the evaluation splits differ"
-    assert a["selection"] == b["selection"], "the selection depends on the training split only"
-    assert a["selection"]["sha256"] != other["selection"]["sha256"], "another seed draws other views"
-    chosen = a["selection"]
+    assert a["parameter_selection"] == b["parameter_selection"], "the selection depends on the training split only"
+    assert a["parameter_selection"]["sha256"] != other["parameter_selection"]["sha256"], "another seed, other views"
+    chosen = a["parameter_selection"]
     assert chosen["k"] == 2 and chosen["loss"] == "supcon" and chosen["entries"] == sum(chosen["layers"].values())
     assert a["params"]["trainable_excl_head"] == chosen["entries"] + sum(n // 2 for n in chosen["layers"].values()), \
         "the chosen entries (2 per row) and each wrapped layer's bias (1 per row) are what trains"

@@ -175,7 +175,7 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
         model, counts, task_keys = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed,
                                                **plan_text(plan), closed_form=hook)
         if chosen:
-            record["selection"] = chosen.record
+            record["parameter_selection"] = chosen.record  # not `selection`: a tuned final's choice
         record["params"] = counts.as_dict()
         task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]

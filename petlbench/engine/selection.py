@@ -3,9 +3,9 @@
 `apply` sees only the model, but a selection is made from the task's training images. build_model calls `fit` right
 after `apply` (before parameters are counted, before training) with one epoch of the run's training data: the images
 the training loop sees (normalised, with the run's training augmentation), in an order drawn from the run's seed, so
-a run's selection is reproducible. Only the training data given to the run reaches the method (under `tune` that is
-train, never val; under `final` trainval); the test split never does. What `select` returns is the run record's
-`selection`.
+a run's selection is reproducible. Only the training data given to the run reaches the method (a tune search's
+train, never val; a final's trainval); the test split never does. What `select` returns is the run record's
+`parameter_selection` (not `selection`, which holds a tuned final's grid choice).
 """
 from __future__ import annotations
 
