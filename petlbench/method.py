@@ -17,11 +17,18 @@ parameters are counted, so a cache sized by the data counts), and `choose_on_val
 is scored, with the suite's validation split (rows of the training data that are validation images are marked
 `held_out`: a choice never sees its own images). The test split never reaches either hook. What each returns goes
 into the run record's `closed_form`. Such a method adapts only the head (the hooks' features are the backbone's).
+
+Selecting methods (`selects = True`: GPS) choose what trains from the training data, gradients included. The runner
+calls `select(model, batches)` right after `apply`, before parameters are counted and before training
+(petlbench.engine.selection): `batches` is one epoch of the run's training images (normalised, the run's training
+augmentation, in an order drawn from the run's seed) with their labels; never a validation or test image. `apply`
+already sized what trains (so planning counts it on the meta device); `select` only fills it in. What it returns
+goes into the run record's `parameter_selection` (`selection` is a tuned final's grid choice).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -62,6 +69,8 @@ class Method:
     needs_text: ClassVar[bool] = False
     # True: the runner calls `fit_closed_form` and `choose_on_val` with data (Tip-Adapter); see the module docstring
     closed_form: ClassVar[bool] = False
+    # True: the runner calls `select` with the training data before training (GPS); see the module docstring
+    selects: ClassVar[bool] = False
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -80,6 +89,11 @@ class Method:
         """After training, before the test: choose on the validation split's head inputs and labels; `held_out`
         (bool, one per training image given to `fit_closed_form`) marks training images that are validation images
         too (a `final` protocol's trainval holds val), to leave out of the choice. Returns what the record keeps."""
+        return {}
+
+    def select(self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+        """After `apply`, before training: choose what trains from the training (images, labels) batches; return
+        what the record keeps (selecting methods only)."""
         return {}
 
     def check_fit(self, model: nn.Module) -> None:

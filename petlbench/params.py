@@ -45,7 +45,8 @@ def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int,
     """Backbone (fixed init seed) -> fresh head (run seed) -> freeze -> method.apply -> head trains ->
     frozen BatchNorms keep their running statistics. A CLIP backbone's zero-shot head and text methods read the
     task's class names and templates. `closed_form(model)` runs right after `apply` (a closed-form method's data
-    hook, petlbench.engine.closedform), so what it sizes (Tip-Adapter's cache) is counted and saved."""
+    hook, petlbench.engine.closedform, or a selecting method's, petlbench.engine.selection), so what it sizes
+    (Tip-Adapter's cache) is counted and saved."""
     torch.manual_seed(BACKBONE_INIT_SEED)
     model = create_backbone(spec, num_classes, classnames, templates)
     torch.manual_seed(seed)

@@ -47,6 +47,7 @@ BUILTIN: dict[str, str] = {
     "tip_adapter": "petlbench.methods.tip_adapter:TipAdapter",
     "tip_adapter_f": "petlbench.methods.tip_adapter_f:TipAdapterF",
     "clip_adapter": "petlbench.methods.clip_adapter:ClipAdapter",
+    "gps": "petlbench.methods.gps:GPS",
 }
 
 _runtime: dict[str, type[Method]] = {}

@@ -30,11 +30,18 @@ PAIRS = [(name, family) for name in sorted(available_methods()) for family in (*
 
 
 def build(family, method):
-    """As the runner builds it: a closed-form method (Tip-Adapter) fills its cache from head inputs, here random."""
+    """As the runner builds it: a closed-form method (Tip-Adapter) fills its cache from head inputs, here random; a
+    selecting method (GPS) selects from training batches, here random images."""
     def fit(model):
         labels = torch.arange(2 * NUM_CLASSES) % NUM_CLASSES
         method.fit_closed_form(model, torch.randn(len(labels), model.num_features), labels)
-    return build_model(tiny(family), method, NUM_CLASSES, seed=0, closed_form=fit if method.closed_form else None)
+
+    def select(model):
+        generator = torch.Generator().manual_seed(0)
+        labels = torch.arange(2 * NUM_CLASSES) % NUM_CLASSES
+        method.select(model, [(torch.randn(len(labels), 3, 32, 32, generator=generator), labels)])
+    hook = fit if method.closed_form else select if method.selects else None
+    return build_model(tiny(family), method, NUM_CLASSES, seed=0, closed_form=hook)
 
 
 @pytest.mark.parametrize("name,family", PAIRS)

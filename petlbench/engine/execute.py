@@ -36,6 +36,7 @@ from petlbench.records import (SCHEMA, device_description, git_revision, is_fini
 from petlbench.registry import available_methods
 from petlbench.engine import prefix
 from petlbench.engine.closedform import ClosedForm
+from petlbench.engine.selection import Selection
 from petlbench.engine.features import MORE_THAN_HEAD, RunCache, why_not
 from petlbench.engine.samples import TopK, order_identity, samples_path, write_samples
 from petlbench.engine.train import Diverged, autocast_dtype, fit
@@ -168,8 +169,13 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
         torch.cuda.reset_peak_memory_stats(device)
     try:
         closed = ClosedForm(plan, train, cache, device) if plan.method.closed_form else None  # Tip-Adapter's cache
+        chosen = Selection(plan.method, train, plan.train.batch_size, plan.seed, device) if plan.method.selects \
+            else None  # GPS's gradient selection, from the training data only
+        hook = closed.fit if closed else chosen.fit if chosen else None
         model, counts, task_keys = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed,
-                                               **plan_text(plan), closed_form=closed.fit if closed else None)
+                                               **plan_text(plan), closed_form=hook)
+        if chosen:
+            record["parameter_selection"] = chosen.record  # not `selection`: a tuned final's choice
         record["params"] = counts.as_dict()
         task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
