@@ -93,8 +93,10 @@ class ZeroShotHead(nn.Module):
     """CLIP's classifier: pooled image token -> CLIP's projection (frozen) -> unit norm -> logit scale x a linear
     map whose rows start as the class names' text embeddings (they train; the projection does not)."""
 
-    def __init__(self, projection: torch.Tensor, class_embeddings: torch.Tensor, logit_scale: float):
+    def __init__(self, projection: torch.Tensor, class_embeddings: torch.Tensor, logit_scale: float,
+                 text: ClipText | None = None):
         super().__init__()
+        self.text = text  # plain data, not a submodule: what `for_classnames` embeds new names with
         width, dim = projection.shape
         self.proj = nn.Linear(width, dim, bias=False)
         self.classes = nn.Linear(dim, class_embeddings.shape[0], bias=False)
@@ -107,7 +109,17 @@ class ZeroShotHead(nn.Module):
     @classmethod
     def from_text(cls, text: ClipText) -> "ZeroShotHead":
         """The head of the task's class names and templates."""
-        return cls(text.projection, text.class_embeddings(text.classnames, text.templates), text.logit_scale)
+        return cls(text.projection, text.class_embeddings(text.classnames, text.templates), text.logit_scale, text)
+
+    def for_classnames(self, names: list[str]) -> "ZeroShotHead":
+        """The same head (its class, projection and logit scale) over `names`, whose rows are their zero-shot text
+        embeddings (the task's templates): how it classifies classes it never trained on (base-to-new)."""
+        if self.text is None:
+            raise ValueError("this zero-shot head was built without its text side; build it with from_text")
+        rows = self.text.class_embeddings(list(names), self.text.templates)
+        weight = self.proj.weight.detach()
+        head = type(self)(weight.T.to(rows.device), rows, float(self.logit_scale), self.text)
+        return head.to(weight.device)
 
     @property
     def num_classes(self) -> int:
