@@ -111,15 +111,18 @@ class ZeroShotHead(nn.Module):
         """The head of the task's class names and templates."""
         return cls(text.projection, text.class_embeddings(text.classnames, text.templates), text.logit_scale, text)
 
-    def for_classnames(self, names: list[str]) -> "ZeroShotHead":
-        """The same head (its class, projection and logit scale) over `names`, whose rows are their zero-shot text
-        embeddings (the task's templates): how it classifies classes it never trained on (base-to-new)."""
+    def for_classnames(self, names: list[str]) -> nn.Module:
+        """This head over `names`, classes it never trained on (base-to-new): their zero-shot text embeddings (the
+        task's templates) as class rows, with everything else the head holds (`renamed`)."""
         if self.text is None:
-            raise ValueError("this zero-shot head was built without its text side; build it with from_text")
-        rows = self.text.class_embeddings(list(names), self.text.templates)
+            raise ValueError(f"{type(self).__name__} was built without its text side (ClipText); give it `text`")
+        return self.renamed(self.text.class_embeddings(list(names), self.text.templates))
+
+    def renamed(self, rows: torch.Tensor) -> nn.Module:
+        """The head with other class rows: CLIP's projection and logit scale as here. A subclass holding more
+        (an adapter) shares it too."""
         weight = self.proj.weight.detach()
-        head = type(self)(weight.T.to(rows.device), rows, float(self.logit_scale), self.text)
-        return head.to(weight.device)
+        return ZeroShotHead(weight.T.to(rows.device), rows, float(self.logit_scale), self.text).to(weight.device)
 
     @property
     def num_classes(self) -> int:

@@ -190,7 +190,7 @@ def test_zero_shot_head_for_classnames_keeps_projection_and_embeds_the_names(set
         model = build_model(spec, parse_method_spec(method), 3, 0, COUNTS[:3], TEMPLATES).model
         head = model.get_classifier()
         fresh = head.for_classnames(COUNTS[3:])
-        assert type(fresh) is type(head) and isinstance(fresh, ZeroShotHead) and fresh.num_classes == 3
+        assert type(fresh) is ZeroShotHead and fresh.num_classes == 3 and fresh.text is model.clip
         assert torch.equal(fresh.proj.weight, head.proj.weight) and float(fresh.logit_scale) == float(head.logit_scale)
         assert torch.equal(fresh.classes.weight, model.clip.class_embeddings(COUNTS[3:], TEMPLATES))
         assert fresh.frozen_parts()[0] is fresh.proj
@@ -268,3 +268,47 @@ def test_deploy_verbs_refuse_base_to_new_records(runs):
     path = next(p for p in out.rglob("zeroshot__seed0__*.json")
                 if json.loads(p.read_text())["protocol"].get("base_to_new"))
     assert_one_line_error(petlbench_cli("eval", str(path)), "base-to-new", str(path))
+
+
+@pytest.mark.parametrize("method", ["coop:n_ctx=4", "cocoop", "clip_adapter", "zeroshot"])
+def test_text_heads_score_new_names_as_a_head_built_for_them_with_the_same_learned_parts(setup, method):
+    """for_classnames = the method's head built on the new names, its learned parts (context, meta-net, adapter)
+    taken from the trained head: CoCoOp's test_new, where the prompt learner is rebuilt for the new class names."""
+    _, checkpoint, _, _, _ = setup
+    from petlbench.backbone import BackboneSpec
+    from petlbench.params import build_model
+    spec = BackboneSpec("clip:tiny", {}, checkpoint=str(checkpoint))
+    trained = build_model(spec, parse_method_spec(method), 3, 0, COUNTS[:3], TEMPLATES).model.get_classifier()
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))  # as if trained: off their initial values
+    fresh = build_model(spec, parse_method_spec(method), 3, 1, COUNTS[3:], TEMPLATES).model.get_classifier()
+    own = {name: p for name, p in trained.named_parameters() if p.requires_grad}
+    if method != "zeroshot":
+        fresh.load_state_dict({**fresh.state_dict(), **{k: v.detach() for k, v in own.items()}})
+    renamed = trained.for_classnames(COUNTS[3:])
+    x = torch.randn(5, trained.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(renamed(x), fresh(x), rtol=0, atol=1e-5)
+        assert not torch.allclose(renamed(x), trained(x)), "other names, other logits"
+
+
+def test_heads_that_cannot_name_new_classes_are_refused_at_planning(setup, tmp_path):
+    out = tmp_path / "results"
+    assert_one_line_error(petlbench_cli(*common(setup, out), "--methods", "coop:csc=true:n_ctx=4", "--base-to-new"),
+                          "--base-to-new", "coop", "csc")
+    assert_one_line_error(petlbench_cli(*common(setup, out), "--methods", "tip_adapter", "--base-to-new"),
+                          "--base-to-new", "TipAdapterHead", "for_classnames")
+    assert not out.exists() or not records(out)
+
+
+def test_coop_runs_base_to_new(setup, tmp_path):
+    out = tmp_path / "results"
+    proc = petlbench_cli(*common(setup, out), "--methods", "coop:n_ctx=4,cocoop", "--base-to-new", "--tasks", "count",
+                         "--train", "epochs=1,batch_size=8", "--no-weights")
+    assert proc.returncode == 0, proc.stderr
+    found = {r["method"]["name"]: r for r in records(out)}
+    assert found["coop"]["data"]["base_to_new"]["new_head"] == "CoOpHead.for_classnames"
+    assert found["cocoop"]["data"]["base_to_new"]["new_head"] == "CoCoOpHead.for_classnames"
+    assert all(0 <= r["metrics"]["new_top1"] <= 1 and r["status"] == "success" for r in found.values())

@@ -53,8 +53,10 @@ def check(plan) -> None:
                 model = build_model(meta, base.method, base.task.classes, 0, **text).model
             head = model.get_classifier()
             _CHECKED[key] = None if callable(getattr(head, HOOK, None)) else type(head).__name__
-        except UserError:
-            raise
+            if _CHECKED[key] is None:  # the hook itself may refuse (CoOp's class-specific context): ask it now
+                getattr(head, HOOK)(["a class it never saw"])
+        except UserError as exc:
+            raise UserError(f"--base-to-new: {what}: {exc}") from None
         except Exception:  # noqa: BLE001 -- needs real tensors: its run checks the built head before training
             _CHECKED[key] = None
     if _CHECKED[key] is not None:
