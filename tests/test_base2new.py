@@ -312,3 +312,20 @@ def test_coop_runs_base_to_new(setup, tmp_path):
     assert found["coop"]["data"]["base_to_new"]["new_head"] == "CoOpHead.for_classnames"
     assert found["cocoop"]["data"]["base_to_new"]["new_head"] == "CoCoOpHead.for_classnames"
     assert all(0 <= r["metrics"]["new_top1"] <= 1 and r["status"] == "success" for r in found.values())
+
+
+def test_published_base_to_new_rows_match_dataset_backbone_and_shots(runs):
+    import pandas as pd
+    from petlbench.report import base2new
+    from petlbench.report.summary import suite_info
+    _, found = runs
+    b2n = [r for r in found if r["protocol"].get("base_to_new")]
+    info = suite_info("tiny", b2n)
+    row = {"method": "cocoop", "backbone": "clip:tiny", "shots": 0, "top1": 0.0, "seeds": 3, "source": "s",
+           "selection": "val_last", "source_key": "cocoop", "setting": "base-to-new", "base_top1": 80.0,
+           "new_top1": 60.0}
+    table = pd.DataFrame([{**row, "dataset": "count"}, {**row, "dataset": "position", "shots": 16},
+                          {**row, "dataset": "count", "setting": "few-shot"}])
+    shown = base2new.published_rows(b2n, info, table)
+    assert shown[["method", "task"]].values.tolist() == [["published: cocoop [cocoop]", "count"]]
+    assert shown["HM"].iloc[0] == pytest.approx(2 * 80 * 60 / 140)

@@ -70,9 +70,10 @@ def suite_table(frame: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def published_rows(records: list[dict], info) -> pd.DataFrame:
-    """Published base-to-new rows of the datasets, backbones and shots of these runs (none when the file has none)."""
-    table = fewshot.load()
+def published_rows(records: list[dict], info, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Published base-to-new rows (`table`, default the published few-shot file) of the datasets, backbones and shots
+    of these runs; none when the file has none."""
+    table = fewshot.load() if table is None else table
     if table is None or "setting" not in table or not {"base_top1", "new_top1"} <= set(table.columns):
         return pd.DataFrame(columns=COLUMNS)
     task_of = {t: t for t in info.tasks}
