@@ -224,6 +224,12 @@ def test_runs_are_skipped_when_done_and_heads_without_for_classnames_are_refused
     again = petlbench_cli(*common(setup, out), "--methods", "zeroshot", "--backbone-args", "head=zeroshot",
                           "--base-to-new", "--no-weights", "--tasks", "count")
     assert again.returncode == 0 and "done before, skipped" in again.stdout
+    flags = common(setup, out)[1:]
+    del flags[flags.index("--out"):flags.index("--out") + 2]
+    status = [petlbench_cli("status", str(out), *flags, "--methods", "zeroshot", "--backbone-args", "head=zeroshot",
+                            "--tasks", "position", *extra) for extra in (["--base-to-new"], [])]
+    assert all(p.returncode == 0 for p in status), [p.stderr for p in status]
+    assert "1 done" in status[0].stdout and "0 done" in status[1].stdout, "status tells the two protocols apart"
     before = len(records(out))
     assert_one_line_error(petlbench_cli(*common(setup, out), "--methods", "linear", "--base-to-new"),
                           "--base-to-new", "linear", "Linear", "for_classnames")

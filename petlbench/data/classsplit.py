@@ -36,9 +36,9 @@ def halves(classes: int) -> tuple[range, range]:
     return range(0, m), range(m, classes)
 
 
-def protocol(found: dict[str, Any], on: bool) -> dict[str, Any]:
-    """The protocol of a run under `--base-to-new` (unchanged without, so other runs keep their identity)."""
-    return {**found, "base_to_new": True} if on else found
+def protocol(found: dict[str, Any]) -> dict[str, Any]:
+    """The protocol of a run under `--base-to-new` (other runs' protocols never get the key: their identity holds)."""
+    return {**found, "base_to_new": True}
 
 
 def harmonic_mean(base: float, new: float) -> float:

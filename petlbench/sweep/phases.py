@@ -52,14 +52,15 @@ class Sweep:
     base_to_new: bool = False  # --base-to-new: train on the base classes, test on base and new (data.classsplit)
 
     def plan(self, task: Task, method: Method, seed: int, stage: str | None = None) -> RunPlan:
-        found = self.plan_classes(task, method, seed, stage)
+        found = self.plan_protocol(task, method, seed, stage)
         if not self.base_to_new:
             return found
-        found = replace(found, protocol=classsplit.protocol(found.protocol, True))
+        found = replace(found, protocol=classsplit.protocol(found.protocol))
         newclasses.check(found)  # a head that cannot classify new names is refused here, before any run
         return found
 
-    def plan_classes(self, task: Task, method: Method, seed: int, stage: str | None = None) -> RunPlan:
+    def plan_protocol(self, task: Task, method: Method, seed: int, stage: str | None = None) -> RunPlan:
+        """The run under its protocol and shots, before the class split."""
         if self.protocol == "paper":
             found = paper.plan(self, task, method, seed)
             return replace(found, protocol=few_shot_protocol(found.protocol, self.suite.splits, self.shots))
