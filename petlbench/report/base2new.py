@@ -42,7 +42,8 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         metrics = r.get("metrics") or {}
-        if r.get("status") != "success" or (r.get("protocol") or {}).get("stage") == "search" or "new_top1" not in metrics:
+        final = (r.get("protocol") or {}).get("stage") != "search"
+        if r.get("status") != "success" or not final or "new_top1" not in metrics:
             continue
         shots = (r.get("protocol") or {}).get("shots")
         rows.append({"suite": r["suite"], "task": r["task"], "seed": r["seed"],
