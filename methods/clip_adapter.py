@@ -44,6 +44,14 @@ class ClipAdapterHead(ZeroShotHead):
     def method_parts(self) -> tuple[nn.Module, ...]:
         return (self.adapter,)
 
+    def renamed(self, rows: torch.Tensor) -> nn.Module:
+        """Other classes (base-to-new's new ones) behind the same trained adapter."""
+        weight, first = self.proj.weight.detach(), self.adapter[0]
+        head = ClipAdapterHead(weight.T.to(rows.device), rows, float(self.logit_scale),
+                               first.in_features // first.out_features, self.ratio)
+        head.adapter, head.text = self.adapter, self.text
+        return head.to(weight.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.proj(x)
         f = self.ratio * self.adapter(f) + (1 - self.ratio) * f
@@ -75,4 +83,5 @@ class ClipAdapter(Method):
         text = model.clip
         model.head = ClipAdapterHead(text.projection, text.class_embeddings(text.classnames, text.templates),
                                      text.logit_scale, self.config.reduction, self.config.ratio)
+        model.head.text = text  # what its for_classnames embeds new names with (base-to-new)
         return model

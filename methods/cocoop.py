@@ -12,6 +12,7 @@ on ViT-B/16). The official forward runs the text tower once per image; here up t
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -50,6 +51,12 @@ class CoCoOpHead(PromptHead):
         logits = [torch.einsum("be,bce->bc", im, self.text_features(c[:, None]))
                   for im, c in zip(image.split(per_pass), ctx.split(per_pass))]
         return self.logit_scale * torch.cat(logits)
+
+    def for_classnames(self, names: list[str]) -> "CoCoOpHead":
+        """Other names (base-to-new's new classes) behind the same context and meta-net, as CoCoOp tests them."""
+        head = CoCoOpHead(dataclasses.replace(self.text, classnames=list(names)), self.ctx.detach())
+        head.meta_net = self.meta_net
+        return head.to(self.ctx.device)
 
 
 class CoCoOp(Method):

@@ -15,12 +15,14 @@ starts from the phrase and learns its own.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
+from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import Range
 from petlbench.recipes import COOP_SOURCE
@@ -44,6 +46,13 @@ class CoOpHead(PromptHead):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.image_features(x) @ self.text_features(self.ctx).T
+
+    def for_classnames(self, names: list[str]) -> "CoOpHead":
+        """The learned context before other names (base-to-new's new classes): the same context, new prompts."""
+        if self.ctx.dim() == 3:
+            raise UserError("coop:csc=true learns a context per trained class: it has none for classes it never saw")
+        head = CoOpHead(dataclasses.replace(self.text, classnames=list(names)), self.ctx.detach(), self.position)
+        return head.to(self.ctx.device)
 
 
 class CoOp(Method):

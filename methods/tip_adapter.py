@@ -63,6 +63,8 @@ class TipAdapterHead(ZeroShotHead):
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.register_buffer("beta", torch.tensor(float(beta)))
 
+    for_classnames = None  # the cache's values are one-hot over the trained classes: no classifier of new names
+
     def frozen_parts(self) -> tuple[nn.Module, ...]:
         return (self.proj, self.classes)
 

@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--source", help="--protocol paper: a packaged settings source (petl_vision, ...) or a settings YAML")
     r.add_argument("--shots", type=int, metavar="K", help="few-shot: K training images per class, drawn per seed "
                    "(the same for every method); val for any choice: min(K, 4) per class; test: all of it")
+    r.add_argument("--base-to-new", action="store_true", help="CoCoOp's protocol: train on the base half of each "
+                   "task's classes, report base, new (classes never trained on) and their harmonic mean")
     r.add_argument("--recipe", help="put every method on one named recipe (vpt, noah); default: each method's own")
     r.add_argument("--grid", help="tune grid as a YAML mapping, e.g. '{lr: [0.1, 0.01], weight_decay: [0, 1e-4]}' "
                                   "(default: the recipe's grid)")
@@ -85,6 +87,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--protocol", default="final", choices=["final", "tune", "paper"])
     st.add_argument("--source", help="as for run")
     st.add_argument("--shots", type=int, metavar="K", help="as for run")
+    st.add_argument("--base-to-new", action="store_true", help="as for run")
     st.add_argument("--format", default="md", choices=["md", "json"])
     st.set_defaults(func=commands.cmd_status)
 

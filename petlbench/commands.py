@@ -67,7 +67,7 @@ def run_arguments(args, seeds: list[int], grid: dict | None) -> dict:
                 std=numbers(args.std, "--std"), data_root=args.data_root, out=args.out if hasattr(args, "out")
                 else args.results, train=train_overrides(args), protocol=args.protocol, recipe=args.recipe,
                 grid=grid, cache_dir=getattr(args, "cache_dir", None), source=getattr(args, "source", None),
-                shots=getattr(args, "shots", None))
+                shots=getattr(args, "shots", None), base_to_new=getattr(args, "base_to_new", False))
 
 
 def slurm_arguments(args):

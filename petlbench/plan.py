@@ -168,9 +168,10 @@ def defaults_source(method: Method, recipe: Recipe) -> str:
 def resolve_train(method: Method, suite: Suite, overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:
     chosen, forced = recipe_for(method, suite, recipe)
     values = {**chosen.train, **departures(method, chosen), **suite.train, **overrides}
-    if not method.trains:  # zero-shot, training-free caches: nothing to train, whatever the recipe says
-        values.update(epochs=0, warmup_epochs=0)
-    return build(TrainConfig, values, f"training config of {method.name}")
+    train = build(TrainConfig, values, f"training config of {method.name}")
+    if not method.trains:  # zero-shot, training-free caches: evaluated as built, whatever the recipe says
+        train = dataclasses.replace(train, epochs=0, warmup_epochs=0)  # below what a user may ask for: on purpose
+    return train
 
 
 def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict[str, Any] | None,

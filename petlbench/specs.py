@@ -34,7 +34,7 @@ class TrainConfig:
     # biases, declared tokens), every one (PETL_Vision), or VPT's code's; a method's own is its `decay_rule`
     decay_rule: Literal["timm", "all", "vpt"] = "timm"
     momentum: Annotated[float, Range(min=0, lt=1)] = 0.9  # SGD only
-    epochs: Annotated[int, Range(min=0)] = 100  # 0: evaluate as built (a method that does not train)
+    epochs: Annotated[int, Range(min=1)] = 100  # a method that does not train gets 0 (petlbench.plan.resolve_train)
     warmup_epochs: Annotated[int, Range(min=0)] = 10
     batch_size: Annotated[int, Range(min=1)] = 64
     eval_batch_size: Annotated[int, Range(min=1)] = 512

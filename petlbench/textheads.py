@@ -93,8 +93,10 @@ class ZeroShotHead(nn.Module):
     """CLIP's classifier: pooled image token -> CLIP's projection (frozen) -> unit norm -> logit scale x a linear
     map whose rows start as the class names' text embeddings (they train; the projection does not)."""
 
-    def __init__(self, projection: torch.Tensor, class_embeddings: torch.Tensor, logit_scale: float):
+    def __init__(self, projection: torch.Tensor, class_embeddings: torch.Tensor, logit_scale: float,
+                 text: ClipText | None = None):
         super().__init__()
+        self.text = text  # plain data, not a submodule: what `for_classnames` embeds new names with
         width, dim = projection.shape
         self.proj = nn.Linear(width, dim, bias=False)
         self.classes = nn.Linear(dim, class_embeddings.shape[0], bias=False)
@@ -107,7 +109,20 @@ class ZeroShotHead(nn.Module):
     @classmethod
     def from_text(cls, text: ClipText) -> "ZeroShotHead":
         """The head of the task's class names and templates."""
-        return cls(text.projection, text.class_embeddings(text.classnames, text.templates), text.logit_scale)
+        return cls(text.projection, text.class_embeddings(text.classnames, text.templates), text.logit_scale, text)
+
+    def for_classnames(self, names: list[str]) -> nn.Module:
+        """This head over `names`, classes it never trained on (base-to-new): their zero-shot text embeddings (the
+        task's templates) as class rows, with everything else the head holds (`renamed`)."""
+        if self.text is None:
+            raise ValueError(f"{type(self).__name__} was built without its text side (ClipText); give it `text`")
+        return self.renamed(self.text.class_embeddings(list(names), self.text.templates))
+
+    def renamed(self, rows: torch.Tensor) -> nn.Module:
+        """The head with other class rows: CLIP's projection and logit scale as here. A subclass holding more
+        (an adapter) shares it too."""
+        weight = self.proj.weight.detach()
+        return ZeroShotHead(weight.T.to(rows.device), rows, float(self.logit_scale), self.text).to(weight.device)
 
     @property
     def num_classes(self) -> int:

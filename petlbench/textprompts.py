@@ -107,6 +107,7 @@ class PromptHead(nn.Module):
         self.register_buffer("ctx_at", where)  # (C, n_ctx): where each class's prompt holds the context
         self.register_buffer("logit_scale", torch.tensor(float(text.logit_scale)))
         self.n_ctx, self.in_features = n_ctx, width
+        self.text, self.position = text, position  # plain data: `for_classnames` builds prompts of other names
 
     @property
     def num_classes(self) -> int:

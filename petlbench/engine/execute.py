@@ -24,7 +24,7 @@ import torch
 
 from petlbench.data.build import identify
 from petlbench.data.decode import TensorData
-from petlbench.data import shots
+from petlbench.data import classsplit, shots
 from petlbench.errors import UserError
 from petlbench.data.domains import describe as describe_domains
 from petlbench.data.layouts import find_task_dir, split_sha256
@@ -34,7 +34,7 @@ from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
                                recency, write_atomic)
 from petlbench.registry import available_methods
-from petlbench.engine import prefix
+from petlbench.engine import newclasses, prefix
 from petlbench.engine.closedform import ClosedForm
 from petlbench.engine.selection import Selection
 from petlbench.engine.features import MORE_THAN_HEAD, RunCache, why_not
@@ -54,6 +54,7 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
         train = cache.get(plan, plan.protocol["train_splits"], prep, train=True)
         evaluation = cache.get(plan, plan.protocol["eval_splits"], prep, train=False)
         train, evaluation, drawn = shots.apply(plan, train, evaluation)  # --shots K: the seed's K per class
+        train, evaluation, split = classsplit.apply(plan, train, evaluation)  # --base-to-new: base classes only
     except UserError as exc:  # no data, no data id: the record is named by the config alone
         record.update(status="failed", error=str(exc))
         return report(finish(record, plan, out, device, start), log, where)
@@ -81,8 +82,12 @@ def execute(plan: RunPlan, out: Path, device: torch.device, cache: RunCache, pro
                           train_digest=train.digest, eval_digest=evaluation.digest)
     if drawn is not None:
         record["data"]["shots"] = drawn
-    keep = TopK() if save_samples and not plan.is_search else None
+    if split is not None:
+        record["data"]["base_to_new"] = split.described
+    keep = TopK() if save_samples and not plan.is_search and split is None else None  # base-to-new: no samples
     trained = run_one(plan, record, train, evaluation, device, progress, cache, keep)
+    if trained is not None and split is not None and split.new_test is not None:
+        trained = newclasses.into_record(trained, split, plan, record, device)
     if trained is not None and save_weights and not plan.is_search:
         target = weights_path(path)
         try:
@@ -168,20 +173,23 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        closed = ClosedForm(plan, train, cache, device) if plan.method.closed_form else None  # Tip-Adapter's cache
+        built = classsplit.trained_plan(plan)  # --base-to-new: the model classifies the base classes only
+        closed = ClosedForm(built, train, cache, device) if plan.method.closed_form else None  # Tip-Adapter's cache
         chosen = Selection(plan.method, train, plan.train.batch_size, plan.seed, device) if plan.method.selects \
             else None  # GPS's gradient selection, from the training data only
         hook = closed.fit if closed else chosen.fit if chosen else None
-        model, counts, task_keys = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed,
-                                               **plan_text(plan), closed_form=hook)
+        model, counts, task_keys = build_model(built.backbone, built.method, built.task.classes, built.seed,
+                                               **plan_text(built), closed_form=hook)
         if chosen:
             record["parameter_selection"] = chosen.record  # not `selection`: a tuned final's choice
+        if built is not plan:
+            newclasses.require(model.get_classifier(), f"{plan.method.name} on {plan.backbone.name}")
         record["params"] = counts.as_dict()
         task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
         record["data"].update(folder=str(task_dir), split_files_sha256={
             split: split_sha256(plan.suite.layout, task_dir, plan.task, split)[:16] for split in used})
-        metrics = train_model(plan, model, task_keys, train, evaluation, device, progress, cache, keep,
+        metrics = train_model(built, model, task_keys, train, evaluation, device, progress, cache, keep,
                               (lambda: closed.choose(model)) if closed else None)
         metrics[plan.metric] = metrics.pop("top1")
         if closed:

@@ -145,7 +145,8 @@ def execute_grid(plans: list, out, device: torch.device, cache, progress, log, w
 
     base = plans[0]
     same_method = all(p.method.config == base.method.config for p in plans)
-    few_shot = base.protocol.get("shots")  # each point through execute, which draws the shots and records them
+    few_shot = base.protocol.get("shots") or base.protocol.get("base_to_new")  # each point through execute, which
+    # draws the shots (keeps the base classes) and records them
     if cache.features is None or not same_method or not batchable([p.train for p in plans]) or few_shot:
         return list(one_by_one(range(len(plans))).values())
     try:

@@ -65,7 +65,9 @@ def beside(records: list[dict], info: SuiteInfo, mode: str = "auto") -> tuple[St
     if mode == "never" or not runs:
         return None, []
     table = load()
-    if table is None:
+    if table is not None and "setting" in table:  # base-to-new rows go beside base-to-new runs (report.base2new)
+        table = table[table["setting"] != "base-to-new"]
+    if table is None or table.empty:
         return None, []
     task_of = {t: t for t in info.tasks}
     if info.suite is not None:

@@ -109,6 +109,7 @@ def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
         label = (r.get("paper") or {}).get("label") or label  # --protocol paper: one row per method and source
         shots = (r.get("protocol") or {}).get("shots")  # --shots K: a row per K, never averaged with another K
         label = f"{label} [{shots}-shot]" if shots else label
+        label = f"{label} [base-to-new]" if (r.get("protocol") or {}).get("base_to_new") else label  # never mixed
         if report == "max-test":
             curve = r["metrics"].get("test_curve")
             if not curve:

@@ -14,7 +14,7 @@ from tabulate import SEPARATING_LINE, tabulate
 
 from petlbench.errors import UserError
 from petlbench.report.marks import annotate
-from petlbench.report import fewshot, reproduce
+from petlbench.report import base2new, fewshot, reproduce
 from petlbench.report.published import MODES, compare
 from petlbench.records import current, load_records
 from petlbench.report.summary import KEYS, Stats, aggregate, records_frame, suite_info
@@ -80,6 +80,10 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
                    report: str = "last", storage: bool = False, ece: dict | None = None, ppt: bool = False) -> str:
     if fmt not in FORMATS:
         raise UserError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    records, apart = base2new.split_off(records)  # base-to-new runs: a table of their own (base, new, HM)
+    apart = base2new.render(apart, fmt)
+    if apart and not any(r.get("status") == "success" for r in records):
+        return apart + "\n"
     parts = []
     for name, info, stats, comparison in suite_parts(records, where, published, report=report):
         tasks = stats.tasks_present()  # published rows show the same task columns as yours
@@ -122,6 +126,7 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
             parts.append(f"% {count} {note}" if fmt == "latex" else f"<p>{count} {note}</p>" if fmt == "html"
                          else f"{count} {note}")
     parts += [text for text in [reproduce.render(records, fmt, report)] if text]  # --protocol paper vs its source
+    parts += [apart] if apart else []
     return "\n\n".join(parts) + "\n"
 
 

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from petlbench.errors import UserError
 from petlbench.data.shots import few_shot_protocol
+from petlbench.data import classsplit
+from petlbench.engine import newclasses
 from petlbench.sweep.jobs import Job, Unit
 from petlbench.method import Method
 from petlbench.params import meta_counts
@@ -47,8 +49,18 @@ class Sweep:
     save_samples: bool = True
     paper: Any = None  # petlbench.sweep.paper.Paper under --protocol paper: the source's settings
     shots: int | None = None  # --shots K: K training images per class per seed (petlbench.data.shots)
+    base_to_new: bool = False  # --base-to-new: train on the base classes, test on base and new (data.classsplit)
 
     def plan(self, task: Task, method: Method, seed: int, stage: str | None = None) -> RunPlan:
+        found = self.plan_protocol(task, method, seed, stage)
+        if not self.base_to_new:
+            return found
+        found = replace(found, protocol=classsplit.protocol(found.protocol))
+        newclasses.check(found)  # a head that cannot classify new names is refused here, before any run
+        return found
+
+    def plan_protocol(self, task: Task, method: Method, seed: int, stage: str | None = None) -> RunPlan:
+        """The run under its protocol and shots, before the class split."""
         if self.protocol == "paper":
             found = paper.plan(self, task, method, seed)
             return replace(found, protocol=few_shot_protocol(found.protocol, self.suite.splits, self.shots))

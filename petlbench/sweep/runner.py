@@ -38,15 +38,17 @@ def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterabl
         device: str = "auto", cache_dir: str | Path | None = None, progress: bool | None = None,
         log: Callable[[str], None] | None = None, save_weights: bool = True, executor: str = "local",
         workers: int = 1, runs_per_job: int = 1, slurm=None, wait: bool = True,
-        save_samples: bool = True, source: str | None = None, shots: int | None = None) -> list[dict]:
+        save_samples: bool = True, source: str | None = None, shots: int | None = None,
+        base_to_new: bool = False) -> list[dict]:
     """Run methods x tasks x seeds of a suite (what `petlbench run` does); returns the final records.
     `executor`: local (in this process, or `workers` processes) or slurm (`slurm`: SlurmOptions).
     `source`: with protocol "paper", a packaged settings source or the path of a settings YAML.
-    `shots`: K training images per class per seed (the few-shot protocol); None: all of them."""
+    `shots`: K training images per class per seed (the few-shot protocol); None: all of them.
+    `base_to_new`: CoCoOp's protocol, train on the base half of the classes, test on base and new."""
     log = log or say
     the_sweep = make_sweep(suite, methods, seeds, tasks, backbone, backbone_args, checkpoint, random_init, mean, std,
                            data_root, out, train, recipe, protocol, grid, device, cache_dir, progress, save_weights,
-                           log, source, save_samples=save_samples, shots=shots)
+                           log, source, save_samples=save_samples, shots=shots, base_to_new=base_to_new)
     check_writable(the_sweep.out)
     runner = make_executor(executor, workers, runs_per_job, slurm, wait)
     threads.register()  # this process's share of the cores, re-read every epoch
@@ -72,12 +74,15 @@ def make_executor(name: str, workers: int = 1, runs_per_job: int = 1, slurm: dic
 def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=None, checkpoint=None,
                random_init=False, mean=None, std=None, data_root=None, out="results", train=None, recipe=None,
                protocol="final", grid=None, device="auto", cache_dir=None, progress=None, save_weights=True,
-               log: Callable[[str], None] = say, source=None, save_samples: bool = True, shots=None) -> Sweep:
+               log: Callable[[str], None] = say, source=None, save_samples: bool = True, shots=None,
+               base_to_new: bool = False) -> Sweep:
     """The command, checked and resolved (the demo's data prepared), as one Sweep value."""
     the_suite = load_suite(suite)
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     shots = check_shots(shots)
+    if base_to_new and protocol == "paper":
+        raise UserError("--base-to-new: not with --protocol paper (its sources' settings are for all of a task's classes)")
     paper = paper_source(protocol, source, methods if isinstance(methods, str) else ",".join(methods), recipe, grid,
                          backbone_args)
     if paper is not None:
@@ -99,7 +104,7 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     cache = resolve_cache_dir(cache_dir)
     the_sweep = Sweep(the_suite, selected, method_list, seeds, spec, overrides, recipe, grid, protocol, root,
                       Path(out), device, cache, save_weights, progress, save_samples=save_samples,
-                      shots=shots)
+                      shots=shots, base_to_new=bool(base_to_new))
     if paper is not None:  # every (task, method) must have a row: refused now, not after hours of training
         the_sweep.paper = Paper(paper.settings, {id(m): method_label(m) for m in method_list}, paper.backbone_args)
         for task in selected:

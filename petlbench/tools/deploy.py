@@ -74,6 +74,8 @@ def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
     """The run's backbone and method, rebuilt exactly as it trained, with its task weights loaded."""
     path = Path(record_path)
     record = read(path)
+    if record["protocol"].get("base_to_new"):  # its weights classify the base classes only
+        raise UserError(f"{path}: a base-to-new run (--base-to-new); eval, predict and export do not rebuild those yet")
     suite = load_suite(record["suite_file"])
     task = next((t for t in suite.tasks if t.name == record["task"]), None)
     if task is None:
