@@ -174,6 +174,14 @@ def resolve_train(method: Method, suite: Suite, overrides: dict[str, Any], recip
     return train
 
 
+def rebuilt_train(values: dict[str, Any], where: str) -> TrainConfig:
+    """A resolved training config built again (a tune grid point, a record's): `epochs` 0, a method that does not
+    train, is kept, though no user may ask for it."""
+    if values.get("epochs") == 0:
+        return dataclasses.replace(build(TrainConfig, {**values, "epochs": 1}, where), epochs=0)
+    return build(TrainConfig, values, where)
+
+
 def resolve_backbone(suite: Suite, data_root: Path, name: str | None, args: dict[str, Any] | None,
                      checkpoint: str | None, random_init: bool, mean: tuple | None = None,
                      std: tuple | None = None) -> BackboneSpec:

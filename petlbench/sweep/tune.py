@@ -19,7 +19,7 @@ from typing import Any
 from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import as_dict, build
-from petlbench.plan import RunPlan, file_label, method_label
+from petlbench.plan import RunPlan, file_label, method_label, rebuilt_train
 from petlbench.records import write_atomic
 from petlbench.specs import TrainConfig
 
@@ -55,7 +55,7 @@ def apply_point(plan: RunPlan, point: dict[str, Any], where: str) -> RunPlan:
     if options:
         method = type(method)(build(method.Config, {**as_dict(method.config), **options}, f"{where} grid"))
     return dataclasses.replace(plan, method=method,
-                               train=build(TrainConfig, {**dataclasses.asdict(plan.train), **train}, f"{where} grid"))
+                               train=rebuilt_train({**dataclasses.asdict(plan.train), **train}, f"{where} grid"))
 
 
 def choose(results: list[tuple[dict, dict]]) -> dict | None:

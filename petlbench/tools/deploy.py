@@ -26,7 +26,7 @@ from petlbench.data.layouts import fgvc_class_ids, find_task_dir
 from petlbench.options import build
 from petlbench.outputs import check_output_file
 from petlbench.params import build_model
-from petlbench.plan import RunPlan
+from petlbench.plan import RunPlan, rebuilt_train
 from petlbench.recipes import RECIPES, Recipe
 from petlbench.records import MISSING, lookup, metric_of, parse_record, read_record
 from petlbench.registry import get_method
@@ -83,7 +83,7 @@ def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
     cls = get_method(record["method"]["name"])
     method = cls(build(cls.Config, record["method"]["options"], f"{path}: method options"))
     spec = backbone_spec(record, path)
-    plan = RunPlan(suite, task, method, spec, record["seed"], build(TrainConfig, record["train"], f"{path}: train"),
+    plan = RunPlan(suite, task, method, spec, record["seed"], rebuilt_train(record["train"], f"{path}: train"),
                    recorded_recipe(record["recipe"]), record["protocol"],
                    Path(data_root).expanduser() if data_root else Path(record["data"]["root"]))
     problem = weights_problem(record, path)
