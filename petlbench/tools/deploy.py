@@ -30,7 +30,6 @@ from petlbench.plan import RunPlan, rebuilt_train
 from petlbench.recipes import RECIPES, Recipe
 from petlbench.records import MISSING, lookup, metric_of, parse_record, read_record
 from petlbench.registry import get_method
-from petlbench.specs import TrainConfig
 from petlbench.suite import load_suite
 from petlbench.engine.train import evaluate
 from petlbench.weights import load_task, same_architecture, weights_path, weights_problem, write_safetensors
