@@ -38,6 +38,7 @@ BUILTIN: dict[str, str] = {
     "difffit": "petlbench.methods.difffit:DiffFit",
     "repadapter": "petlbench.methods.repadapter:RepAdapter",
     "zeroshot": "petlbench.methods.zeroshot:ZeroShot",
+    "mvlpt": "petlbench.methods.mvlpt:MVLPT",
     "dtl": "petlbench.methods.dtl:DTL",
     "selective": "petlbench.methods.selective:Selective",
     "e2vpt": "petlbench.methods.e2vpt:E2VPT",
