@@ -42,6 +42,8 @@ BUILTIN: dict[str, str] = {
     "dtl": "petlbench.methods.dtl:DTL",
     "selective": "petlbench.methods.selective:Selective",
     "e2vpt": "petlbench.methods.e2vpt:E2VPT",
+    "coop": "petlbench.methods.coop:CoOp",
+    "cocoop": "petlbench.methods.cocoop:CoCoOp",
 }
 
 _runtime: dict[str, type[Method]] = {}

@@ -17,7 +17,8 @@ from tests.families import CLIP_FAMILY, tiny
 NUM_CLASSES = 5
 # options that fit every tiny model: KAdaptation's default factor 32 divides none of their widths (ViT 48, Swin 24),
 # selective's default last three blocks are more than they have
-FITTING = {"kadaptation": "kadaptation:factor=6", "selective": "selective:blocks=-1"}  # tiny models: 2 blocks
+FITTING = {"kadaptation": "kadaptation:factor=6", "selective": "selective:blocks=-1",
+           "coop": "coop:n_ctx=8"}  # tiny models: 2 blocks; coop: 16 + a name overflow the tiny text context
 # every method on every family it supports, and on a tiny CLIP's image tower (a timm ViT) when it supports ViTs or
 # needs CLIP's text side
 PAIRS = [(name, family) for name in sorted(available_methods()) for family in (*ALL_FAMILIES, CLIP_FAMILY)
