@@ -11,11 +11,15 @@ MVPT (`variant=mvpt`, the default here): VPT-deep prompts in the CLIP image towe
 trainers/mvlpt.py, ImageEncoder: prompts after ln_pre and the class token, layer 0's replaced by its own at every
 later layer; uniform init bound sqrt(6 / (3 * patch^2 + width)); VPT.DROPOUT 0.0; VPT.PROJECT -1: no projection).
 The text side is frozen: "a photo of a {name}." through the text tower (MVLPT builds its text prompts from that
-prefix when no text context is learned), so only the prompts train. MCoOp and MUPT (text context, both) need
-CoOp's prompt learner and are refused until it lands.
+prefix when no text context is learned), so only the prompts train. MCoOp (`variant=mcoop`): CoOp's learned text
+context instead (petlbench.methods.coop's head: `tokens` vectors from N(0, 0.02), shared by all classes, the class
+name in the middle as the MVLPT scripts set CLASS_TOKEN_POSITION), the image tower untouched. What a source run
+hands on is the context or the prompts, never the class-dependent part. MUPT (both, coupled by MVLPT's one-layer
+transformer over the joint prompts) is not built yet and is refused.
 
 Departures: the official source run samples ImageNet and ten CoOp datasets few-shot; here the sources are tasks of
-the suite. dassl's 1-epoch constant warm-up at lr 1e-5 is petlbench's linear warm-up.
+the same suite (with `--shots K` each drawn as its targets are). The source run picks no checkpoint (the official
+one keeps the best on val; petlbench reports the last epoch everywhere).
 """
 from __future__ import annotations
 
@@ -29,10 +33,11 @@ from torch import nn
 from petlbench.backbones import anatomy
 from petlbench.errors import UserError
 from petlbench.method import Method
+from petlbench.methods.coop import CoOpHead
 from petlbench.methods.zeroshot import FixedZeroShotHead
 from petlbench.options import Range
 from petlbench.prompts import MAX_TOKENS, InsertPrompts, StripPrompts, make_prompts
-from petlbench.textheads import ZeroShotHead
+from petlbench.textprompts import initial_context
 
 TEXT_TEMPLATE = "a photo of a {}."  # MVLPT's prompt prefix "a photo of a " + name + "."
 
@@ -41,7 +46,8 @@ TEXT_TEMPLATE = "a photo of a {}."  # MVLPT's prompt prefix "a photo of a " + na
 class MVLPTConfig:
     sources: list[str] = field(default_factory=list)  # the suite's source tasks (a+b); []: no source phase
     variant: Literal["mvpt", "mcoop", "mupt"] = "mvpt"
-    # MVLPT's scripts take the length as an argument (NCTX) and fix none; 16 is CoOp's N_CTX
+    # visual tokens per layer (mvpt) or text context vectors (mcoop); MVLPT's scripts take it as an argument (NCTX)
+    # and fix none; 16 is CoOp's N_CTX
     tokens: Annotated[int, Range(min=1, max=MAX_TOKENS)] = 16
     dropout: Annotated[float, Range(min=0, lt=1)] = 0.0  # TRAINER.MVLPT.VPT.DROPOUT
 
@@ -61,14 +67,12 @@ class MVLPT(Method):
     paper = "MVLPT (Shen et al., WACV 2024)"
     families = ("vit",)
     needs_text = True
-    recipe = "vpt"
+    recipe = "coop"  # MVLPT's configs/trainers/MVLPT/vit_b16.yaml is CoOp's: SGD lr 0.002, batch 32, 200 epochs
     decay_rule = "all"  # dassl's build_optimizer decays every trained tensor
-    # configs/trainers/MVLPT/vit_b16.yaml: SGD lr 0.002 at batch 32 (base lr 0.016 x 32 / 256), cosine, 200 epochs,
-    # 1 warm-up epoch; dassl's default weight decay 5e-4
-    train_defaults = {"lr": 0.016, "batch_size": 32, "epochs": 200, "warmup_epochs": 1, "weight_decay": 0.0005}
-    defaults_source = ("sIncerass/MVLPT configs/trainers/MVLPT/vit_b16.yaml (SGD, lr 0.002 at batch 32, cosine, "
-                       "200 epochs, 1 warm-up epoch) and dassl's OPTIM.WEIGHT_DECAY 5e-4; train.py's "
-                       "TRAINER.MVLPT.VPT defaults (deep, dropout 0, no projection)")
+    defaults_source = ("sIncerass/MVLPT configs/trainers/MVLPT/vit_b16.yaml (SGD lr 0.002, batch 32, cosine, 200 "
+                       "epochs, 1 warm-up epoch: CoOp's recipe) and dassl's OPTIM.WEIGHT_DECAY 5e-4; train.py's "
+                       "TRAINER.MVLPT defaults (VPT deep, dropout 0, no projection; COOP random init); the scripts' "
+                       "CLASS_TOKEN_POSITION middle; tokens 16: CoOp's N_CTX (MVLPT's scripts take NCTX as an argument)")
 
     def __init__(self, config=None, role: str = "target", init: SourcePrompts | None = None):
         super().__init__(config)
@@ -84,35 +88,32 @@ class MVLPT(Method):
         return found
 
     def check_fit(self, model: nn.Module) -> None:
-        if self.config.variant != "mvpt":
-            raise UserError(f"method mvlpt: variant {self.config.variant!r} learns text context with CoOp's prompt "
-                            "learner, not in petlbench yet; variant=mvpt (visual prompts) runs")
+        if self.config.variant == "mupt":
+            raise UserError("method mvlpt: variant 'mupt' (text and visual prompts through MVLPT's shared transformer) "
+                            "is not in petlbench yet; variant=mvpt (visual) and variant=mcoop (text) run")
 
     def apply(self, model: nn.Module) -> nn.Module:
-        cfg = self.config
-        vit = anatomy(model, self.name)
-        where = vit.num_prefix_tokens
-        for block in vit.blocks:
-            prompts = make_prompts(cfg.tokens, vit.embed_dim, "xavier", vit.patch_size)
-            block.replace(nn.Sequential(
-                InsertPrompts(prompts, where, cfg.dropout), block.module, StripPrompts(cfg.tokens, where)))
-        text = model.clip
-        model.head = FixedZeroShotHead(text.projection, text.class_embeddings(text.classnames, [TEXT_TEMPLATE]),
-                                       text.logit_scale)
+        cfg, text = self.config, model.clip
+        if cfg.variant == "mcoop":
+            model.head = CoOpHead(text, initial_context(text, cfg.tokens, ""), "middle")
+        else:
+            vit = anatomy(model, self.name)
+            where = vit.num_prefix_tokens
+            for block in vit.blocks:
+                prompts = make_prompts(cfg.tokens, vit.embed_dim, "xavier", vit.patch_size)
+                block.replace(nn.Sequential(
+                    InsertPrompts(prompts, where, cfg.dropout), block.module, StripPrompts(cfg.tokens, where)))
+            model.head = FixedZeroShotHead(text.projection, text.class_embeddings(text.classnames, [TEXT_TEMPLATE]),
+                                           text.logit_scale)
         if self.init is not None:
             load_prompts(model, self.init)
         return model
 
 
 def prompt_names(model: nn.Module) -> list[str]:
-    """The prompts a source run hands on: every trained tensor outside the head (the head is the task's own)."""
-    head = {id(p) for p in model.get_classifier().parameters()}
-    return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in head]
-
-
-def prompt_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    own = dict(model.named_parameters())
-    return {name: own[name].detach().to("cpu").contiguous() for name in prompt_names(model)}
+    """What a source run hands on (every tensor the method trains): the visual prompts, or the text context."""
+    names = [f"{name}.prompts" for name, m in model.named_modules() if isinstance(m, InsertPrompts)]
+    return names + (["head.ctx"] if isinstance(model.get_classifier(), CoOpHead) else [])
 
 
 def load_prompts(model: nn.Module, init: SourcePrompts) -> None:

@@ -103,25 +103,28 @@ def test_one_source_run_for_many_targets(clip_checkpoint, three_tasks, tmp_path)
                                                                                      new_source["run_id"]}
 
 
-def test_target_starts_from_the_source_prompts(clip_checkpoint, three_tasks, tmp_path):
+@pytest.mark.parametrize("variant", ["mvpt", "mcoop"])
+def test_target_starts_from_the_source_prompts(clip_checkpoint, tmp_path, variant):
     from petlbench.methods.mvlpt import SourcePrompts
     from petlbench.backbone import file_sha256
     spec = BackboneSpec("clip:tiny", {}, checkpoint=str(clip_checkpoint))
-    source, _, _ = build_model(spec, parse_method_spec("mvlpt:tokens=3"), 15, seed=1,
+    source, _, _ = build_model(spec, parse_method_spec(f"mvlpt:tokens=3:variant={variant}"), 15, seed=1,
                                classnames=NAMES["count"] + NAMES["position"])
     from petlbench.engine.multitask import carried_state
     saved = carried_state(source)
     path = tmp_path / "prompts.safetensors"
     save_file(saved, str(path))
-    method = type(parse_method_spec("mvlpt"))(parse_method_spec("mvlpt:tokens=3").config,
+    method = type(parse_method_spec("mvlpt"))(parse_method_spec(f"mvlpt:tokens=3:variant={variant}").config,
                                               init=SourcePrompts(str(path), file_sha256(path)))
     target, counts, keys = build_model(spec, method, 6, seed=7, classnames=NAMES["shapes"])
     own = dict(target.named_parameters())
     assert set(saved) == {n for n, p in own.items() if p.requires_grad}
     for name, value in saved.items():
         assert torch.equal(own[name].detach(), value), name
-    fresh, _, _ = build_model(spec, parse_method_spec("mvlpt:tokens=3"), 6, seed=7, classnames=NAMES["shapes"])
-    assert not torch.equal(dict(fresh.named_parameters())["blocks.0.0.prompts"], saved["blocks.0.0.prompts"])
+    fresh, _, _ = build_model(spec, parse_method_spec(f"mvlpt:tokens=3:variant={variant}"), 6, seed=7, classnames=NAMES["shapes"])
+    first = next(iter(saved))
+    assert set(saved) == ({"head.ctx"} if variant == "mcoop" else {"blocks.0.0.prompts", "blocks.1.0.prompts"})
+    assert not torch.equal(dict(fresh.named_parameters())[first], saved[first])
     assert method.identity()["init_sha256"] == file_sha256(path), "the source's prompts are part of the config"
     # one step: only the prompts move; both frozen towers (and the text classifier) are bit-identical
     frozen = {n: p.detach().clone() for n, p in target.named_parameters() if not p.requires_grad}
@@ -131,11 +134,23 @@ def test_target_starts_from_the_source_prompts(clip_checkpoint, three_tasks, tmp
     opt.step()
     assert all(torch.equal(p, frozen[n]) for n, p in target.named_parameters() if n in frozen)
     assert all(torch.equal(p, text[n]) for n, p in target.clip.tower.named_parameters())
-    assert not torch.equal(own["blocks.0.0.prompts"].detach(), saved["blocks.0.0.prompts"])
+    assert not torch.equal(own[first].detach(), saved[first])
     # the source's file changed after planning: refused in one line
     save_file({k: v * 2 for k, v in saved.items()}, str(path))
     with pytest.raises(Exception, match="changed since the sweep was planned"):
         build_model(spec, method, 6, seed=7, classnames=NAMES["shapes"])
+
+
+def test_mcoop_runs_both_phases(clip_checkpoint, three_tasks, tmp_path):
+    suite, out = write_suite(tmp_path), tmp_path / "results"
+    proc = run(suite, three_tasks, out, clip_checkpoint, "--tasks", "shapes",
+               methods="mvlpt:sources=count+position:tokens=2:variant=mcoop")
+    assert proc.returncode == 0, proc.stderr
+    sources, targets = records(out)
+    assert [s["status"] for s in sources] == ["success"] and [t["task"] for t in targets] == ["shapes"]
+    assert targets[0]["status"] == "success" and targets[0]["params"]["trainable"] == 2 * 48, "2 context vectors"
+    assert targets[0]["mvlpt"]["source"]["run_id"] == sources[0]["run_id"]
+    assert targets[0]["method"]["options"]["variant"] == "mcoop"
 
 
 def test_bad_sources_are_one_line(clip_checkpoint, three_tasks, tmp_path):
@@ -147,5 +162,5 @@ def test_bad_sources_are_one_line(clip_checkpoint, three_tasks, tmp_path):
     assert_one_line_error(run(suite, three_tasks, out, clip_checkpoint, "--protocol", "tune",
                               methods="mvlpt:sources=count+position"), "--protocol final")
     assert_one_line_error(run(suite, three_tasks, out, clip_checkpoint, methods="mvlpt:variant=mupt"),
-                          "CoOp")
+                          "mupt", "not in petlbench yet")
     assert not list(out.rglob("*.json")), "refused before any run"

@@ -1,5 +1,5 @@
 """The source run of a transfer method (MVLPT): one model trained once on the union of several tasks, whose
-trained tensors outside the head (its prompts) then initialise each target task's run.
+trained tensors (its prompts) then initialise each target task's run.
 
 Each source task's labels are offset past the classes of the tasks before it, and the model is built for the union
 of their class names (the text classifier of every source class), so one softmax ranges over all of them, as in the
@@ -145,10 +145,9 @@ def load(plan: RunPlan, cache: RunCache) -> tuple[TensorData, TensorData]:
 
 
 def carried_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a target run starts from: every trained tensor outside the head (the head is each task's own)."""
-    head = {id(p) for p in model.get_classifier().parameters()}
-    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters()
-            if p.requires_grad and id(p) not in head}
+    """What a target run starts from: every tensor the source run trained (a transfer method trains nothing that
+    depends on the classes: MVLPT's prompts or text context, never a class's row)."""
+    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def read_source(path: Path) -> dict | None:
