@@ -84,8 +84,8 @@ def run_sweep(sweep: Sweep, executor, log: Callable[[str], None]) -> Records:
     if sweep.protocol == "final":
         sources = transfer.run_sources(sweep, executor, log)  # a transfer method's source phase (MVLPT), once
         combos = [(task, method, seed) for task in sweep.tasks for method in sweep.methods for seed in sweep.seeds]
-        units = [transfer.target_unit(sweep, sources, *combo, f"[{i}/{len(combos)}] ") if transfer.is_transfer(combo[1])
-                 else final_unit(sweep, *combo, f"[{i}/{len(combos)}] ") for i, combo in enumerate(combos, 1)]
+        units = [(transfer.target_unit(sweep, sources, *combo, f"[{i}/{len(combos)}] ") if transfer.is_transfer(combo[1])
+                  else final_unit(sweep, *combo, f"[{i}/{len(combos)}] ")) for i, combo in enumerate(combos, 1)]
         ready = [u for u in units if u is not None]  # None: a target whose source run did not succeed
         done = collect(ready, executor.run(ready, sweep.job, "runs", log), log) if ready else Records()
         done.not_done += len(units) - len(ready)

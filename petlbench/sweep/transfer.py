@@ -77,7 +77,7 @@ def target_unit(sweep, sources: Sources, task: Task, method: Method, seed: int, 
     if not source or source.get("status") != "success":
         return None
     record = Path(source["record"])
-    init = SourcePrompts(str(record.parent / source["prompts"]["file"]), source["prompts"]["sha256"])
+    init = SourcePrompts(str((record.parent / source["prompts"]["file"]).resolve()), source["prompts"]["sha256"])
     plan = sweep.plan(task, type(method)(method.config, role="target", init=init), seed)
     extra: dict[str, Any] = {"mvlpt": {"source": {"run_id": source["run_id"], "record": relative(record, sweep.out),
                                                   "tasks": source["tasks"]}}}
