@@ -65,7 +65,7 @@ def parse_record(path: Path) -> dict[str, Any] | None:
         raise ValueError("not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if isinstance(record, dict) and record.get("kind") == "selection":
+    if isinstance(record, dict) and record.get("kind") in ("selection", "source"):  # source: a transfer's source run
         return None
     if not isinstance(record, dict) or "run_id" not in record or "schema" not in record:
         raise ValueError("not a petlbench run record")

@@ -39,6 +39,7 @@ BUILTIN: dict[str, str] = {
     "repadapter": "petlbench.methods.repadapter:RepAdapter",
     "zeroshot": "petlbench.methods.zeroshot:ZeroShot",
     "cavpt": "petlbench.methods.cavpt:CAVPT",
+    "mvlpt": "petlbench.methods.mvlpt:MVLPT",
     "dtl": "petlbench.methods.dtl:DTL",
     "selective": "petlbench.methods.selective:Selective",
     "e2vpt": "petlbench.methods.e2vpt:E2VPT",

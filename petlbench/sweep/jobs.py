@@ -26,6 +26,7 @@ class Unit:
     wheres: list[str]  # the progress line's prefix per run
     extra: dict[str, Any] | None = None  # added to each record (a final's selection)
     search: bool = False
+    source: bool = False  # the plans are one source run's tasks (petlbench.engine.multitask, a transfer method)
 
 
 @dataclass
@@ -78,6 +79,10 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, contexts: dict |
         with run_locks(unit.plans, job.out, unit.wheres, log):
             if unit.search:
                 results.append(execute_grid(unit.plans, job.out, device, cache, job.progress, log, unit.wheres))
+            elif unit.source:
+                from petlbench.engine.multitask import SourceRun, execute_source
+                results.append([execute_source(SourceRun(unit.plans), job.out, device, cache, job.progress, log,
+                                               unit.wheres[0])])
             else:
                 results.append([execute(plan, job.out, device, cache, job.progress, log, where, unit.extra,
                                         job.save_weights, job.save_samples)

@@ -24,7 +24,7 @@ from petlbench.registry import available_methods
 from petlbench.backbone import BackboneSpec
 from petlbench.specs import Task
 from petlbench.suite import Suite
-from petlbench.sweep import paper
+from petlbench.sweep import paper, transfer
 from petlbench.sweep.tune import apply_point, choose, grid_points, write_selection
 
 
@@ -94,9 +94,14 @@ def run_sweep(sweep: Sweep, executor, log: Callable[[str], None]) -> Records:
     if not executor.in_process:
         refuse_runtime_methods(sweep.methods, executor.name)
     if sweep.protocol == "final":
+        sources = transfer.run_sources(sweep, executor, log)  # a transfer method's source phase (MVLPT), once
         combos = [(task, method, seed) for task in sweep.tasks for method in sweep.methods for seed in sweep.seeds]
-        units = [final_unit(sweep, *combo, f"[{i}/{len(combos)}] ") for i, combo in enumerate(combos, 1)]  # task-major
-        return collect(units, executor.run(units, sweep.job, "runs", log), log)
+        units = [(transfer.target_unit(sweep, sources, *combo, f"[{i}/{len(combos)}] ") if transfer.is_transfer(combo[1])
+                  else final_unit(sweep, *combo, f"[{i}/{len(combos)}] ")) for i, combo in enumerate(combos, 1)]
+        ready = [u for u in units if u is not None]  # None: a target whose source run did not succeed
+        done = collect(ready, executor.run(ready, sweep.job, "runs", log), log) if ready else Records()
+        done.not_done += len(units) - len(ready)
+        return done
     if sweep.protocol == "paper":
         units = paper.units(sweep)
         return collect(units, executor.run(units, sweep.job, "runs", log), log)
