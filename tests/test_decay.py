@@ -115,7 +115,7 @@ def test_every_builtin_method_declares_its_rule():
         "e2vpt": "vpt",
         "zeroshot": None, "coop": "all", "cocoop": "all",  # zeroshot trains nothing
         "tip_adapter": "all", "tip_adapter_f": "all", "clip_adapter": "all",
-        "cavpt": "all",
+        "cavpt": "all", "mvlpt": "all",
         "gps": "timm"}
 
 
