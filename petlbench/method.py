@@ -17,6 +17,11 @@ parameters are counted, so a cache sized by the data counts), and `choose_on_val
 is scored, with the suite's validation split (rows of the training data that are validation images are marked
 `held_out`: a choice never sees its own images). The test split never reaches either hook. What each returns goes
 into the run record's `closed_form`. Such a method adapts only the head (the hooks' features are the backbone's).
+
+The training loop asks the method for each (micro-)batch's loss, `training_loss(model, images, labels, loss_fn)`,
+under the loop's autocast: by default `loss_fn(model(images), labels)`. A method whose objective needs more than one
+forward or another term (PACE's two noisy passes and consistency term) overrides it; the options it reads are in
+the record's `method.options`.
 """
 from __future__ import annotations
 
@@ -81,6 +86,10 @@ class Method:
         (bool, one per training image given to `fit_closed_form`) marks training images that are validation images
         too (a `final` protocol's trainval holds val), to leave out of the choice. Returns what the record keeps."""
         return {}
+
+    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch.Tensor:
+        """The batch's training loss (mean over the batch); see the module docstring."""
+        return loss_fn(model(images), labels)
 
     def check_fit(self, model: nn.Module) -> None:
         """Refuse, in one line, options that do not fit this backbone: a rank or bottleneck above the width it
