@@ -7,7 +7,8 @@ with D (out x r) zero, U (r x in) Xavier-uniform, P_d (in x r) zero, P_u (r x 1)
 the model starts unchanged. W (P_d P_u) is what a learned prompt token adds through the Linear (VPT-as-bias), the
 element-wise D U a multiplicative low-rank change of W. The branch is its own module (`Branch`, handed W and b by
 `LoRAVPTLinear`) so PACE can perturb exactly the adapter's output; `merge` folds it: W (1 + D U), b (1 + delta_b) +
-W P_d P_u. Per Linear (out, in): out r + r in + out + in r + r; on ViT-B/16 at rank 10 2,203,104 (qkv 40,714, proj
+W P_d P_u. Per Linear (out, in): out r + r in + out + in r + r (without `out` where the Linear has no bias: the official
+code's delta_b is then created but unused); on ViT-B/16 at rank 10 2,203,104 (qkv 40,714, proj
 23,818, fc1 49,162, fc2 69,898, x12).
 
 Departure: the official code computes the training forward in the merged form (one F.linear); here base + branch,
@@ -40,11 +41,11 @@ class LoRAVPTConfig:
 class Branch(nn.Module):
     """The adapter's own output for a frozen Linear's (weight, bias): what PACE perturbs."""
 
-    def __init__(self, out_features: int, in_features: int, rank: int):
+    def __init__(self, out_features: int, in_features: int, rank: int, bias: bool = True):
         super().__init__()
         self.down = nn.Parameter(torch.zeros(out_features, rank))
         self.up = nn.Parameter(nn.init.xavier_uniform_(torch.empty(rank, in_features)))
-        self.delta_bias = nn.Parameter(torch.zeros(out_features))
+        self.delta_bias = nn.Parameter(torch.zeros(out_features)) if bias else None  # scales the Linear's bias
         self.prompt_down = nn.Parameter(torch.zeros(in_features, rank))
         self.prompt_up = nn.Parameter(nn.init.xavier_uniform_(torch.empty(rank, 1)))
 
@@ -63,7 +64,7 @@ class LoRAVPTLinear(nn.Module):
     def __init__(self, linear: nn.Linear, rank: int):
         super().__init__()
         self.linear = linear
-        self.branch = Branch(linear.out_features, linear.in_features, rank)
+        self.branch = Branch(linear.out_features, linear.in_features, rank, bias=linear.bias is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x) + self.branch(x, self.linear.weight, self.linear.bias)
