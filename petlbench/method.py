@@ -24,6 +24,11 @@ calls `select(model, batches)` right after `apply`, before parameters are counte
 augmentation, in an order drawn from the run's seed) with their labels; never a validation or test image. `apply`
 already sized what trains (so planning counts it on the meta device); `select` only fills it in. What it returns
 goes into the run record's `parameter_selection` (`selection` is a tuned final's grid choice).
+
+The training loop asks the method for each (micro-)batch's loss, `training_loss(model, images, labels, loss_fn)`,
+under the loop's autocast: by default `loss_fn(model(images), labels)`. A method whose objective needs more than one
+forward or another term (PACE's two noisy passes and consistency term) overrides it; the options it reads are in
+the record's `method.options`.
 """
 from __future__ import annotations
 
@@ -95,6 +100,10 @@ class Method:
         """After `apply`, before training: choose what trains from the training (images, labels) batches; return
         what the record keeps (selecting methods only)."""
         return {}
+
+    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch.Tensor:
+        """The batch's training loss (mean over the batch); see the module docstring."""
+        return loss_fn(model(images), labels)
 
     def check_fit(self, model: nn.Module) -> None:
         """Refuse, in one line, options that do not fit this backbone: a rank or bottleneck above the width it

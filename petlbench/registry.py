@@ -49,6 +49,8 @@ BUILTIN: dict[str, str] = {
     "tip_adapter_f": "petlbench.methods.tip_adapter_f:TipAdapterF",
     "clip_adapter": "petlbench.methods.clip_adapter:ClipAdapter",
     "gps": "petlbench.methods.gps:GPS",
+    "loramul_vptadd": "petlbench.methods.loramul_vptadd:LoRAVPT",
+    "pace": "petlbench.methods.pace:PACE",
 }
 
 _runtime: dict[str, type[Method]] = {}

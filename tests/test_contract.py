@@ -56,6 +56,10 @@ def test_one_step_moves_exactly_what_trains(name, family):
         for name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
+        for module in model.modules():  # off timm's zero biases, which loramul_vptadd scales (b * delta_b)
+            if method.name in ("loramul_vptadd", "pace") and isinstance(module, nn.Linear) \
+                    and module.bias is not None and not module.bias.requires_grad:
+                module.bias.add_(0.01 * torch.randn_like(module.bias))
     model.train()
     logits = model(x)
     assert logits.shape == (4, NUM_CLASSES)

@@ -116,7 +116,8 @@ def test_every_builtin_method_declares_its_rule():
         "zeroshot": None, "coop": "all", "cocoop": "all",  # zeroshot trains nothing
         "tip_adapter": "all", "tip_adapter_f": "all", "clip_adapter": "all",
         "cavpt": "all", "mvlpt": "all",
-        "gps": "timm"}
+        "gps": "timm",
+        "loramul_vptadd": "all", "pace": "all"}
 
 
 def test_the_head_grid_trains_together_only_where_the_bias_is_not_decayed():

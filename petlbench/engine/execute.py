@@ -213,7 +213,7 @@ def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], tra
     reason = "off" if cache.features is None else why_not(model, task_keys, train)
     if reason is not None and reason != MORE_THAN_HEAD:
         return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
-                       before_eval=before_eval),
+                       before_eval=before_eval, objective=plan.method.training_loss),
                 "features": f"not cached: {reason}"}
     b, amp = plan.backbone, autocast_dtype(plan.train, device)
     identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing()}
@@ -223,12 +223,12 @@ def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], tra
                                plan.train.eval_batch_size, amp)
         if isinstance(found, str):
             return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
-                          before_eval=before_eval),
+                          before_eval=before_eval, objective=plan.method.training_loss),
                     "features": f"not cached: {found}"}
         tail, on_train = found
         seconds = round(time.perf_counter() - start, 3)
         metrics = fit(tail, on_train, evaluation, plan.train, device, plan.seed, progress, evaluator=model, keep=keep,
-                      before_eval=before_eval)
+                      before_eval=before_eval, objective=plan.method.training_loss)
         return {**metrics, "features": f"cached before block {tail.first}", "features_time_s": seconds}
     on_train, on_eval = (cache.features.get(model, data, identity, device, plan.train.eval_batch_size, amp)
                          for data in (train, evaluation))

@@ -62,7 +62,7 @@ EXPLODED = 100.0  # an epoch's loss this far above it: stop now rather than trai
 
 def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
         seed: int, progress: bool | None = None, evaluator: nn.Module | None = None, keep=None,
-        before_eval=None) -> dict:
+        before_eval=None, objective=None) -> dict:
     """Train for cfg.epochs and evaluate at the end (the number reported; no test-set selection).
 
     With cfg.eval_every = N the evaluation split is also scored every N epochs; that curve is recorded
@@ -70,6 +70,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     `evaluator` scores `test` instead of `model`: the full model whose tail trains on cached activations.
     `keep` (petlbench.engine.samples.TopK) collects the last evaluation's per-image top classes.
     `before_eval()` runs after training, before the final evaluation (a closed-form method's choice on val).
+    `objective(model, images, labels, loss_fn)` is the batch's training loss (a method's `training_loss`); default CE.
     """
     layout = memory_format(model)
     model.to(device, memory_format=layout)
@@ -100,7 +101,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
             images = images.contiguous(memory_format=layout) if images.dim() == 4 else images
             while True:
                 try:
-                    loss = backward(model, images, labels, accumulate, loss_fn, device, amp)
+                    loss = backward(model, images, labels, accumulate, loss_fn, device, amp, objective)
                     break
                 except torch.OutOfMemoryError:  # the same batch as smaller micro-batches: the same step, less memory
                     optimizer.zero_grad(set_to_none=True)
@@ -150,14 +151,16 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
 
 
 def backward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, accumulate: int, loss_fn,
-             device: torch.device, amp: torch.dtype | None) -> torch.Tensor:
-    """Gradients of the batch's mean loss, from `accumulate` micro-batches (each weighted by its share)."""
+             device: torch.device, amp: torch.dtype | None, objective=None) -> torch.Tensor:
+    """Gradients of the batch's mean loss, from `accumulate` micro-batches (each weighted by its share);
+    `objective(model, images, labels, loss_fn)` computes a micro-batch's loss (default: loss_fn on the logits)."""
     total = torch.zeros((), device=images.device)
     for chunk_x, chunk_y in zip(images.tensor_split(accumulate), labels.tensor_split(accumulate)):
         if len(chunk_y) == 0:
             continue
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = (loss_fn(model(chunk_x), chunk_y) + auxiliary_loss(model, chunk_y)) * (len(chunk_y) / len(labels))
+            mean = loss_fn(model(chunk_x), chunk_y) if objective is None else objective(model, chunk_x, chunk_y, loss_fn)
+            loss = (mean + auxiliary_loss(model, chunk_y)) * (len(chunk_y) / len(labels))
         loss.backward()
         total = total + loss.detach().float()
     return total
