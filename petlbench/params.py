@@ -52,9 +52,9 @@ def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int,
     torch.manual_seed(seed)
     model.reset_classifier(num_classes)
     text = getattr(model, "clip", None)  # a CLIP backbone's text side: not the image model's, known all the same
-    known = {id(t) for t in (*model.parameters(), *model.buffers(),
-                             *((*text.tower.parameters(), *text.tower.buffers()) if text else ()))}
-    fresh_head = {id(p) for p in head_parameters(model.get_classifier())}
+    text_ids = {id(t) for t in ((*text.tower.parameters(), *text.tower.buffers()) if text else ())}
+    known = {id(t) for t in (*model.parameters(), *model.buffers())} | text_ids
+    backbone = numel(model.parameters()) - numel(head_parameters(model.get_classifier()))
     freeze(model)
     method.check_fit(model)
     model = method.apply(model)
@@ -62,10 +62,10 @@ def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int,
         closed_form(model)
     unfreeze_head(model.get_classifier())
     head = numel(classifier_parameters(model.get_classifier()))  # after apply: a method may widen the head (VQT)
-    # the pretrained tensors the model holds: the backbone's, and any a method's head took in (CoOp: the text tower)
-    frozen_parts = set(map(id, frozen_head_parts(model.get_classifier())))  # CLIP's projection, a text tower
-    backbone = numel(p for p in model.parameters()
-                     if (id(p) in known and id(p) not in fresh_head) or id(p) in frozen_parts)
+    # pretrained tensors a method's head took in count as backbone: CoOp's text tower, the zero-shot head's copies
+    joined = {id(p): p for p in frozen_head_parts(model.get_classifier()) if id(p) not in known}
+    joined.update({id(p): p for p in model.parameters() if id(p) in text_ids})
+    backbone += numel(joined.values())
     freeze_batch_norms(model)
     task_keys = task_state_keys(model, known)
     total = numel(model.parameters())

@@ -116,6 +116,10 @@ class PromptHead(nn.Module):
     def frozen_parts(self) -> tuple[nn.Module, ...]:
         return (self.proj, self.tower)
 
+    def method_parts(self) -> tuple[nn.Module, ...]:
+        """What trains here is the method's (context, meta-net), as the papers count it: no classifier weights."""
+        return (self,)
+
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(x), dim=-1)
 
