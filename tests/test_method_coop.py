@@ -67,7 +67,7 @@ def test_closed_form_parameter_counts():
                 "cocoop:n_ctx=8:init=": 8 * WIDTH + meta_net}
     for method, trainable in expected.items():
         _, counts, keys = build(method)
-        assert counts.trainable == counts.head == trainable, method
+        assert counts.trainable == counts.trainable_excl_head == trainable and counts.head == 0, method  # all method
         assert set(keys) >= {"head.ctx"} and not any(k.startswith("head.tower.") for k in keys)
     # on ViT-B/16 (planning's meta-device build: no weights): the papers' figures
     b16 = BackboneSpec("clip:ViT-B-16", {}, pretrained=False)
