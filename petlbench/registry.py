@@ -41,6 +41,7 @@ BUILTIN: dict[str, str] = {
     "dtl": "petlbench.methods.dtl:DTL",
     "selective": "petlbench.methods.selective:Selective",
     "e2vpt": "petlbench.methods.e2vpt:E2VPT",
+    "noah": "petlbench.methods.noah:Noah",
 }
 
 _runtime: dict[str, type[Method]] = {}
