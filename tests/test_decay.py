@@ -112,7 +112,8 @@ def test_every_builtin_method_declares_its_rule():
         "conv_adapter": "timm", "vpt_pad": "vpt", "difffit": "all", "repadapter": "all",
         "dtl": "timm",
         "selective": "all",
-        "e2vpt": "vpt"}
+        "e2vpt": "vpt",
+        "noah": "timm"}
 
 
 def test_the_head_grid_trains_together_only_where_the_bias_is_not_decayed():
