@@ -184,3 +184,22 @@ def test_carried_prompts_follow_noahs_strip_rule(tmp_path):
     model.eval()(torch.randn(1, 3, 32, 32))
     assert seen == [17, 20, 20, 22]  # 1 + 16 patches; +3; carried; +2 (3 stay); -2 +4 -> 3 + 4 carried
     assert model.forward_features(torch.randn(1, 3, 32, 32)).shape[1] == 17
+
+
+def test_paper_source_is_regenerated_and_plans_every_vtab_task_with_its_released_subnet(tmp_path):
+    """`--protocol paper --source noah`: 19 runs, each the task's released subnet under NOAH's retrain recipe."""
+    from petlbench.settings import load_settings, packaged_sources
+    from petlbench.sweep.runner import make_sweep
+    from petlbench.tools.paper_settings import SOURCES, dump
+    assert packaged_sources()["noah"].read_text() == dump(SOURCES["noah"](ROOT / "tests/data/paper_settings"))
+    sweep = make_sweep("vtab1k", "noah", [0], data_root=str(tmp_path), out=str(tmp_path / "out"), protocol="paper",
+                       source="noah", random_init=True, log=lambda line: None)
+    settings, table = load_settings("noah"), released_subnets()["vtab1k"]
+    plans = [sweep.plan(task, method, 0) for task in sweep.tasks for method in sweep.methods]
+    assert len(plans) == 19
+    for p in plans:
+        row = settings.row("vtab1k", p.task.name, "noah")
+        assert row.best_top1 is not None and p.train.lr == 1e-3 and p.train.weight_decay == 1e-4
+        assert p.train.decay_rule == "timm" and p.backbone.args["drop_path_rate"] == 0.1
+        assert p.method.identity()["resolved"] == {**table[row.options["subnet"]],
+                                                   "sha256": p.method.identity()["resolved"]["sha256"]}
