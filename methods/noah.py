@@ -239,6 +239,8 @@ class Noah(Method):
         refuse_above(self, "a prompt count", max(sizes["prompts"]), MAX_TOKENS, "the prompt bound")
         if any(r for r in sizes["lora"]) and any(b.qkv is None for b in body.blocks):
             raise UserError("method noah: a block has no fused qkv Linear for LoRA")
+        if any(sizes["adapter"]) and any(len(b.drop_paths) != 2 for b in body.blocks):
+            raise UserError("method noah: a block lacks the MLP's drop-path, where the adapter sits")
         return sizes
 
     def apply(self, model):
