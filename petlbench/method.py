@@ -116,6 +116,11 @@ class Method:
         a file adds the file's content (so editing the file is a new run)."""
         return dataclasses.asdict(self.config)
 
+    def for_task(self, task) -> "Method":
+        """The method as it runs on `task` (a petlbench.specs.Task): itself, unless an option means a per-task
+        setting (noah's subnet=released picks the task's released subnet). Planning calls it once per run."""
+        return self
+
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the trained method into the backbone's own weights: a plain timm model of the original
         architecture with the same outputs. Methods that cannot are refused in one line."""

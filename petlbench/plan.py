@@ -238,6 +238,7 @@ def plan_one(suite: Suite, task: Task, method: Method, spec: BackboneSpec, seed:
              recipe: str | None, protocol: dict[str, Any], data_root: Path) -> RunPlan:
     """One run, resolved; the method is built on the backbone's meta device first (once per configuration and
     backbone), so options that do not fit the backbone are refused here, not by every run failing."""
+    method = method.for_task(task)
     chosen, _ = recipe_for(method, suite, recipe)
     backbone = backbone_for(spec, chosen, method)
     if is_clip(backbone.name) and (method.needs_text or backbone.args.get("head") == "zeroshot"):

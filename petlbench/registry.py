@@ -51,6 +51,7 @@ BUILTIN: dict[str, str] = {
     "gps": "petlbench.methods.gps:GPS",
     "loramul_vptadd": "petlbench.methods.loramul_vptadd:LoRAVPT",
     "pace": "petlbench.methods.pace:PACE",
+    "noah": "petlbench.methods.noah:Noah",
 }
 
 _runtime: dict[str, type[Method]] = {}

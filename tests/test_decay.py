@@ -117,7 +117,8 @@ def test_every_builtin_method_declares_its_rule():
         "tip_adapter": "all", "tip_adapter_f": "all", "clip_adapter": "all",
         "cavpt": "all", "mvlpt": "all",
         "gps": "timm",
-        "loramul_vptadd": "all", "pace": "all"}
+        "loramul_vptadd": "all", "pace": "all",
+        "noah": "timm"}
 
 
 def test_the_head_grid_trains_together_only_where_the_bias_is_not_decayed():

@@ -58,6 +58,7 @@ def plan(sweep, task: Task, method: Method, seed: int) -> RunPlan:
     row, recipe = row_of(sweep, task, method), sweep.paper.recipe()
     where = f"{sweep.paper.settings.file}: {row.method} on {row.suite}/{row.task}"
     method = with_options(method, row.options, f"{where}: options")
+    method = method.for_task(task)  # an option meaning a per-task setting (noah's subnet=released)
     train = build(TrainConfig, {**recipe.train, **row.train, **sweep.overrides}, f"{where}: train")
     spec = dataclasses.replace(sweep.backbone, args={**sweep.backbone.args, **row.backbone_args,
                                                      **sweep.paper.backbone_args})

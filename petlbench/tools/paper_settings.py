@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from petlbench.records import replaced_whole
+from petlbench.tools.noah_subnets import paper_source as noah
 from petlbench.tools.paper_sources import CONVERTER, convpass, fact, number, reference_rows, ssf
 
 # PETL_Vision folder name -> (petlbench method label, {petlbench option: PETL_Vision column}, fixed options)
@@ -105,7 +106,7 @@ def petl_vision(reference: Path) -> dict[str, Any]:
     return {**PETL_VISION_HEADER, "rows": rows}
 
 
-SOURCES = {"petl_vision": petl_vision, "ssf": ssf, "fact": fact, "convpass": convpass}
+SOURCES = {"petl_vision": petl_vision, "ssf": ssf, "fact": fact, "convpass": convpass, "noah": noah}
 
 
 def dump(settings: dict[str, Any]) -> str:
