@@ -9,12 +9,21 @@ after it, so `apply` only adds modules (new parameters train by default) or swit
 on existing ones; it may replace the head (a method that changes the head's input). Methods wrap or
 replace submodules; they never rebind `forward`. Methods that can fold into the backbone's own
 weights (`petlbench export --merged`) implement `merge`.
+
+Closed-form methods (`closed_form = True`: Tip-Adapter's cache) also need data, which `apply` never sees. The runner
+hands it to two hooks, with the head's inputs (the frozen backbone's pooled features, eval mode, un-augmented
+images; petlbench.engine.closedform): `fit_closed_form` right after `apply`, with the run's training images (before
+parameters are counted, so a cache sized by the data counts), and `choose_on_val` after training, before the test
+is scored, with the suite's validation split (rows of the training data that are validation images are marked
+`held_out`: a choice never sees its own images). The test split never reaches either hook. What each returns goes
+into the run record's `closed_form`. Such a method adapts only the head (the hooks' features are the backbone's).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from petlbench.backbones import ALL_FAMILIES
@@ -51,6 +60,8 @@ class Method:
     trains: ClassVar[bool] = True
     # True: the method needs a CLIP backbone's text side (`model.clip`, petlbench.clip); refused on other backbones
     needs_text: ClassVar[bool] = False
+    # True: the runner calls `fit_closed_form` and `choose_on_val` with data (Tip-Adapter); see the module docstring
+    closed_form: ClassVar[bool] = False
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.Config()
@@ -58,6 +69,18 @@ class Method:
     def apply(self, model: nn.Module) -> nn.Module:
         """Add modules and/or mark parameters trainable on a frozen timm model; return the model."""
         raise NotImplementedError
+
+    def fit_closed_form(self, model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """After `apply`: set what is computed from the training images' head inputs (N, width) and labels (N,);
+        return what the record keeps (closed_form methods only)."""
+        return {}
+
+    def choose_on_val(self, model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
+                      held_out: torch.Tensor) -> dict[str, Any]:
+        """After training, before the test: choose on the validation split's head inputs and labels; `held_out`
+        (bool, one per training image given to `fit_closed_form`) marks training images that are validation images
+        too (a `final` protocol's trainval holds val), to leave out of the choice. Returns what the record keeps."""
+        return {}
 
     def check_fit(self, model: nn.Module) -> None:
         """Refuse, in one line, options that do not fit this backbone: a rank or bottleneck above the width it

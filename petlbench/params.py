@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -40,10 +40,12 @@ def numel(params) -> int:
 
 
 def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int,
-                classnames: list[str] | None = None, templates: list[str] | None = None) -> Built:
+                classnames: list[str] | None = None, templates: list[str] | None = None,
+                closed_form: Callable[[nn.Module], None] | None = None) -> Built:
     """Backbone (fixed init seed) -> fresh head (run seed) -> freeze -> method.apply -> head trains ->
     frozen BatchNorms keep their running statistics. A CLIP backbone's zero-shot head and text methods read the
-    task's class names and templates."""
+    task's class names and templates. `closed_form(model)` runs right after `apply` (a closed-form method's data
+    hook, petlbench.engine.closedform), so what it sizes (Tip-Adapter's cache) is counted and saved."""
     torch.manual_seed(BACKBONE_INIT_SEED)
     model = create_backbone(spec, num_classes, classnames, templates)
     torch.manual_seed(seed)
@@ -55,8 +57,10 @@ def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int,
     freeze(model)
     method.check_fit(model)
     model = method.apply(model)
+    if closed_form is not None:
+        closed_form(model)
     unfreeze_head(model.get_classifier())
-    head = numel(head_parameters(model.get_classifier()))  # after apply: a method may widen the head (VQT)
+    head = numel(classifier_parameters(model.get_classifier()))  # after apply: a method may widen the head (VQT)
     # the pretrained tensors the model holds: the backbone's, and any a method's head took in (CoOp: the text tower)
     frozen_parts = set(map(id, frozen_head_parts(model.get_classifier())))  # CLIP's projection, a text tower
     backbone = numel(p for p in model.parameters()
@@ -121,6 +125,14 @@ def head_parameters(head: nn.Module) -> list[nn.Parameter]:
     """The head's own parameters: what the runner trains after `apply`."""
     frozen = set(map(id, frozen_head_parts(head)))
     return [p for p in head.parameters() if id(p) not in frozen]
+
+
+def classifier_parameters(head: nn.Module) -> list[nn.Parameter]:
+    """The head's own parameters without its method parts (`head.method_parts()`: CLIP-Adapter's MLP, Tip-Adapter-F's
+    cache keys, which train with the head but are the method's, counted in `trainable_excl_head` as papers do)."""
+    parts = getattr(head, "method_parts", None)
+    method = {id(p) for part in (parts() if parts else ()) for p in part.parameters()}
+    return [p for p in head_parameters(head) if id(p) not in method]
 
 
 def unfreeze_head(head: nn.Module) -> None:

@@ -210,6 +210,8 @@ def backbone_for(spec: BackboneSpec, recipe: Recipe, method: Method | None = Non
     own = dict(method.backbone_defaults) if method is not None and recipe.name == method.recipe else {}
     pre = {**recipe.preprocessing, **{k: own.pop(k) for k in PREPROCESSING_KEYS if k in own}}
     pre = {k: None if v == OWN else v for k, v in pre.items()}  # OWN: the backbone's pretrained config decides
+    if is_clip(spec.name):  # a recipe's mean/std belong to its paper's ViT; CLIP's weights expect their own
+        pre.update(mean=None, std=None)
     return dataclasses.replace(spec, args={**recipe.backbone_args, **own, **spec.args},
                                mean=spec.mean or _triple(pre.get("mean")), std=spec.std or _triple(pre.get("std")),
                                interpolation=spec.interpolation or pre.get("interpolation"))

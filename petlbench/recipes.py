@@ -39,6 +39,12 @@ VPT_FINETUNE_GRID = {"lr": [0.001, 0.0005, 0.0001, 0.005], "weight_decay": WEIGH
 VPT_FINETUNE_SOURCE = ("AdamW, 5 warm-up epochs, wd 1e-4: VPT's fine-tuning config (configs/base-finetune.yaml), "
                        "which VPT's code also uses for bias tuning (demo.ipynb: 'tinytl-bias' on configs/finetune)")
 
+# CoOp's schedule (KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16.yaml; Dassl's defaults for momentum and decay).
+COOP_SOURCE = ("SGD lr 0.002, momentum 0.9, wd 5e-4 on every trained tensor, batch 32, cosine, 1 warm-up epoch, "
+               "200 epochs (the 8- and 16-shot setting; 1 shot: 50, 2 and 4 shots: 100, ImageNet: 50): "
+               "KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16*.yaml, COOP.md; Dassl.pytorch dassl/config/defaults.py "
+               "(OPTIM.MOMENTUM 0.9, WEIGHT_DECAY 5e-4) and dassl/optim/optimizer.py (one group, every parameter)")
+
 RECIPES: dict[str, Recipe] = {
     "vpt": Recipe(
         name="vpt", source="VPT (Jia et al., ECCV 2022), section 4 and appendix A; KMnP/vpt configs",
@@ -58,5 +64,15 @@ RECIPES: dict[str, Recipe] = {
         preprocessing={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic"},
         defaults_source=("lr 1e-3, wd 1e-4, batch 64: NOAH's VTAB-1k scripts "
                          "(configs/Adapter/VTAB/slurm_train_adapter_vtab.sh: LR 0.001, WEIGHT_DECAY 0.0001)"),
+    ),
+    # Departures: CoOp warms up at a constant lr 1e-5 for its 1 epoch and steps the cosine per epoch (Dassl's
+    # ConstantWarmupScheduler); here the warm-up is linear from lr x 1e-3 and the cosine steps per batch.
+    "coop": Recipe(
+        name="coop", source="CoOp (Zhou et al., IJCV 2022), section 4.1; KaiyangZhou/CoOp configs",
+        train={"optimizer": "sgd", "momentum": 0.9, "lr": 0.002, "weight_decay": 0.0005, "epochs": 200,
+               "warmup_epochs": 1, "batch_size": 32, "decay_rule": "all"},
+        grid={"lr": [0.02, 0.005, 0.002, 0.0005], "weight_decay": [0.0005]},  # petlbench's: CoOp tuned nothing
+        preprocessing={"interpolation": "bicubic"},  # mean and std: the CLIP weights' own
+        defaults_source=COOP_SOURCE,
     ),
 }

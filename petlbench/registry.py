@@ -41,6 +41,11 @@ BUILTIN: dict[str, str] = {
     "dtl": "petlbench.methods.dtl:DTL",
     "selective": "petlbench.methods.selective:Selective",
     "e2vpt": "petlbench.methods.e2vpt:E2VPT",
+    "coop": "petlbench.methods.coop:CoOp",
+    "cocoop": "petlbench.methods.cocoop:CoCoOp",
+    "tip_adapter": "petlbench.methods.tip_adapter:TipAdapter",
+    "tip_adapter_f": "petlbench.methods.tip_adapter_f:TipAdapterF",
+    "clip_adapter": "petlbench.methods.clip_adapter:ClipAdapter",
 }
 
 _runtime: dict[str, type[Method]] = {}

@@ -24,7 +24,7 @@ TOP_KEYS = {"name", "aliases", "description", "layout", "data_root", "prepare", 
             "preprocessing", "recipe", "train", "method_options", "tasks", "templates"}
 TASK_KEYS = {"name", "classes", "group", "aliases", "images", "classnames", "templates", "classnames_source"}
 BACKBONE_KEYS = {"name", "args", "checkpoint", "pretrained", "mean", "std", "interpolation"}
-PREPARERS = {"demo"}
+PREPARERS = {"demo", "demo-clip"}
 # A name that becomes a folder or file: never a path, never hidden, nothing that leaves the data root or --out.
 PLAIN_NAME = re.compile(r"[\w+-][\w.+-]*\Z")
 PLAIN_NAME_RULE = "a plain name (letters, digits, _ - . +, not starting with '.'; no / or \\)"

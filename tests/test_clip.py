@@ -93,6 +93,10 @@ def test_runner_runs_zeroshot_and_a_vision_method(tiny_clip, tiny_tasks, tmp_pat
     assert by["bitfit"]["params"]["trainable"] > 3 * 32
     assert by["zeroshot"]["text"] == {"classnames": COUNTS, "templates": ["a photo of a {}."]}
     assert by["bitfit"]["backbone"]["args"] == {"head": "zeroshot"}
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    for r in records:  # the recipes' ImageNet mean/std belong to their papers' ViTs: CLIP keeps its own
+        prep = r["data"]["preprocessing"]
+        assert prep["mean"] == list(OPENAI_DATASET_MEAN) and prep["std"] == list(OPENAI_DATASET_STD), prep
     assert 0 <= by["zeroshot"]["metrics"]["test_top1"] <= 1
 
 

@@ -17,7 +17,8 @@ from tests.families import CLIP_FAMILY, tiny
 NUM_CLASSES = 5
 # options that fit every tiny model: KAdaptation's default factor 32 divides none of their widths (ViT 48, Swin 24),
 # selective's default last three blocks are more than they have
-FITTING = {"kadaptation": "kadaptation:factor=6", "selective": "selective:blocks=-1"}  # tiny models: 2 blocks
+FITTING = {"kadaptation": "kadaptation:factor=6", "selective": "selective:blocks=-1",
+           "coop": "coop:n_ctx=8"}  # tiny models: 2 blocks; coop: 16 + a name overflow the tiny text context
 # every method on every family it supports, and on a tiny CLIP's image tower (a timm ViT) when it supports ViTs or
 # needs CLIP's text side
 PAIRS = [(name, family) for name in sorted(available_methods()) for family in (*ALL_FAMILIES, CLIP_FAMILY)
@@ -27,11 +28,19 @@ PAIRS = [(name, family) for name in sorted(available_methods()) for family in (*
              and not available_methods()[name].load().needs_text)]
 
 
+def build(family, method):
+    """As the runner builds it: a closed-form method (Tip-Adapter) fills its cache from head inputs, here random."""
+    def fit(model):
+        labels = torch.arange(2 * NUM_CLASSES) % NUM_CLASSES
+        method.fit_closed_form(model, torch.randn(len(labels), model.num_features), labels)
+    return build_model(tiny(family), method, NUM_CLASSES, seed=0, closed_form=fit if method.closed_form else None)
+
+
 @pytest.mark.parametrize("name,family", PAIRS)
 def test_one_step_moves_exactly_what_trains(name, family):
     torch.manual_seed(0)
     method = parse_method_spec(FITTING.get(name, name))
-    model, counts, task_keys = build_model(tiny(family), method, NUM_CLASSES, seed=0)
+    model, counts, task_keys = build(family, method)
     assert family_of(model) == family.replace(CLIP_FAMILY, "vit") or name in ("vpt_deep", "vpt_shallow"), \
         "methods keep the timm model"
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, NUM_CLASSES, (4,))
@@ -73,13 +82,14 @@ def test_saved_task_rebuilds_the_same_model(name, family, tmp_path):
     """Save the task's tensors, build the method afresh (same seed), load them: the same logits."""
     from petlbench.weights import load_task, save_task
     method = parse_method_spec(FITTING.get(name, name))
-    model, _, task_keys = build_model(tiny(family), method, NUM_CLASSES, seed=0)
+    model, _, task_keys = build(family, method)
     with torch.no_grad():  # a "trained" task: every task tensor moved
         for key, value in model.state_dict().items():
             if key in task_keys and value.is_floating_point():
                 value.add_(0.1 * torch.randn_like(value))
     info = save_task(model, task_keys, tmp_path / "task.safetensors")
     assert info["tensors"] == len(task_keys) and info["bytes"] > 0
+    # built afresh as `petlbench eval` does, without data: a closed-form cache takes its size from the saved task
     fresh, _, fresh_keys = build_model(tiny(family), parse_method_spec(FITTING.get(name, name)), NUM_CLASSES, seed=0)
     assert fresh_keys == task_keys
     load_task(fresh, tmp_path / "task.safetensors", fresh_keys)

@@ -102,13 +102,14 @@ def position_sample(rng):
 TASKS: dict[str, Callable] = {"shapes": shapes_sample, "count": count_sample, "position": position_sample}
 
 
-def write_task(root: Path, name: str, seed: int, sizes: dict[str, int] = SPLITS, kind: str | None = None) -> None:
+def write_task(root: Path, name: str, seed: int, sizes: dict[str, int] = SPLITS, kind: str | None = None,
+               sample: Callable | None = None) -> None:
     """Write one task in the NOAH layout: <task>/images/<split>/%06d.jpg and <split>.txt lists.
 
     `sizes` gives the images per split (train800, val200, test) and `kind` the generator (default:
-    the task's name); tests write smaller tasks under other names.
+    the task's name, or `sample(rng) -> (image, label)` itself); tests write smaller tasks under other names.
     """
-    sample = TASKS[kind or name]
+    sample = sample or TASKS[kind or name]
     rng = np.random.default_rng(seed)
     lines: dict[str, list[str]] = {}
     for split, count in sizes.items():

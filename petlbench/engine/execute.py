@@ -35,6 +35,7 @@ from petlbench.records import (SCHEMA, device_description, git_revision, is_fini
                                recency, write_atomic)
 from petlbench.registry import available_methods
 from petlbench.engine import prefix
+from petlbench.engine.closedform import ClosedForm
 from petlbench.engine.features import MORE_THAN_HEAD, RunCache, why_not
 from petlbench.engine.samples import TopK, order_identity, samples_path, write_samples
 from petlbench.engine.train import Diverged, autocast_dtype, fit
@@ -166,15 +167,19 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
+        closed = ClosedForm(plan, train, cache, device) if plan.method.closed_form else None  # Tip-Adapter's cache
         model, counts, task_keys = build_model(plan.backbone, plan.method, plan.task.classes, plan.seed,
-                                               **plan_text(plan))
+                                               **plan_text(plan), closed_form=closed.fit if closed else None)
         record["params"] = counts.as_dict()
         task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
         record["data"].update(folder=str(task_dir), split_files_sha256={
             split: split_sha256(plan.suite.layout, task_dir, plan.task, split)[:16] for split in used})
-        metrics = train_model(plan, model, task_keys, train, evaluation, device, progress, cache, keep)
+        metrics = train_model(plan, model, task_keys, train, evaluation, device, progress, cache, keep,
+                              (lambda: closed.choose(model)) if closed else None)
         metrics[plan.metric] = metrics.pop("top1")
+        if closed:
+            record["closed_form"] = closed.record
         if "eval_curve" in metrics:
             metrics["val_curve" if plan.is_search else "test_curve"] = metrics.pop("eval_curve")
         record.update(metrics=metrics, status="success")
@@ -188,12 +193,13 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
 
 def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], train: TensorData,
                 evaluation: TensorData, device: torch.device, progress: bool | None, cache: RunCache,
-                keep: TopK | None = None) -> dict:
+                keep: TopK | None = None, before_eval=None) -> dict:
     """The one training loop; on cached pre-logit features when only the head trains (petlbench.engine.features), on
     cached activations entering block k when nothing before it trains or changed (petlbench.engine.prefix)."""
     reason = "off" if cache.features is None else why_not(model, task_keys, train)
     if reason is not None and reason != MORE_THAN_HEAD:
-        return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep),
+        return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
+                       before_eval=before_eval),
                 "features": f"not cached: {reason}"}
     b, amp = plan.backbone, autocast_dtype(plan.train, device)
     identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing()}
@@ -202,16 +208,19 @@ def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], tra
         found = prefix.prepare(model, b, plan.task.classes, train, identity, cache.features, device,
                                plan.train.eval_batch_size, amp)
         if isinstance(found, str):
-            return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep),
+            return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
+                          before_eval=before_eval),
                     "features": f"not cached: {found}"}
         tail, on_train = found
         seconds = round(time.perf_counter() - start, 3)
-        metrics = fit(tail, on_train, evaluation, plan.train, device, plan.seed, progress, evaluator=model, keep=keep)
+        metrics = fit(tail, on_train, evaluation, plan.train, device, plan.seed, progress, evaluator=model, keep=keep,
+                      before_eval=before_eval)
         return {**metrics, "features": f"cached before block {tail.first}", "features_time_s": seconds}
     on_train, on_eval = (cache.features.get(model, data, identity, device, plan.train.eval_batch_size, amp)
                          for data in (train, evaluation))
     seconds = round(time.perf_counter() - start, 3)
-    metrics = fit(model.get_classifier(), on_train, on_eval, plan.train, device, plan.seed, progress, keep=keep)
+    metrics = fit(model.get_classifier(), on_train, on_eval, plan.train, device, plan.seed, progress, keep=keep,
+                  before_eval=before_eval)
     return {**metrics, "features": "cached", "features_time_s": seconds}
 
 

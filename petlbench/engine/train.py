@@ -60,13 +60,15 @@ EXPLODED = 100.0  # an epoch's loss this far above it: stop now rather than trai
 
 
 def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
-        seed: int, progress: bool | None = None, evaluator: nn.Module | None = None, keep=None) -> dict:
+        seed: int, progress: bool | None = None, evaluator: nn.Module | None = None, keep=None,
+        before_eval=None) -> dict:
     """Train for cfg.epochs and evaluate at the end (the number reported; no test-set selection).
 
     With cfg.eval_every = N the evaluation split is also scored every N epochs; that curve is recorded
     for comparison with papers that report the best epoch, and never used to choose anything.
     `evaluator` scores `test` instead of `model`: the full model whose tail trains on cached activations.
     `keep` (petlbench.engine.samples.TopK) collects the last evaluation's per-image top classes.
+    `before_eval()` runs after training, before the final evaluation (a closed-form method's choice on val).
     """
     layout = memory_format(model)
     model.to(device, memory_format=layout)
@@ -132,6 +134,8 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_time = time.perf_counter() - start - eval_time
+    if before_eval is not None:
+        before_eval()
     top1 = evaluate(evaluator, test, cfg, device, keep)
     metrics = {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_first_step": first_loss,
                "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,

@@ -12,6 +12,7 @@ from petlbench.engine import threads
 from petlbench.backbone import check_backbone
 from petlbench.data.cache import resolve_cache_dir
 from petlbench.data.shots import check_shots
+from petlbench.engine.preparers import prepare_suite
 from petlbench.errors import UserError
 from petlbench.sweep.executors import InProcess, LocalWorkers
 from petlbench.sweep.jobs import say
@@ -90,9 +91,7 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     selected = the_suite.select(tasks)
     seeds = check_seeds(list(seeds))
     root = resolve_data_root(the_suite, data_root)
-    if the_suite.prepare == "demo":
-        from petlbench.engine.demo_backbone import prepare
-        prepare(root, the_suite, log=log)
+    prepare_suite(the_suite, root, log=log)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")
     spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)

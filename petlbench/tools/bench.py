@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from petlbench.data.decode import INTERPOLATION
+from petlbench.engine.preparers import prepare_suite
 from petlbench.errors import UserError
 from petlbench.data.layouts import find_task_dir, list_images
 from petlbench.params import build_model, plan_text
@@ -118,9 +119,7 @@ def bench(methods: str = "linear,full,adapter,vpt_deep", suite: str = "demo", ta
         raise UserError(f"--epochs: expected a positive integer, got {epochs}")
     the_suite = load_suite(suite)
     root = resolve_data_root(the_suite, data_root)
-    if the_suite.prepare == "demo":
-        from petlbench.engine.demo_backbone import prepare
-        prepare(root, the_suite, log=log)
+    prepare_suite(the_suite, root, log=log)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")
     (the_task,) = the_suite.select([task])
