@@ -46,6 +46,8 @@ BUILTIN: dict[str, str] = {
     "tip_adapter": "petlbench.methods.tip_adapter:TipAdapter",
     "tip_adapter_f": "petlbench.methods.tip_adapter_f:TipAdapterF",
     "clip_adapter": "petlbench.methods.clip_adapter:ClipAdapter",
+    "como": "petlbench.methods.como:CoMo",
+    "como_free": "petlbench.methods.como:CoMoFree",
 }
 
 _runtime: dict[str, type[Method]] = {}

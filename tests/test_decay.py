@@ -114,7 +114,8 @@ def test_every_builtin_method_declares_its_rule():
         "selective": "all",
         "e2vpt": "vpt",
         "zeroshot": None, "coop": "all", "cocoop": "all",  # zeroshot trains nothing
-        "tip_adapter": "all", "tip_adapter_f": "all", "clip_adapter": "all"}
+        "tip_adapter": "all", "tip_adapter_f": "all", "clip_adapter": "all",
+        "como": "all", "como_free": "all"}
 
 
 def test_the_head_grid_trains_together_only_where_the_bias_is_not_decayed():

@@ -1,23 +1,36 @@
-"""CoMo (methods/como.py): the logit combination in closed form, the DINO weight at 0, the search as the official
-one (first best, beta-major), the second tower (its input normalisation, its size, its frozen weights, nothing fetched
-at planning) and the CLIP tower's pre-logits with a side tower beside it."""
+"""CoMo (methods/como.py): the logit combination in closed form, the DINO weight at 0 (Tip-Adapter on the same
+cache), the search as the official one (first best, beta-major) reading val and never test, the second tower (its
+input normalisation, its size, its frozen weights, nothing fetched at planning), the CLIP tower's pre-logits with a
+side tower beside it, and real runs through the CLI on the tiny CLIP with a tiny random timm ViT as DINO."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from petlbench.backbone import BackboneSpec
 from petlbench.clip import create
+from petlbench.data.cache import resolve_cache_dir
+from petlbench.engine.closedform import ClosedForm
+from petlbench.engine.execute import execute
+from petlbench.engine.features import RunCache
 from petlbench.errors import UserError
-from petlbench.methods.como import (SideTower, cache_logits, combine, ensemble_weights, fuse, search, side_tower,
-                                    standardise)
+from petlbench.methods.como import cache_logits, combine, ensemble_weights, fuse, search, standardise
+from petlbench.params import build_model
+from petlbench.sidetower import SideTower, feature_identity, side_tower
+from tests.conftest import petlbench_cli
+from tests.test_clip import COUNTS, NAMES, TEMPLATES, tiny_clip  # noqa: F401 (a fixture)
+from tests.test_method_tip_adapter import plan_for, pooled
 
 # a tiny timm ViT standing in for DINO: the DINO ViT-S/16 entry (its ImageNet mean/std), random weights, sized for
 # the tiny CLIP's 32x32 images
 DINO = "vit_small_patch16_224.dino"
 TINY_DINO = ["img_size=32", "patch_size=8", "embed_dim=24", "depth=1", "num_heads=2"]
+OPTIONS = f"dino={DINO}:dino_pretrained=false:dino_args={'+'.join(TINY_DINO)}"
 
 
 def test_combination_in_closed_form():
@@ -127,3 +140,113 @@ def test_clip_pre_logits_carry_the_side_features(clip_tower):
     assert joined.shape == (2, 48 + 24)
     assert torch.equal(joined[:, :48], alone)
     assert torch.allclose(joined[:, 48:], tower(images))
+
+
+def built(path, spec_text, images=None, labels=None):
+    """As the runner builds it; a closed-form method's cache from the head inputs of `images` (computed by the model
+    itself: CLIP's pooled token, and CoMo's DINO features beside it)."""
+    from petlbench.registry import parse_method_spec
+    method = parse_method_spec(spec_text)
+    fit = (lambda model: method.fit_closed_form(model, pooled(model, images), labels)) if images is not None else None
+    return build_model(BackboneSpec("clip:tiny", {}, checkpoint=str(path)), method, 3, seed=0, classnames=NAMES,
+                       templates=TEMPLATES, closed_form=fit).model.eval()
+
+
+def test_dino_weight_zero_is_tip_adapter_on_the_same_cache(tiny_clip):
+    """With the DINO cache's weight at 0, CoMo is Tip-Adapter with its cache term standardised per image (the
+    blend's normalisation); at alpha 0 it is zero-shot CLIP exactly."""
+    _, path = tiny_clip
+    torch.manual_seed(1)
+    train_x, train_y, x = torch.randn(9, 3, 32, 32), torch.arange(9) % 3, torch.randn(5, 3, 32, 32)
+    tip = built(path, "tip_adapter:init_alpha=0.8:init_beta=2", train_x, train_y)
+    como = built(path, f"como_free:{OPTIONS}:init_alpha=0.8:init_beta=2", train_x, train_y)
+    assert torch.equal(como.head.keys.weight, tip.head.keys.weight) and torch.equal(como.head.values, tip.head.values)
+    with torch.no_grad():
+        f = tip.head.image_features(pooled(tip, x))
+        tip_cache = tip.head.cache_logits(f, tip.head.beta)
+        assert torch.allclose(tip(x), tip.head.zero_shot(f) + 0.8 * tip_cache)
+        zero_shot, affinities = como.head.affinities(pooled(como, x))
+        caches = [cache_logits(a, como.head.values, como.head.beta) for a in affinities]
+        without_dino = combine(zero_shot, caches, como.head.alpha, weights=torch.tensor([1.0, 0.0]))
+        torch.testing.assert_close(without_dino, tip.head.zero_shot(f) + 0.8 * standardise(tip_cache),
+                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(como(x), combine(zero_shot, caches, 0.8), rtol=0, atol=1e-6)
+        assert not torch.allclose(como(x), without_dino), "the DINO cache counts"
+        como.head.alpha.fill_(0.0)
+        assert torch.equal(como(x), built(path, "zeroshot")(x))
+
+
+def test_caches_hold_the_training_images_clip_and_dino_features(tiny_clip, tiny_tasks, tmp_path):
+    reference, path = tiny_clip
+    plan = plan_for(tmp_path, tiny_tasks, path, f"como_free:{OPTIONS}")
+    cache = RunCache(None, features=False)
+    train = cache.get(plan, plan.protocol["train_splits"], plan.preprocessing(), train=True)
+    closed = ClosedForm(plan, train, cache, torch.device("cpu"))
+    model, counts, _ = build_model(plan.backbone, plan.method, 6, 0, classnames=COUNTS, closed_form=closed.fit)
+    images, labels = train.batch(torch.arange(len(train)))
+    with torch.no_grad():
+        clip_features = F.normalize(reference.encode_image(images), dim=-1)
+        dino_features = F.normalize(model.side.model(images), dim=-1)  # the image as CLIP normalised it
+    torch.testing.assert_close(model.head.keys.weight, clip_features, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.head.side_keys.weight, dino_features, rtol=0, atol=1e-6)
+    assert torch.equal(model.head.values, F.one_hot(labels, 6).float())
+    assert closed.record["cache_size"] == 64 and closed.record["dino_features"] == 24
+    dino_params = sum(p.numel() for p in model.side.parameters())
+    assert counts.trainable == 0 and counts.added == dino_params, "the frozen DINO tower is what the method adds"
+
+
+def test_the_search_reads_val_and_never_test(tiny_clip, tiny_tasks, tmp_path):
+    """The same task with the test split's labels rotated: the chosen alpha and beta cannot move."""
+    _, path = tiny_clip
+    shifted = tmp_path / "shifted"
+    shutil.copytree(tiny_tasks, shifted)
+    listing = shifted / "count" / "test.txt"
+    rows = [line.rsplit(" ", 1) for line in listing.read_text().splitlines()]
+    listing.write_text("".join(f"{rel} {(int(label) + 1) % 6}\n" for rel, label in rows))
+    records = []
+    for root in (tiny_tasks, shifted):
+        plan = plan_for(tmp_path, root, path, f"como_free:{OPTIONS}")
+        records.append(execute(plan, tmp_path / f"out-{root.name}", torch.device("cpu"),
+                               RunCache(resolve_cache_dir(None)), False, lambda line: None, "test",
+                               save_weights=False, save_samples=False))
+    a, b = records
+    assert a["status"] == b["status"] == "success", (a.get("error"), b.get("error"))
+    assert a["data"]["eval_digest"] != b["data"]["eval_digest"], "the test splits differ"
+    assert a["closed_form"] == b["closed_form"], "alpha, beta and the val score depend on train and val only"
+    assert a["closed_form"]["val_splits"] == ["val200"] and a["closed_form"]["searched"]
+    assert a["closed_form"]["cache_rows_held_out"] == 16, "val200's images sit in train800val200: left out"
+
+
+def test_runs_through_the_cli(tiny_clip, tiny_tasks, tmp_path):
+    """tip_adapter first fills the feature cache with CLIP's features alone; CoMo's entries (CLIP's and DINO's) are
+    their own, so both read the right ones."""
+    _, path = tiny_clip
+    from tests.test_clip import suite_file
+    out = tmp_path / "results"
+    proc = petlbench_cli("run", "--suite", str(suite_file(tmp_path / "s")), "--data-root", str(tiny_tasks),
+                         "--out", str(out), "--methods", f"tip_adapter,como_free:{OPTIONS},como:{OPTIONS}",
+                         "--backbone", "clip:tiny", "--checkpoint", str(path), "--train", "epochs=2", "--no-samples")
+    assert proc.returncode == 0, proc.stderr
+    records = [r for r in (json.loads(p.read_text()) for p in out.rglob("*.json")) if "method" in r]
+    by = {r["method"]["name"]: r for r in records}
+    assert set(by) == {"tip_adapter", "como_free", "como"}
+    assert all(r["status"] == "success" for r in records), [r.get("error") for r in records]
+    free, tuned = by["como_free"], by["como"]
+    assert free["train"]["epochs"] == 0 and free["params"]["trainable"] == 0
+    assert tuned["metrics"]["epochs"] == 2 and tuned["params"]["trainable_excl_head"] == 64 * 32 + 64 * 24
+    assert (tuned["train"]["optimizer"], tuned["train"]["lr"], tuned["train"]["weight_decay"]) == ("adamw", 1e-3, 0.01)
+    for r in (free, tuned):
+        chosen = r["closed_form"]
+        assert chosen["cache_size"] == 64 and chosen["searched"] and 0.1 <= chosen["alpha"] < 3
+        assert r["method"]["options"]["dino"] == DINO and r["method"]["options"]["dino_input"] == "clip"
+        assert 0 <= r["metrics"]["test_top1"] <= 1
+
+
+def test_feature_cache_keys_tell_the_side_tower_apart(clip_tower):
+    assert feature_identity(clip_tower) == {}
+    clip_tower.side = side_tower(DINO, TINY_DINO, None, False, False, clip_tower)
+    try:
+        key = feature_identity(clip_tower)["side"]
+        assert key["name"] == DINO and key["weights"] == "random-init" and key["renormalise"] is None
+    finally:
+        del clip_tower.side
