@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,6 +234,8 @@ def test_runs_through_the_cli(tiny_clip, tiny_tasks, tmp_path):
     assert set(by) == {"tip_adapter", "como_free", "como"}
     assert all(r["status"] == "success" for r in records), [r.get("error") for r in records]
     free, tuned = by["como_free"], by["como"]
+    entries = [p for p in (Path(os.environ["PETLBENCH_CACHE"]) / "features").glob("features-*") if p.is_dir()]
+    assert len(entries) == 4, "val and train of CLIP's features (tip_adapter), of CLIP's + DINO's (both CoMo runs)"
     assert free["train"]["epochs"] == 0 and free["params"]["trainable"] == 0
     assert tuned["metrics"]["epochs"] == 2 and tuned["params"]["trainable_excl_head"] == 64 * 32 + 64 * 24
     assert (tuned["train"]["optimizer"], tuned["train"]["lr"], tuned["train"]["weight_decay"]) == ("adamw", 1e-3, 0.01)
@@ -250,3 +254,26 @@ def test_feature_cache_keys_tell_the_side_tower_apart(clip_tower):
         assert key["name"] == DINO and key["weights"] == "random-init" and key["renormalise"] is None
     finally:
         del clip_tower.side
+
+
+def test_dino_weights_from_a_local_checkpoint(tiny_clip, tmp_path):
+    """timm's state dict in a local file: loaded into the tower, its content part of the run's identity; a missing
+    file is refused at planning's meta build, in one line."""
+    from safetensors.torch import save_file
+    from petlbench.params import meta_counts
+    from petlbench.registry import parse_method_spec
+    _, path = tiny_clip
+    torch.manual_seed(3)
+    reference = side_tower(DINO, TINY_DINO, None, False, False, create(BackboneSpec("clip:tiny", {}, pretrained=False), 3))
+    weights = tmp_path / "dino.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.model.state_dict().items()}, str(weights))
+    spec = f"como_free:dino={DINO}:dino_args={'+'.join(TINY_DINO)}:dino_checkpoint={weights}"
+    model = built(path, spec, torch.randn(6, 3, 32, 32), torch.arange(6) % 3)
+    for name, tensor in reference.model.state_dict().items():
+        assert torch.equal(model.side.model.state_dict()[name], tensor), name
+    method = parse_method_spec(spec)
+    assert len(method.identity()["dino_checkpoint_sha256"]) == 64
+    assert model.side.identity["weights"].startswith("checkpoint sha256:")
+    missing = parse_method_spec(spec.replace(str(weights), str(tmp_path / "gone.safetensors")))
+    with pytest.raises(UserError, match="gone.safetensors: no such file"):
+        meta_counts(BackboneSpec("clip:tiny", {}, pretrained=False), missing)
