@@ -15,6 +15,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
@@ -98,6 +99,21 @@ class ClipVisionTransformer(VisionTransformer):
         if isinstance(self.head, ZeroShotHead) and self.head.num_classes == num_classes:
             return
         super().reset_classifier(num_classes, global_pool)
+
+    # A second image tower (`model.side`, set by a method: CoMo's DINO) sees the same input image; its features join
+    # the pooled token, so the head's input (and every pre-logit feature) is [pooled token, side features]. timm's
+    # ViT hands the image only to forward_features and the head only the tokens: the side's features ride between.
+    def forward_features(self, x, *args, **kwargs):
+        tokens = super().forward_features(x, *args, **kwargs)
+        side = getattr(self, "side", None)
+        return tokens if side is None else (tokens, side(x))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        if not isinstance(x, tuple):
+            return super().forward_head(x, pre_logits)
+        tokens, side = x
+        joined = torch.cat([super().forward_head(tokens, pre_logits=True), side.to(tokens.dtype)], dim=-1)
+        return joined if pre_logits else self.head(joined)
 
 
 def image_tower(visual: nn.Module, name: str, timm_args: dict[str, Any] | None = None) -> ClipVisionTransformer:

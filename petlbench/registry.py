@@ -52,6 +52,8 @@ BUILTIN: dict[str, str] = {
     "loramul_vptadd": "petlbench.methods.loramul_vptadd:LoRAVPT",
     "pace": "petlbench.methods.pace:PACE",
     "noah": "petlbench.methods.noah:Noah",
+    "como": "petlbench.methods.como:CoMo",
+    "como_free": "petlbench.methods.como:CoMoFree",
 }
 
 _runtime: dict[str, type[Method]] = {}

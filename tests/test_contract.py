@@ -20,6 +20,8 @@ NUM_CLASSES = 5
 # selective's default last three blocks are more than they have
 FITTING = {"kadaptation": "kadaptation:factor=6", "selective": "selective:blocks=-1",
            "coop": "coop:n_ctx=8", "cavpt": "cavpt:n_ctx=8"}  # tiny models: 2 blocks; coop: 16 + a name overflow the tiny text context
+TINY_DINO = "dino=vit_small_patch16_224.dino:dino_pretrained=false:dino_args=img_size=32+patch_size=8+embed_dim=24+depth=1"
+FITTING.update(como=f"como:{TINY_DINO}", como_free=f"como_free:{TINY_DINO}")  # a tiny random DINO, nothing fetched
 # every method on every family it supports, and on a tiny CLIP's image tower (a timm ViT) when it supports ViTs or
 # needs CLIP's text side
 PAIRS = [(name, family) for name in sorted(available_methods()) for family in (*ALL_FAMILIES, CLIP_FAMILY)
@@ -34,7 +36,8 @@ def build(family, method):
     selecting method (GPS) selects from training batches, here random images."""
     def fit(model):
         labels = torch.arange(2 * NUM_CLASSES) % NUM_CLASSES
-        method.fit_closed_form(model, torch.randn(len(labels), model.num_features), labels)
+        width = getattr(model.get_classifier(), "in_features", model.num_features)  # CoMo's: CLIP's + DINO's
+        method.fit_closed_form(model, torch.randn(len(labels), width), labels)
 
     def select(model):
         generator = torch.Generator().manual_seed(0)

@@ -118,7 +118,8 @@ def test_every_builtin_method_declares_its_rule():
         "cavpt": "all", "mvlpt": "all",
         "gps": "timm",
         "loramul_vptadd": "all", "pace": "all",
-        "noah": "timm"}
+        "noah": "timm",
+        "como": "all", "como_free": "all"}
 
 
 def test_the_head_grid_trains_together_only_where_the_bias_is_not_decayed():

@@ -20,6 +20,7 @@ from torch import nn
 from petlbench.data.decode import TensorData
 from petlbench.data import shots
 from petlbench.errors import UserError
+from petlbench.sidetower import feature_identity
 from petlbench.engine.features import RunCache, compute
 from petlbench.engine.train import autocast_dtype
 
@@ -64,7 +65,8 @@ class ClosedForm:
             features = torch.from_numpy(compute(model, data, self.device, batch, amp))
             return features.to(self.device), data.labels.to(self.device)
         b = self.plan.backbone  # the same identity as the linear probe's cached features: one entry for both
-        identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": self.plan.preprocessing()}
+        identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": self.plan.preprocessing(),
+                    **feature_identity(model)}  # a side tower (CoMo's DINO) is part of the head's input
         found = self.cache.features.get(model, data, identity, self.device, batch, amp)
         return found.features.to(self.device), found.labels.to(self.device)
 

@@ -26,6 +26,7 @@ from petlbench.data.build import identify
 from petlbench.data.decode import TensorData
 from petlbench.data import classsplit, shots
 from petlbench.errors import UserError
+from petlbench.sidetower import feature_identity
 from petlbench.data.domains import describe as describe_domains
 from petlbench.data.layouts import find_task_dir, split_sha256
 from petlbench.options import as_dict
@@ -216,7 +217,8 @@ def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], tra
                        before_eval=before_eval, objective=plan.method.training_loss),
                 "features": f"not cached: {reason}"}
     b, amp = plan.backbone, autocast_dtype(plan.train, device)
-    identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing()}
+    identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing(),
+                **feature_identity(model)}  # a side tower (CoMo's DINO) is part of the head's input
     start = time.perf_counter()
     if reason == MORE_THAN_HEAD:
         found = prefix.prepare(model, b, plan.task.classes, train, identity, cache.features, device,
