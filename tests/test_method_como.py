@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -224,17 +222,18 @@ def test_runs_through_the_cli(tiny_clip, tiny_tasks, tmp_path):
     their own, so both read the right ones."""
     _, path = tiny_clip
     from tests.test_clip import suite_file
-    out = tmp_path / "results"
+    out, cache = tmp_path / "results", tmp_path / "cache"  # a cache of its own: other tests' entries stay out
     proc = petlbench_cli("run", "--suite", str(suite_file(tmp_path / "s")), "--data-root", str(tiny_tasks),
                          "--out", str(out), "--methods", f"tip_adapter,como_free:{OPTIONS},como:{OPTIONS}",
-                         "--backbone", "clip:tiny", "--checkpoint", str(path), "--train", "epochs=2", "--no-samples")
+                         "--backbone", "clip:tiny", "--checkpoint", str(path), "--train", "epochs=2", "--no-samples",
+                         env={"PETLBENCH_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr
     records = [r for r in (json.loads(p.read_text()) for p in out.rglob("*.json")) if "method" in r]
     by = {r["method"]["name"]: r for r in records}
     assert set(by) == {"tip_adapter", "como_free", "como"}
     assert all(r["status"] == "success" for r in records), [r.get("error") for r in records]
     free, tuned = by["como_free"], by["como"]
-    entries = [p for p in (Path(os.environ["PETLBENCH_CACHE"]) / "features").glob("features-*") if p.is_dir()]
+    entries = [p for p in (cache / "features").glob("features-*") if p.is_dir()]
     assert len(entries) == 4, "val and train of CLIP's features (tip_adapter), of CLIP's + DINO's (both CoMo runs)"
     assert free["train"]["epochs"] == 0 and free["params"]["trainable"] == 0
     assert tuned["metrics"]["epochs"] == 2 and tuned["params"]["trainable_excl_head"] == 64 * 32 + 64 * 24
