@@ -20,6 +20,11 @@ Adam with weight decay would still shrink them; its scripts use wd 0). The delta
 the entries in place. `merge` folds it into the weight. ViT: k x (768 + 12 x 6912) + 83,712 biases = 167,424 at
 k = 1 on ViT-B/16 (the published 0.22M adds the heads).
 
+Swin (the code's models/swin_transformer.py): the same rule on every Linear and Conv2d (patch embedding, qkv, proj,
+fc1, fc2 and the patch-merging reductions); each attention's relative-position bias table trains whole, as the
+code's name rule ("bias" in the name: trainable) makes it, and the absolute position embedding (if any) stays frozen
+("pos_embed"). Swin-B at k = 1: 110,208 entries + 108,416 biases + 63,544 table entries = 282,168.
+
 Departures: the two views use random resized crops (scale 0.08-1, ratio 3/4-4/3) and flips only; the code's colour
 jitter (p 0.8) and grayscale (p 0.2) are left out (they need un-normalised pixels). The gradient epoch keeps its
 last, smaller batch (timm's training loader drops it). `loss=ce` scores with the cross-entropy of the (fresh) head.
@@ -34,6 +39,7 @@ from typing import Annotated, Literal
 import torch
 import torch.nn.functional as F
 from timm.layers import LayerScale
+from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
 from petlbench.method import Method, refuse_above, unfreeze_biases
@@ -123,7 +129,7 @@ class GPS(Method):
     description = "gradient-selected top-k input connections per neuron train (a sparse delta), with biases"
     paper = "GPS (Zhang et al., CVPR 2024)"
     Config = GPSConfig
-    families = ("vit",)
+    families = ("vit", "swin")
     selects = True
     recipe = "noah"  # cosine, 100 epochs, 10 warm-up: GPS's (SSF's) scripts, with their optimizer and batch below
     decay_rule = "timm"  # GPS trains through timm's create_optimizer_v2 (with wd 0 nothing decays anyway)
@@ -150,6 +156,8 @@ class GPS(Method):
         for module in model.modules():
             if isinstance(module, LayerScale):
                 module.gamma.requires_grad_(True)
+            if isinstance(module, WindowAttention) and self.config.bias:
+                module.relative_position_bias_table.requires_grad_(True)
         return model
 
     def select(self, model, batches):

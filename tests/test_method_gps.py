@@ -32,14 +32,14 @@ def random_batches(seed=0, n=20, size=32):
     return [(images[:10], labels[:10]), (images[10:], labels[10:])]
 
 
-def selected(spec="gps:k=3", batches=None, seed=0):
+def selected(spec="gps:k=3", batches=None, seed=0, family="vit"):
     method = parse_method_spec(spec)
     record = {}
 
     def hook(model):
         torch.manual_seed(seed)
         record.update(method.select(model, batches or random_batches()))
-    model, counts, keys = build_model(tiny("vit"), method, CLASSES, seed=0, closed_form=hook)
+    model, counts, keys = build_model(tiny(family), method, CLASSES, seed=0, closed_form=hook)
     return model, counts, keys, record
 
 
@@ -122,6 +122,27 @@ def test_counts_on_vit_b16_in_closed_form():
         counts = count_params(spec, parse_method_spec(f"gps:k={k}"), 100)
         assert counts.trainable_excl_head == k * rows + rows
     assert count_params(spec, parse_method_spec("gps"), 100).trainable_excl_head == 167_424
+
+
+def test_swin_b_counts_in_closed_form():
+    """Swin-B: one entry per row of its 100 weight matrices (110,208 rows), their biases (108,416) and the
+    relative-position bias tables (63,544: the code's name rule trains them whole)."""
+    spec = BackboneSpec("swin_base_patch4_window7_224", {}, pretrained=False)
+    assert count_params(spec, parse_method_spec("gps"), 100).trainable_excl_head == 110_208 + 108_416 + 63_544
+
+
+def test_on_swin_the_selection_keeps_k_per_row_and_the_bias_tables_train():
+    from timm.models.swin_transformer import WindowAttention
+    model, _, _, record = selected("gps:k=2:loss=ce", family="swin")
+    layers = deltas(model)
+    assert layers and all(m.index.shape[1] == 2 and len(set(m.index[0].tolist())) == 2 for m in layers.values())
+    assert record["entries"] == sum(m.delta.numel() for m in layers.values())
+    tables = [m.relative_position_bias_table for m in model.modules() if isinstance(m, WindowAttention)]
+    assert tables and all(t.requires_grad for t in tables)
+    frozen_tables = [m.relative_position_bias_table for m in
+                     build_model(tiny("swin"), parse_method_spec("gps:k=2:bias=false"), CLASSES, seed=0)[0].modules()
+                     if isinstance(m, WindowAttention)]
+    assert not any(t.requires_grad for t in frozen_tables)
 
 
 def test_k_above_the_inputs_of_a_neuron_is_refused():
