@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from petlbench.classnames import names_report
+from petlbench.data import datanames
 from petlbench.data.build import Build, identify
 from petlbench.data.decode import open_image, open_rgb
 from petlbench.errors import UserError
@@ -247,6 +248,7 @@ def run_check(suite: str | Suite, data_root: str | Path | None, tasks: list[str]
     root = resolve_data_root(the_suite, str(data_root) if data_root is not None else None)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root or $PETLBENCH_DATA_ROOT)")
+    datanames.resolve(the_suite, root)  # names from the data's own files (`classnames_from:`)
     checks = check_suite(the_suite, root, selected)
     print(render(checks, the_suite, root))
     warned = [c.task.name for c in checks if c.warnings]
