@@ -220,7 +220,8 @@ def _domains(tasks: list[Task], raw: list[dict], layout: str, where: str) -> Non
             raise UserError(f"{where}: key 'tasks[{i}].train_domains' holds the held-out domain {task.domain!r}")
     for task in tasks if layout == "domainbed" else []:
         same = [t for t in tasks if t.dataset == task.dataset]
-        task.domains = sorted({d for t in same for d in (t.domain, *t.train_domains)})
+        # DomainBed's environments hold every class: a held-out class subset (ImageNet-A/-R) is none of them
+        task.domains = sorted({d for t in same for d in ([] if t.class_subset else [t.domain]) + t.train_domains})
         task.train_domains = task.train_domains or [d for d in task.domains if d != task.domain]
         if not task.train_domains:
             raise UserError(f"{where}: task {task.name!r}: no training domain (one domain of dataset "
