@@ -84,3 +84,5 @@ class Task:
     # 200 of ImageNet's 1000 wnids); its images are scored by the training classes' logits restricted to these
     class_subset: list[str] = field(default_factory=list, repr=False)
     class_subset_source: str = ""
+    # domainbed: multi-hot labels from index files (petlbench.data.multilabel), scored by 11-point mAP (ELEVATER's VOC)
+    multilabel: bool = False

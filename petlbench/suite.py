@@ -192,7 +192,7 @@ def _task(raw: Any, where: str, index: int) -> Task:
     return task_names(Task(name, classes, group, aliases, images.strip("/") if images != "." else ""), raw, where, key)
 
 
-DOMAIN_KEYS = {"dataset", "domain", "train_domains", "class_subset"}  # per task, the domainbed layout's (petlbench.data.domains)
+DOMAIN_KEYS = {"dataset", "domain", "train_domains", "class_subset", "multilabel"}  # per task, the domainbed layout's (petlbench.data.domains)
 
 
 def _domains(tasks: list[Task], raw: list[dict], layout: str, where: str) -> None:
@@ -216,6 +216,9 @@ def _domains(tasks: list[Task], raw: list[dict], layout: str, where: str) -> Non
                                 f"with '.'), got {value!r}")
         if entry.get("class_subset") is not None:  # ImageNet-A/-R: the held-out domain's classes (petlbench.classnames)
             task_subset(task, entry["class_subset"], where, f"tasks[{i}].class_subset")
+        task.multilabel = entry.get("multilabel", False)
+        if not isinstance(task.multilabel, bool):
+            raise UserError(f"{where}: key 'tasks[{i}].multilabel' must be true or false, got {task.multilabel!r}")
         if task.domain in task.train_domains:
             raise UserError(f"{where}: key 'tasks[{i}].train_domains' holds the held-out domain {task.domain!r}")
     for task in tasks if layout == "domainbed" else []:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from petlbench.data import multilabel
 from petlbench.errors import UserError
 from petlbench.specs import Task
 
@@ -140,6 +141,8 @@ def read_split(folder_dir: Path, task: Task, split: str) -> list[tuple[Path, int
     if not folder_dir.is_dir():
         raise UserError(f"{folder_dir}: dataset folder not found (task {task.name}: looked for {task.dataset!r} "
                         f"under {folder_dir.parent}, or its domain folders there)")
+    if task.multilabel:  # ELEVATER's VOC 2007: index files, not class folders (petlbench.data.multilabel)
+        return multilabel.read_split(folder_dir, task, split)
     labels = labels_of(folder_dir, task)
     if split == "test":
         items = domain_images(folder_dir / task.domain, labels[task.domain])

@@ -196,6 +196,9 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
         metrics[plan.metric] = metrics.pop("top1")
         if scored is not None:  # ImageNet-A/-R: the accuracy among the task's class subset
             metrics["scored_classes"] = len(scored)
+        if "map11" in metrics:  # a multi-label task (ELEVATER's VOC 2007): its named metric, e.g. test_map11
+            metrics[plan.metric.replace("top1", "map11")] = metrics.pop("map11")
+            record["protocol"].update(metric="map11", top1="the top-scored class is one of the image's labels")
         if closed:
             record["closed_form"] = closed.record
         if "eval_curve" in metrics:

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from petlbench.auxloss import auxiliary_loss
 from petlbench.data.decode import TensorData
+from petlbench.engine import multilabel
 from petlbench.engine.decay import param_groups
 from petlbench.specs import TrainConfig
 from petlbench.engine.threads import rebalance
@@ -84,6 +85,8 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if multilabel.is_multilabel(train.labels):  # multi-hot labels (ELEVATER's VOC 2007): binary cross-entropy
+        loss_fn = multilabel.loss
     amp = autocast_dtype(cfg, device)
     order = torch.Generator().manual_seed(seed)
     step, seen, epoch_loss, first_loss, curve, eval_time = 0, 0, float("nan"), None, [], 0.0
@@ -140,10 +143,12 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     if before_eval is not None:
         before_eval()
     top1 = evaluate(evaluator, test, cfg, device, keep, scored)
+    named = {"map11": multilabel.map11(evaluator, test, cfg.eval_batch_size, device, amp)} if (
+        multilabel.is_multilabel(test.labels)) else {}  # a multi-label task's own metric, beside its top-1 hits
     metrics = {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_first_step": first_loss,
                "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
                "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1),
-               "cpu_threads": sorted(threads)}
+               "cpu_threads": sorted(threads), **named}
     if retries:  # out of memory: the effective batch (and the result) stayed, split into micro-batches
         metrics.update(micro_batches_per_step=accumulate, out_of_memory_retries=retries)
     if cfg.eval_every:
@@ -201,7 +206,7 @@ def evaluate(model: nn.Module, data: TensorData, cfg: TrainConfig, device: torch
                 if scored is not None:
                     logits = logits.float().masked_fill(~only(scored, logits), float("-inf"))
                 predicted = logits.argmax(dim=1) if keep is None else keep.add(logits, labels)
-                correct += (predicted == labels).sum().item()
+                correct += multilabel.hits(predicted, labels).item()
             return correct / max(len(data), 1)
         except torch.OutOfMemoryError:
             if batch == 1:
