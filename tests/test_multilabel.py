@@ -85,6 +85,11 @@ def test_a_run_records_map11_and_the_table_shows_it(tmp_path):
     assert record["protocol"]["metric"] == "map11" and 0 < record["metrics"]["test_map11"] <= 1
     assert record["data"]["train_images"] == 18 and record["data"]["eval_images"] == 8  # train + val, test
     assert 0 <= record["metrics"]["test_top1"] <= 1  # top-1 hits, kept for every reader of test_top1
+    shots = petlbench_cli("run", "--suite", str(voc_suite(tmp_path / "s.yaml")), "--data-root", str(root),
+                          "--methods", "linear", "--out", str(tmp_path / "few"), "--quiet", "--shots", "2",
+                          "--cache-dir", str(tmp_path / "cache"))
+    (failed,) = load_records(tmp_path / "few")
+    assert failed["status"] == "failed" and failed["error"].startswith("--shots: task voc is multi-label"), shots.stdout
     table = petlbench_cli("table", str(out), "--format", "md")
     assert table.returncode == 0, table.stderr
     assert f"{100 * record['metrics']['test_map11']:.1f}" in table.stdout
