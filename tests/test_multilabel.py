@@ -101,6 +101,8 @@ def test_data_check_counts_classes_and_reports_bad_index_lines(tmp_path):
     suite = voc_suite(tmp_path / "s.yaml")
     check = petlbench_cli("data", "check", "--suite", str(suite), "--data-root", str(root))
     assert check.returncode == 0 and "| 3/3 " in check.stdout, check.stdout  # classes, not label combinations
+    show = petlbench_cli("data", "show", "--suite", str(suite), "--data-root", str(root), "--out", str(tmp_path / "show"))
+    assert show.returncode == 0 and "voc: train 12, val 6, test 8; classes 3/3" in show.stdout, show.stdout + show.stderr
     index = root / "voc-2007-classification" / "test_ic.txt"
     for text, needle in (("test.zip@JPEGImages/test_000.png 0,3\n", "test_ic.txt:1: expected '<image path> "
                                                                          "<label>[,<label>...]' with labels in [0, 3)"),
