@@ -115,6 +115,7 @@ def test_coop11_reads_each_tasks_names_from_its_split_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (record,) = [r for r in (json.loads(p.read_text()) for p in out.rglob("*.json")) if "method" in r]
     assert record["status"] == "success" and record["text"]["classnames"] == ["banded", "blotchy", "braided"]
+    assert record["text"]["source"] == suite.tasks[0].classnames_source  # which file the names came from
 
 
 def test_split_file_names_that_disagree_are_one_line(tmp_path):

@@ -161,7 +161,7 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
                  **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record(),
                  **({"domains": describe_domains(plan.task)} if plan.task.dataset else {})},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
-        **({"text": plan.text()} if plan.text() else {}),
+        **({"text": {**plan.text(), "source": plan.task.classnames_source}} if plan.text() else {}),  # names' origin
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
     }
 
