@@ -121,3 +121,19 @@ def test_elevater_suite_has_voc_with_its_names():
     assert voc.multilabel and voc.classes == 20 == len(voc.classnames) and voc.templates == ["a photo of a {}."]
     assert voc.classnames[0] == "aeroplane" and voc.classnames[-1] == "tvmonitor"
     assert "Elevater_Toolkit_IC@00d0af7" in voc.classnames_source
+
+
+def test_tune_searches_each_point_with_binary_cross_entropy(tmp_path):
+    """The head-only grid trains points together with cross-entropy: a multi-label task runs each point on its own."""
+    root = write_voc(tmp_path / "data")
+    out = tmp_path / "results"
+    proc = petlbench_cli("run", "--suite", str(voc_suite(tmp_path / "s.yaml")), "--data-root", str(root),
+                         "--methods", "linear", "--out", str(out), "--quiet", "--protocol", "tune",
+                         "--grid", "{lr: [0.1, 0.01]}", "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    records = load_records(out)
+    search = [r for r in records if r["protocol"].get("stage") == "search"]
+    final = [r for r in records if r["protocol"].get("stage") == "final"]
+    assert len(search) == 2 and len(final) == 1 and all(r["status"] == "success" for r in records)
+    assert all("val_map11" in r["metrics"] and "val_top1" in r["metrics"] for r in search)
+    assert "test_map11" in final[0]["metrics"]
