@@ -26,6 +26,8 @@ PLACEHOLDER = "{}"
 PACKAGED = "petlbench:"  # a path inside petlbench's benchmarks folder: the shipped lists, from any suite file
 # what a run may use when a task has names but no templates (CLIP's plainest prompt); say so in its record
 DEFAULT_TEMPLATES = ["a photo of a {}."]
+# `classnames_from:` values: names read from the user's data once the data root is known (petlbench.data.datanames)
+FROM_DATA = ("classes.txt", "split_zhou")
 
 
 def read_entries(value: Any, where: str, key: str, what: str) -> tuple[list[str], str]:
@@ -147,12 +149,30 @@ def task_names(task: Task, raw: dict, where: str, key: str) -> Task:
         task.classnames, task.classnames_source = parse_classnames(raw["classnames"], where, f"{key}.classnames")
     if raw.get("templates") is not None:
         task.templates = parse_templates(raw["templates"], where, f"{key}.templates")
+    origin = raw.get("classnames_from")
+    if origin is not None:
+        if origin not in FROM_DATA:
+            raise UserError(f"{where}: key '{key}.classnames_from' must be one of {', '.join(FROM_DATA)} (the data's own "
+                            f"file the names are read from), got {origin!r}")
+        task.classnames_from = origin
     source = raw.get("classnames_source")
     if source is not None:
         if not isinstance(source, str):
             raise UserError(f"{where}: key '{key}.classnames_source' must be a sentence (a string), got {source!r}")
         task.classnames_source = source
     return task
+
+
+def task_subset(task: Task, value: Any, where: str, key: str) -> None:
+    """A held-out domain's class folders (a list or a file of one a line, as class names are given): its images are
+    scored among these of the training classes only (ImageNet-A/-R's 200 wnids); checked for blanks and repeats."""
+    folders, source = read_entries(value, where, key, "class folder names")
+    if not folders or "" in folders or len(set(folders)) != len(folders):
+        raise UserError(f"{where}: key '{key}' must list distinct class folder names, one per class scored")
+    if len(folders) > task.classes:
+        raise UserError(f"{where}: key '{key}' lists {len(folders)} class folders, more than the task's {task.classes} "
+                        "classes")
+    task.class_subset, task.class_subset_source = folders, source
 
 
 def suite_templates(tasks: list[Task], raw: dict, where: str) -> None:

@@ -71,9 +71,18 @@ class Task:
     classnames: list[str] = field(default_factory=list, repr=False)
     templates: list[str] = field(default_factory=list, repr=False)
     classnames_source: str = ""  # where the names come from, in words + repo@commit/path (their file's `# source:`)
+    # names read from the user's data once the data root is known (petlbench.data.datanames): "classes.txt" (an FGVC
+    # dataset's own `<id> <name>` file) or "split_zhou" (CoOp's split file's [path, label, name] triples); "" = none
+    classnames_from: str = ""
     # domainbed layout (petlbench.data.domains): the dataset folder under the data root, the held-out (test) domain
     # folder, the training domain folders, and every domain folder of the dataset the suite names (sorted)
     dataset: str = ""
     domain: str = ""
     train_domains: list[str] = field(default_factory=list)
     domains: list[str] = field(default_factory=list)
+    # domainbed: the label folders the held-out domain holds when it has only some of the training classes (ImageNet-A/-R:
+    # 200 of ImageNet's 1000 wnids); its images are scored by the training classes' logits restricted to these
+    class_subset: list[str] = field(default_factory=list, repr=False)
+    class_subset_source: str = ""
+    # domainbed: multi-hot labels from index files (petlbench.data.multilabel), scored by 11-point mAP (ELEVATER's VOC)
+    multilabel: bool = False

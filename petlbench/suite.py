@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petlbench.classnames import check_classnames, suite_templates, task_names  # noqa: F401 (CLIP runs)
+from petlbench.classnames import check_classnames, suite_templates, task_names, task_subset  # noqa: F401 (CLIP runs)
 from petlbench.errors import UserError
 from petlbench.options import build, read_yaml
 from petlbench.recipes import RECIPES
@@ -22,7 +22,8 @@ from petlbench.specs import INTERPOLATIONS, LAYOUT_SPLITS, Preprocessing, Task, 
 
 TOP_KEYS = {"name", "aliases", "description", "layout", "data_root", "prepare", "backbone", "splits", "groups",
             "preprocessing", "recipe", "train", "method_options", "tasks", "templates"}
-TASK_KEYS = {"name", "classes", "group", "aliases", "images", "classnames", "templates", "classnames_source"}
+TASK_KEYS = {"name", "classes", "group", "aliases", "images", "classnames", "templates", "classnames_source",
+             "classnames_from"}
 BACKBONE_KEYS = {"name", "args", "checkpoint", "pretrained", "mean", "std", "interpolation"}
 PREPARERS = {"demo", "demo-clip"}
 # A name that becomes a folder or file: never a path, never hidden, nothing that leaves the data root or --out.
@@ -191,7 +192,7 @@ def _task(raw: Any, where: str, index: int) -> Task:
     return task_names(Task(name, classes, group, aliases, images.strip("/") if images != "." else ""), raw, where, key)
 
 
-DOMAIN_KEYS = {"dataset", "domain", "train_domains"}  # per task, the domainbed layout's (petlbench.data.domains)
+DOMAIN_KEYS = {"dataset", "domain", "train_domains", "class_subset", "multilabel"}  # per task, the domainbed layout's (petlbench.data.domains)
 
 
 def _domains(tasks: list[Task], raw: list[dict], layout: str, where: str) -> None:
@@ -213,11 +214,17 @@ def _domains(tasks: list[Task], raw: list[dict], layout: str, where: str) -> Non
                     and "/" not in value and "\\" not in value):
                 raise UserError(f"{where}: key 'tasks[{i}].{key}' must be a folder name (no / or \\, not starting "
                                 f"with '.'), got {value!r}")
+        if entry.get("class_subset") is not None:  # ImageNet-A/-R: the held-out domain's classes (petlbench.classnames)
+            task_subset(task, entry["class_subset"], where, f"tasks[{i}].class_subset")
+        task.multilabel = entry.get("multilabel", False)
+        if not isinstance(task.multilabel, bool):
+            raise UserError(f"{where}: key 'tasks[{i}].multilabel' must be true or false, got {task.multilabel!r}")
         if task.domain in task.train_domains:
             raise UserError(f"{where}: key 'tasks[{i}].train_domains' holds the held-out domain {task.domain!r}")
     for task in tasks if layout == "domainbed" else []:
         same = [t for t in tasks if t.dataset == task.dataset]
-        task.domains = sorted({d for t in same for d in (t.domain, *t.train_domains)})
+        # DomainBed's environments hold every class: a held-out class subset (ImageNet-A/-R) is none of them
+        task.domains = sorted({d for t in same for d in ([] if t.class_subset else [t.domain]) + t.train_domains})
         task.train_domains = task.train_domains or [d for d in task.domains if d != task.domain]
         if not task.train_domains:
             raise UserError(f"{where}: task {task.name!r}: no training domain (one domain of dataset "

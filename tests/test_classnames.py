@@ -18,7 +18,7 @@ from petlbench.suite import check_classnames, load_suite, packaged_suites
 from tests.conftest import assert_one_line_error, petlbench_cli
 
 SUITES = {name: load_suite(name) for name in ("vtab1k", "fgvc", "demo")}
-WITHOUT_NAMES = {("fgvc", "nabirds")}  # its names are in no public repository we could read (SOURCES.md)
+WITHOUT_NAMES = {("fgvc", "nabirds")}  # read from the data's own classes.txt (petlbench.data.datanames)
 
 
 def names(suite: str, task: str) -> list[str]:
@@ -33,7 +33,7 @@ def test_every_packaged_task_has_one_name_per_class_and_templates(suite):
         assert task.templates, task.name
         assert all(t.count(PLACEHOLDER) == 1 for t in task.templates), task.name
         if (suite, task.name) in WITHOUT_NAMES:
-            assert task.classnames == [] and "none shipped" in task.classnames_source
+            assert task.classnames == [] and "classes.txt" in task.classnames_source  # read from the data
             with pytest.raises(UserError, match="has no class names"):
                 check_classnames(task)
             continue

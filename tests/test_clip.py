@@ -91,7 +91,8 @@ def test_runner_runs_zeroshot_and_a_vision_method(tiny_clip, tiny_tasks, tmp_pat
     assert by["zeroshot"]["params"]["trainable"] == 0 and by["zeroshot"]["metrics"]["epochs"] == 0
     assert by["zeroshot"]["train"]["epochs"] == 0
     assert by["bitfit"]["params"]["trainable"] > 3 * 32
-    assert by["zeroshot"]["text"] == {"classnames": COUNTS, "templates": ["a photo of a {}."]}
+    assert by["zeroshot"]["text"] == {"classnames": COUNTS, "templates": ["a photo of a {}."],
+                                      "source": f"{suite}: key 'tasks[0].classnames'"}  # where the names came from
     assert by["bitfit"]["backbone"]["args"] == {"head": "zeroshot"}
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     for r in records:  # the recipes' ImageNet mean/std belong to their papers' ViTs: CLIP keeps its own

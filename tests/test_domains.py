@@ -268,12 +268,13 @@ def test_index_named_domain_maps_by_number(tmp_path):
 
 def test_shift_and_elevater_suites():
     shift = load_suite("imagenet_shift")
-    assert [t.name for t in shift.tasks] == ["imagenet", "imagenet_v2", "imagenet_sketch"]
+    assert [t.name for t in shift.tasks] == ["imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
     assert all(t.train_domains == ["train"] and t.classes == 1000 for t in shift.tasks)
-    assert "ImageNet-A and ImageNet-R are not tasks" in shift.description
+    assert "restricted to those 200 classes" in shift.description  # ImageNet-A/-R: tests/test_class_subset.py
     elevater = load_suite("elevater")
     counts = {t.name: t.classes for t in elevater.tasks}
-    assert len(counts) == 19 and "voc-2007-classification" in elevater.description
+    assert len(counts) == 20 and counts["voc-2007-classification"] == 20  # ELEVATER's 20 datasets
+    assert [t.name for t in elevater.tasks if t.multilabel] == ["voc-2007-classification"]  # tests/test_multilabel.py
     assert counts["country211"] == 211 and counts["fgvc-aircraft-2013b-variants102"] == 100
     assert all(t.dataset == t.name and t.domain == "test" and t.train_domains == ["train"] for t in elevater.tasks)
     folder = Path(elevater.path).parent

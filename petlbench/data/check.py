@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from petlbench.classnames import names_report
+from petlbench.data import datanames, multilabel
 from petlbench.data.build import Build, identify
 from petlbench.data.decode import open_image, open_rgb
 from petlbench.errors import UserError
@@ -182,8 +183,8 @@ def list_task(suite: Suite, data_root: Path, task: Task) -> tuple[TaskCheck, lis
         check.counts[split] = len(items)
         (check.test_paths if split in suite.splits["test"] else check.train_paths).update(p for p, _ in items)
         check.problems += split_duplicates(suite.layout, task_dir, task, split)
-        labels.update(label for _, label in items)
-        check.labels[split] = [label for _, label in items]
+        check.labels[split] = [c for _, label in items for c in multilabel.classes_of(label)]  # multi-hot: each class
+        labels.update(check.labels[split])
         paths.update(dict.fromkeys(path for path, _ in items))
     check.classes_seen = len(labels)
     return check, list(paths)
@@ -247,6 +248,7 @@ def run_check(suite: str | Suite, data_root: str | Path | None, tasks: list[str]
     root = resolve_data_root(the_suite, str(data_root) if data_root is not None else None)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root or $PETLBENCH_DATA_ROOT)")
+    datanames.resolve(the_suite, root)  # names from the data's own files (`classnames_from:`)
     checks = check_suite(the_suite, root, selected)
     print(render(checks, the_suite, root))
     warned = [c.task.name for c in checks if c.warnings]

@@ -72,6 +72,9 @@ def apply(plan, train: TensorData, evaluation: TensorData) -> tuple[TensorData, 
     if not plan.protocol.get("base_to_new"):
         return train, evaluation, None
     classes = plan.task.classes
+    if train.labels.dim() == 2:  # an image of a base and a new class is neither
+        raise UserError(f"--base-to-new: task {plan.task.name} is multi-label; base and new classes need one class "
+                        "per image")
     if classes < 2:
         raise UserError(f"--base-to-new: task {plan.task.name} has {classes} class; base and new need at least 2")
     base, new = halves(classes)

@@ -22,6 +22,10 @@ sub-folder, sorted, with ImageFolder's extensions; hidden files left out). Label
 order, and every domain of a task must hold the same class folders, `classes` of them; a domain whose class
 folders are exactly 0 .. classes-1 is read by index (ImageNet-V2's published folders, ELEVATER as petlbench
 lays it out), so its folder `7` is label 7.
+
+A task's `class_subset` (ImageNet-A/-R: 200 of ImageNet's 1000 wnids) lets its held-out domain hold only those
+class folders: they take the training domains' labels, and the test logits are restricted to them before the argmax
+(`scored_labels`; CLIP's and CoOp's scoring of ImageNet-A/-R), so the accuracy is 200-way.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from petlbench.data import multilabel
 from petlbench.errors import UserError
 from petlbench.specs import Task
 
@@ -59,9 +64,11 @@ def by_index(folders: list[str]) -> bool:
 
 
 def labels_of(folder_dir: Path, task: Task) -> dict[str, dict[str, int]]:
-    """Per domain of the task (training domains, then the held-out one): class folder -> label; checked."""
-    domains = [*task.train_domains, task.domain]
-    folders = {d: class_folders(folder_dir / d) for d in domains}
+    """Per domain of the task (training domains, then the held-out one): class folder -> label; checked. A held-out
+    domain with a `class_subset` holds just those folders, labelled as the training domains label them."""
+    every = [*task.train_domains, task.domain]
+    folders = {d: class_folders(folder_dir / d) for d in every}
+    domains = every[:-1] if task.class_subset else every
     for d in domains:
         if len(folders[d]) != task.classes:
             raise UserError(f"{folder_dir / d}: {len(folders[d])} class folders, expected {task.classes} "
@@ -73,7 +80,34 @@ def labels_of(folder_dir: Path, task: Task) -> dict[str, dict[str, int]]:
             where = d if odd in folders[d] else named[0]
             raise UserError(f"{folder_dir / where / odd}: class folder not in every domain of task {task.name} "
                             f"(the domains {', '.join(named)} must hold the same class folders)")
-    return {d: {f: (int(f) if d not in named else i) for i, f in enumerate(folders[d])} for d in domains}
+    labels = {d: {f: (int(f) if d not in named else i) for i, f in enumerate(folders[d])} for d in domains}
+    if task.class_subset:
+        labels[task.domain] = subset_labels(folder_dir, task, folders[task.domain], labels[named[0]] if named else {})
+    return labels
+
+
+def subset_labels(folder_dir: Path, task: Task, folders: list[str], training: dict[str, int]) -> dict[str, int]:
+    """The held-out domain's folders (exactly the task's `class_subset`) with the training domains' labels."""
+    where = folder_dir / task.domain
+    odd = sorted(set(folders) ^ set(task.class_subset))
+    if odd:
+        what = "is not in" if odd[0] in folders else "is missing, listed in"
+        raise UserError(f"{where / odd[0]}: class folder {odd[0]!r} {what} the class_subset of task {task.name} "
+                        f"({len(task.class_subset)} folders, from {task.class_subset_source})")
+    stray = [f for f in folders if f not in training]
+    if stray:
+        raise UserError(f"{where / stray[0]}: class folder {stray[0]!r} is in no training domain of task {task.name} "
+                        f"({', '.join(task.train_domains)}: named class folders, e.g. ImageNet's wnids)")
+    return {f: training[f] for f in folders}
+
+
+def scored_labels(folder_dir: Path, task: Task, splits: list[str]) -> list[int] | None:
+    """The labels a prediction on `splits` may take when the held-out domain has a class subset (ImageNet-A/-R:
+    the 1000-way logits restricted to its 200 classes, as CLIP's and CoOp's evaluations do); None: every class."""
+    if not task.class_subset or "test" not in splits:
+        return None
+    folder_dir = Path(os.path.normpath(os.path.abspath(folder_dir)))
+    return sorted(labels_of(folder_dir, task)[task.domain].values())
 
 
 def domain_images(domain_dir: Path, labels: dict[str, int]) -> list[tuple[Path, int]]:
@@ -107,6 +141,8 @@ def read_split(folder_dir: Path, task: Task, split: str) -> list[tuple[Path, int
     if not folder_dir.is_dir():
         raise UserError(f"{folder_dir}: dataset folder not found (task {task.name}: looked for {task.dataset!r} "
                         f"under {folder_dir.parent}, or its domain folders there)")
+    if task.multilabel:  # ELEVATER's VOC 2007: index files, not class folders (petlbench.data.multilabel)
+        return multilabel.read_split(folder_dir, task, split)
     labels = labels_of(folder_dir, task)
     if split == "test":
         items = domain_images(folder_dir / task.domain, labels[task.domain])
@@ -134,5 +170,10 @@ def listing(folder_dir: Path, task: Task, split: str) -> bytes:
 
 def describe(task: Task) -> dict:
     """The record's `data.domains`: which domain was held out and how the others were split."""
+    subset = {"class_subset": {"classes": len(task.class_subset), "source": task.class_subset_source,
+                               "sha256": hashlib.sha256("\n".join(task.class_subset).encode()).hexdigest()[:16],
+                               "scoring": "test logits restricted to these classes (argmax among them)"}
+              } if task.class_subset else {}
     return {"dataset": task.dataset, "test": task.domain, "train": list(task.train_domains),
-            "holdout_fraction": HOLDOUT_FRACTION, "split": f"DomainBed trial_seed {TRIAL_SEED} (misc.split_dataset)"}
+            "holdout_fraction": HOLDOUT_FRACTION, "split": f"DomainBed trial_seed {TRIAL_SEED} (misc.split_dataset)",
+            **subset}

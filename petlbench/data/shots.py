@@ -110,6 +110,8 @@ def apply(plan, train: TensorData, evaluation: TensorData) -> tuple[TensorData, 
     k = plan.protocol.get("shots")
     if not k:
         return train, evaluation, None
+    if train.labels.dim() == 2:  # multi-hot rows have no one class to draw K of
+        raise UserError(f"--shots: task {plan.task.name} is multi-label; K shots per class need one class per image")
     train, described = take(plan, train, plan.protocol["train_splits"], k, "train")
     described = {"k": k, **described}
     if plan.protocol.get("val_shots"):

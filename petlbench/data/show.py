@@ -18,6 +18,7 @@ from petlbench.outputs import check_writable, written_whole
 from petlbench.data.layouts import find_task_dir, list_images
 from petlbench.specs import Task
 from petlbench.suite import Suite
+from petlbench.data import multilabel
 
 THUMB = 64  # pixels per image in a tile
 SIZE_SAMPLE = 500  # image headers read per task for the size summary
@@ -72,7 +73,7 @@ def show_task(suite: Suite, data_root: Path, task: Task, out: Path, per_class: i
                  for splits in roles.values() for split in splits}
     train = [item for split in roles["train"] for item in per_split[split]]
     by_class = defaultdict(list)
-    for path, label in train:
+    for path, label in ((p, c) for p, y in train for c in multilabel.classes_of(y)):  # multi-hot: under each class
         if len(by_class[label]) < per_class:
             by_class[label].append(path)
     names = class_names(train)
@@ -89,7 +90,7 @@ def show_task(suite: Suite, data_root: Path, task: Task, out: Path, per_class: i
     bars = fig.add_subplot(grid[rows, :])
     width = 0.8 / len(per_split)
     for i, (split, items) in enumerate(per_split.items()):
-        counts = Counter(label for _, label in items)
+        counts = Counter(c for _, label in items for c in multilabel.classes_of(label))
         bars.bar([c + i * width for c in range(task.classes)], [counts.get(c, 0) for c in range(task.classes)],
                  width=width, label=f"{split} ({len(items)})")
     bars.set_xlabel("class")
@@ -103,7 +104,7 @@ def show_task(suite: Suite, data_root: Path, task: Task, out: Path, per_class: i
     tiles = sum(ax.get_label() == "class tile" for ax in fig.axes)
     plt.close(fig)
     return {"task": task.name, "png": str(png), "tiles": tiles, "classes": task.classes,
-            "classes_seen": len({label for items in per_split.values() for _, label in items}),
+            "classes_seen": len({c for items in per_split.values() for _, y in items for c in multilabel.classes_of(y)}),
             "images": {split: len(items) for split, items in per_split.items()},
             "sizes": image_sizes([p for items in per_split.values() for p, _ in items])}
 

@@ -27,7 +27,7 @@ from petlbench.data.decode import TensorData
 from petlbench.data import classsplit, shots
 from petlbench.errors import UserError
 from petlbench.sidetower import feature_identity
-from petlbench.data.domains import describe as describe_domains
+from petlbench.data.domains import describe as describe_domains, scored_labels
 from petlbench.data.layouts import find_task_dir, split_sha256
 from petlbench.options import as_dict
 from petlbench.params import build_model, plan_text
@@ -161,7 +161,7 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
                  **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record(),
                  **({"domains": describe_domains(plan.task)} if plan.task.dataset else {})},
         "env": {**package_versions(), "petlbench_git": git_revision(), "device": device_description(device)},
-        **({"text": plan.text()} if plan.text() else {}),
+        **({"text": {**plan.text(), "source": plan.task.classnames_source}} if plan.text() else {}),  # names' origin
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {}),
     }
 
@@ -190,9 +190,15 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
         record["data"].update(folder=str(task_dir), split_files_sha256={
             split: split_sha256(plan.suite.layout, task_dir, plan.task, split)[:16] for split in used})
+        scored = scored_labels(task_dir, plan.task, plan.protocol["eval_splits"]) if plan.task.dataset else None
         metrics = train_model(built, model, task_keys, train, evaluation, device, progress, cache, keep,
-                              (lambda: closed.choose(model)) if closed else None)
+                              (lambda: closed.choose(model)) if closed else None, scored)
         metrics[plan.metric] = metrics.pop("top1")
+        if scored is not None:  # ImageNet-A/-R: the accuracy among the task's class subset
+            metrics["scored_classes"] = len(scored)
+        if "map11" in metrics:  # a multi-label task (ELEVATER's VOC 2007): its named metric, e.g. test_map11
+            metrics[plan.metric.replace("top1", "map11")] = metrics.pop("map11")
+            record["protocol"].update(metric="map11", top1="the top-scored class is one of the image's labels")
         if closed:
             record["closed_form"] = closed.record
         if "eval_curve" in metrics:
@@ -208,13 +214,13 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
 
 def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], train: TensorData,
                 evaluation: TensorData, device: torch.device, progress: bool | None, cache: RunCache,
-                keep: TopK | None = None, before_eval=None) -> dict:
+                keep: TopK | None = None, before_eval=None, scored: list[int] | None = None) -> dict:
     """The one training loop; on cached pre-logit features when only the head trains (petlbench.engine.features), on
     cached activations entering block k when nothing before it trains or changed (petlbench.engine.prefix)."""
     reason = "off" if cache.features is None else why_not(model, task_keys, train)
     if reason is not None and reason != MORE_THAN_HEAD:
         return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
-                       before_eval=before_eval, objective=plan.method.training_loss),
+                       before_eval=before_eval, objective=plan.method.training_loss, scored=scored),
                 "features": f"not cached: {reason}"}
     b, amp = plan.backbone, autocast_dtype(plan.train, device)
     identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing(),
@@ -225,18 +231,18 @@ def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], tra
                                plan.train.eval_batch_size, amp)
         if isinstance(found, str):
             return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
-                          before_eval=before_eval, objective=plan.method.training_loss),
+                          before_eval=before_eval, objective=plan.method.training_loss, scored=scored),
                     "features": f"not cached: {found}"}
         tail, on_train = found
         seconds = round(time.perf_counter() - start, 3)
         metrics = fit(tail, on_train, evaluation, plan.train, device, plan.seed, progress, evaluator=model, keep=keep,
-                      before_eval=before_eval, objective=plan.method.training_loss)
+                      before_eval=before_eval, objective=plan.method.training_loss, scored=scored)
         return {**metrics, "features": f"cached before block {tail.first}", "features_time_s": seconds}
     on_train, on_eval = (cache.features.get(model, data, identity, device, plan.train.eval_batch_size, amp)
                          for data in (train, evaluation))
     seconds = round(time.perf_counter() - start, 3)
     metrics = fit(model.get_classifier(), on_train, on_eval, plan.train, device, plan.seed, progress, keep=keep,
-                  before_eval=before_eval)
+                  before_eval=before_eval, scored=scored)
     return {**metrics, "features": "cached", "features_time_s": seconds}
 
 

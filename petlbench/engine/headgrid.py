@@ -147,7 +147,8 @@ def execute_grid(plans: list, out, device: torch.device, cache, progress, log, w
     same_method = all(p.method.config == base.method.config for p in plans)
     few_shot = base.protocol.get("shots") or base.protocol.get("base_to_new")  # each point through execute, which
     # draws the shots (keeps the base classes) and records them
-    if cache.features is None or not same_method or not batchable([p.train for p in plans]) or few_shot:
+    multi = base.task.multilabel  # multi-hot labels train with binary cross-entropy: each point through execute
+    if cache.features is None or not same_method or not batchable([p.train for p in plans]) or few_shot or multi:
         return list(one_by_one(range(len(plans))).values())
     try:
         prep = base.preprocessing()

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from petlbench.auxloss import auxiliary_loss
 from petlbench.data.decode import TensorData
+from petlbench.engine import multilabel
 from petlbench.engine.decay import param_groups
 from petlbench.specs import TrainConfig
 from petlbench.engine.threads import rebalance
@@ -62,7 +63,7 @@ EXPLODED = 100.0  # an epoch's loss this far above it: stop now rather than trai
 
 def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
         seed: int, progress: bool | None = None, evaluator: nn.Module | None = None, keep=None,
-        before_eval=None, objective=None) -> dict:
+        before_eval=None, objective=None, scored: list[int] | None = None) -> dict:
     """Train for cfg.epochs and evaluate at the end (the number reported; no test-set selection).
 
     With cfg.eval_every = N the evaluation split is also scored every N epochs; that curve is recorded
@@ -71,6 +72,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     `keep` (petlbench.engine.samples.TopK) collects the last evaluation's per-image top classes.
     `before_eval()` runs after training, before the final evaluation (a closed-form method's choice on val).
     `objective(model, images, labels, loss_fn)` is the batch's training loss (a method's `training_loss`); default CE.
+    `scored`: the only classes a prediction on `test` may take (ImageNet-A/-R's 200 of 1000); None: all.
     """
     layout = memory_format(model)
     model.to(device, memory_format=layout)
@@ -83,6 +85,8 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(train) / cfg.batch_size))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if multilabel.is_multilabel(train.labels):  # multi-hot labels (ELEVATER's VOC 2007): binary cross-entropy
+        loss_fn = multilabel.loss
     amp = autocast_dtype(cfg, device)
     order = torch.Generator().manual_seed(seed)
     step, seen, epoch_loss, first_loss, curve, eval_time = 0, 0, float("nan"), None, [], 0.0
@@ -129,7 +133,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
             raise Diverged(diverged(epoch_loss, epoch, first_loss))
         if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < cfg.epochs:
             tick = time.perf_counter()
-            curve.append([epoch, evaluate(evaluator, test, cfg, device)])
+            curve.append([epoch, evaluate(evaluator, test, cfg, device, scored=scored)])
             eval_time += time.perf_counter() - tick
     if first_loss is not None and epoch_loss > DIVERGED * first_loss:
         raise Diverged(diverged(epoch_loss, cfg.epochs, first_loss))
@@ -138,11 +142,13 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     train_time = time.perf_counter() - start - eval_time
     if before_eval is not None:
         before_eval()
-    top1 = evaluate(evaluator, test, cfg, device, keep)
+    top1 = evaluate(evaluator, test, cfg, device, keep, scored)
+    named = {"map11": multilabel.map11(evaluator, test, cfg.eval_batch_size, device, amp)} if (
+        multilabel.is_multilabel(test.labels)) else {}  # a multi-label task's own metric, beside its top-1 hits
     metrics = {"top1": top1, "lr_effective": effective_lr(cfg), "train_loss_first_step": first_loss,
                "train_loss_last_epoch": epoch_loss, "epochs": cfg.epochs, "steps": step,
                "train_time_s": round(train_time, 3), "train_images_per_s": round(seen / max(train_time, 1e-9), 1),
-               "cpu_threads": sorted(threads)}
+               "cpu_threads": sorted(threads), **named}
     if retries:  # out of memory: the effective batch (and the result) stayed, split into micro-batches
         metrics.update(micro_batches_per_step=accumulate, out_of_memory_retries=retries)
     if cfg.eval_every:
@@ -166,15 +172,24 @@ def backward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, accum
     return total
 
 
+def only(scored: list[int], logits: torch.Tensor) -> torch.Tensor:
+    """A (1, classes) mask of the scored classes."""
+    mask = torch.zeros(1, logits.shape[1], dtype=torch.bool, device=logits.device)
+    mask[0, scored] = True
+    return mask
+
+
 def diverged(loss: float, epoch: int, first: float) -> str:
     return (f"training diverged: loss {loss:.4g} at epoch {epoch}, {loss / first:.3g}x the first step's {first:.4g}; "
             "lower the learning rate")
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, cfg: TrainConfig, device: torch.device, keep=None) -> float:
+def evaluate(model: nn.Module, data: TensorData, cfg: TrainConfig, device: torch.device, keep=None,
+             scored: list[int] | None = None) -> float:
     """Top-1 on `data`; out of memory, the evaluation batch halves (the answer does not depend on it).
-    With `keep` (a TopK) every image's top classes are collected too, and top-1 is counted from them."""
+    With `keep` (a TopK) every image's top classes are collected too, and top-1 is counted from them.
+    With `scored`, the other classes' logits are -inf: the prediction is the argmax among those classes."""
     model.eval()
     amp, layout = autocast_dtype(cfg, device), memory_format(model)
     batch = cfg.eval_batch_size
@@ -188,8 +203,10 @@ def evaluate(model: nn.Module, data: TensorData, cfg: TrainConfig, device: torch
                 images = images.contiguous(memory_format=layout) if images.dim() == 4 else images
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = model(images)
+                if scored is not None:
+                    logits = logits.float().masked_fill(~only(scored, logits), float("-inf"))
                 predicted = logits.argmax(dim=1) if keep is None else keep.add(logits, labels)
-                correct += (predicted == labels).sum().item()
+                correct += multilabel.hits(predicted, labels).item()
             return correct / max(len(data), 1)
         except torch.OutOfMemoryError:
             if batch == 1:

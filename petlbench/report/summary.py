@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from petlbench.errors import UserError
+from petlbench.report.taskmetrics import task_metric
 
 KEYS = ["method", "backbone"]  # one table row per method label (and backbone)
 GROUPS_MEAN, TASKS_MEAN, MEAN = "mean (groups)", "mean (tasks)", "mean"
@@ -105,7 +106,7 @@ def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
     for r in records:
         if r.get("status") != "success" or r.get("protocol", {}).get("stage") == "search":
             continue
-        top1, label = r["metrics"]["test_top1"], r["method"]["label"]
+        top1, label = task_metric(r), r["method"]["label"]  # test_top1, or a task's named metric (VOC's mAP)
         label = (r.get("paper") or {}).get("label") or label  # --protocol paper: one row per method and source
         shots = (r.get("protocol") or {}).get("shots")  # --shots K: a row per K, never averaged with another K
         label = f"{label} [{shots}-shot]" if shots else label

@@ -19,6 +19,7 @@ from petlbench.report.published import MODES, compare
 from petlbench.records import current, load_records
 from petlbench.report.summary import KEYS, Stats, aggregate, records_frame, suite_info
 from petlbench.report.samples import ece_by_row
+from petlbench.report.taskmetrics import metric_notes
 
 FORMATS = ("md", "csv", "latex", "html")
 REPORT_TITLE = {"last": "last epoch",
@@ -105,6 +106,7 @@ def render_records(records: list[dict], fmt: str = "md", where: str = "these run
         several = stats.mean.index.get_level_values("backbone").nunique() > 1
         blocks = [b if several else b.drop(columns="backbone") for b in blocks]
         notes = table_notes(info, stats, comparison) + few_notes + marks + ([ECE_NOTE] if ece is not None else [])
+        notes += metric_notes([r for r in records if r.get("suite") == name])  # VOC's mAP, ImageNet-A/-R's 200 classes
         if fmt == "csv":
             parts.append(pd.concat(blocks).assign(suite=name).to_csv(index=False))
             continue

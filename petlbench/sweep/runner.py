@@ -18,6 +18,7 @@ from petlbench.sweep.executors import InProcess, LocalWorkers
 from petlbench.sweep.jobs import say
 from petlbench import outputs
 from petlbench.options import build
+from petlbench.data import datanames
 from petlbench.plan import DATA_ROOT_ENV, resolve_backbone, resolve_data_root
 from petlbench.registry import parse_method_list, refuse_unsupported
 from petlbench.specs import PROTOCOLS, TrainConfig
@@ -100,6 +101,7 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     prepare_suite(the_suite, root, log=log)
     if not root.is_dir():
         raise UserError(f"data root {root}: folder not found (from --data-root, the suite or ${DATA_ROOT_ENV})")
+    datanames.resolve(the_suite, root)  # `classnames_from:` (NABirds' classes.txt, CoOp's split files)
     spec = resolve_backbone(the_suite, root, backbone, backbone_args, checkpoint, random_init, mean, std)
     refuse_unsupported(method_list, check_backbone(spec), spec.name)
     cache = resolve_cache_dir(cache_dir)
