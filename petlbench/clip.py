@@ -122,7 +122,7 @@ def image_tower(visual: nn.Module, name: str, timm_args: dict[str, Any] | None =
     from open_clip.transform import PreprocessCfg
     from open_clip.transformer import VisionTransformer as OpenClipViT
     if not isinstance(visual, OpenClipViT):
-        raise UserError(f"backbone {name!r}: petlbench reads open_clip's ViT image towers only "
+        raise UserError(f"backbone {name!r}: petlbench reads open_clip's ViT and ModifiedResNet image towers only "
                         f"(this one is {type(visual).__name__})")
     if (visual.attn_pool is not None or visual.pool_type != "tok" or isinstance(visual.ln_pre, nn.Identity)
             or not isinstance(visual.patch_dropout, nn.Identity) or visual.final_ln_after_pool):
