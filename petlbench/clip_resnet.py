@@ -52,6 +52,8 @@ class ClipResNet(ResNet):
     def forward_head(self, x, pre_logits: bool = False):
         maps, side = x if isinstance(x, tuple) else (x, None)
         pooled = self.global_pool(maps)  # CLIP's attention pool: the image embedding
+        if self.drop_rate:  # timm's `drop_rate`, before the classifier
+            pooled = nn.functional.dropout(pooled, p=float(self.drop_rate), training=self.training)
         if side is not None:
             pooled = torch.cat([pooled, side.to(pooled.dtype)], dim=-1)
         return pooled if pre_logits else self.head(pooled)
