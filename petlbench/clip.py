@@ -160,9 +160,9 @@ def vit_like(visual: nn.Module, block: nn.Module, width: int, timm_args: dict[st
 
 def create(spec, num_classes: int, classnames: list[str] | None = None,
            templates: list[str] | None = None) -> ClipVisionTransformer | ClipResNet:
-    """The CLIP image tower as a timm ViT (a ResNet tower as a timm ResNet, petlbench.clip_resnet), its text side in `model.clip`, and the head the spec's `head` names:
-    `linear` (timm's fresh linear layer on the pooled token, as timm fine-tunes CLIP) or `zeroshot` (CLIP's
-    projection and the class names' text embeddings, which train)."""
+    """The CLIP image tower as a timm ViT (a ResNet tower as a timm ResNet, petlbench.clip_resnet), its text side
+    in `model.clip`, and the head the spec's `head` names: `linear` (timm's fresh linear layer on the pooled token,
+    as timm fine-tunes CLIP) or `zeroshot` (CLIP's projection and the class names' text embeddings, which train)."""
     if classnames and len(classnames) != num_classes:
         raise UserError(f"backbone {spec.name}: the task has {num_classes} classes but {len(classnames)} class names")
     clip = open_clip_model(spec)
