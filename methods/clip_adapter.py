@@ -69,7 +69,7 @@ class ClipAdapter(Method):
     description = "residual bottleneck MLP on CLIP's image feature (ratio 0.2), fixed text classifier"
     paper = "Gao et al., 2021 (CLIP-Adapter, arXiv 2110.04544)"
     Config = ClipAdapterConfig
-    families = ("vit",)
+    families = ("vit", "resnet")  # CLIP's ViT or ResNet image tower (petlbench.clip, petlbench.clip_resnet)
     needs_text = True
     backbone_defaults = {"drop_path_rate": 0.0, "mean": "backbone", "std": "backbone"}  # CLIP's own preprocessing
     decay_rule = "all"  # Dassl's build_optimizer over the adapter's parameters (weights only, no biases)

@@ -64,7 +64,7 @@ class CoCoOp(Method):
     description = "CoCoOp: CoOp's context plus an image-conditioned bias from a meta-net (4 vectors, 'a photo of a')"
     paper = "Zhou et al., CVPR 2022 (CoCoOp)"
     Config = CoCoOpConfig
-    families = ("vit",)
+    families = ("vit", "resnet")  # CLIP's ViT or ResNet image tower (petlbench.clip, petlbench.clip_resnet)
     needs_text = True
     recipe = "coop"
     decay_rule = "all"  # Dassl's SGD: one group, every trained tensor (the recipe's rule too)

@@ -166,7 +166,7 @@ class CoMo(Method):
                    "fine-tuned; alpha, beta chosen on val)")
     paper = "Zhang et al., 2022 (CoMo, arXiv 2209.12255; code: CaFo, CVPR 2023)"
     Config = CoMoConfig
-    families = ("vit",)
+    families = ("vit", "resnet")  # CLIP's ViT or ResNet image tower (petlbench.clip, petlbench.clip_resnet)
     needs_text = True
     closed_form = True
     trains = True

@@ -60,7 +60,7 @@ class CoOp(Method):
     description = "CoOp: learned context vectors in CLIP's text prompt (16, shared by all classes, name at the end)"
     paper = "Zhou et al., IJCV 2022 (CoOp)"
     Config = CoOpConfig
-    families = ("vit",)  # the CLIP image tower, read as a timm ViT
+    families = ("vit", "resnet")  # the CLIP image tower, read as a timm ViT or ResNet
     needs_text = True
     recipe = "coop"
     decay_rule = "all"  # Dassl's SGD: one group, every trained tensor (the recipe's rule too)

@@ -139,7 +139,7 @@ class TipAdapter(Method):
     description = "CLIP zero-shot plus a cache of the training images' features (alpha, beta chosen on val); no training"
     paper = "Zhang et al., ECCV 2022 (Tip-Adapter)"
     Config = TipConfig
-    families = ("vit",)
+    families = ("vit", "resnet")  # CLIP's ViT or ResNet image tower (petlbench.clip, petlbench.clip_resnet)
     needs_text = True
     trains = False
     closed_form = True

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from petlbench.backbones import anatomy, replace_module
+from petlbench.errors import UserError
 from petlbench.method import Method, refuse_above
 from petlbench.options import Range
 from petlbench.recipes import IMAGENET_MEAN, IMAGENET_STD, WEIGHT_DECAYS
@@ -86,6 +87,10 @@ class VPTPad(Method):
     defaults_source = SOURCE
 
     def check_fit(self, model):
+        fixed = anatomy(model, self.name).extra.get("fixed_input")
+        if fixed:
+            raise UserError(f"method {self.name}: the backbone takes its input size only ({fixed}); a padded border "
+                            "would grow the image")
         refuse_above(self, "option 'pixels'", self.config.pixels, min(anatomy(model, self.name).input_size),
                      "the side of the backbone's input (a border wider than the image)")
 

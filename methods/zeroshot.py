@@ -22,7 +22,7 @@ class ZeroShot(Method):
     name = "zeroshot"
     description = "CLIP's zero-shot classifier from class names and prompt templates; no training"
     paper = "Radford et al., ICML 2021 (CLIP)"
-    families = ("vit",)
+    families = ("vit", "resnet")  # CLIP's ViT or ResNet image tower (petlbench.clip, petlbench.clip_resnet)
     needs_text = True
     trains = False
 

@@ -19,6 +19,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from petlbench.clip_resnet import ClipResNet, is_modified_resnet, resnet_tower
 from petlbench.errors import UserError
 from petlbench.statefiles import read_state_dict
 from petlbench.textheads import ClipText, ZeroShotHead
@@ -121,7 +122,7 @@ def image_tower(visual: nn.Module, name: str, timm_args: dict[str, Any] | None =
     from open_clip.transform import PreprocessCfg
     from open_clip.transformer import VisionTransformer as OpenClipViT
     if not isinstance(visual, OpenClipViT):
-        raise UserError(f"backbone {name!r}: petlbench reads open_clip's ViT image towers only "
+        raise UserError(f"backbone {name!r}: petlbench reads open_clip's ViT and ModifiedResNet image towers only "
                         f"(this one is {type(visual).__name__})")
     if (visual.attn_pool is not None or visual.pool_type != "tok" or isinstance(visual.ln_pre, nn.Identity)
             or not isinstance(visual.patch_dropout, nn.Identity) or visual.final_ln_after_pool):
@@ -158,16 +159,22 @@ def vit_like(visual: nn.Module, block: nn.Module, width: int, timm_args: dict[st
 
 
 def create(spec, num_classes: int, classnames: list[str] | None = None,
-           templates: list[str] | None = None) -> ClipVisionTransformer:
-    """The CLIP image tower as a timm ViT, its text side in `model.clip`, and the head the spec's `head` names:
-    `linear` (timm's fresh linear layer on the pooled token, as timm fine-tunes CLIP) or `zeroshot` (CLIP's
-    projection and the class names' text embeddings, which train)."""
+           templates: list[str] | None = None) -> ClipVisionTransformer | ClipResNet:
+    """The CLIP image tower as a timm ViT (a ResNet tower as a timm ResNet, petlbench.clip_resnet), its text side
+    in `model.clip`, and the head the spec's `head` names: `linear` (timm's fresh linear layer on the pooled token,
+    as timm fine-tunes CLIP) or `zeroshot` (CLIP's projection and the class names' text embeddings, which train)."""
     if classnames and len(classnames) != num_classes:
         raise UserError(f"backbone {spec.name}: the task has {num_classes} classes but {len(classnames)} class names")
     clip = open_clip_model(spec)
-    model = image_tower(clip.visual, spec.name, {k: v for k, v in spec.args.items() if k not in OWN_ARGS})
+    timm_args = {k: v for k, v in spec.args.items() if k not in OWN_ARGS}
+    if is_modified_resnet(clip.visual):  # RN50, ...: its attention pool ends in the joint space (c_proj)
+        model = resnet_tower(clip.visual, spec.name, timm_args)
+        projection = torch.eye(model.num_features, device=clip.logit_scale.device)
+    else:
+        model = image_tower(clip.visual, spec.name, timm_args)
+        projection = clip.visual.proj
     names = classnames or [f"class {i}" for i in range(num_classes)]  # planning's builds: counts need no names
-    text = ClipText.from_open_clip(clip, spec.name[len(PREFIX):], clip.visual.proj, names, templates or [])
+    text = ClipText.from_open_clip(clip, spec.name[len(PREFIX):], projection, names, templates or [])
     model.clip = text  # a plain attribute: ClipText is not an nn.Module, so the image model's parameters exclude it
     if spec.args.get("head", "linear") == "zeroshot":
         model.head = ZeroShotHead.from_text(text)

@@ -23,4 +23,7 @@ def read(model: ResNet) -> Anatomy:
             blocks.append(Block(container=stage, key=str(i), module=blk, in_dim=int(convs[0].in_channels),
                                 dim=int(convs[-1].out_channels), stage=s, norms=norms, convs=convs, acts=acts))
     # the stem's width is what the first block reads (conv1 may be a deep stem, or wrapped by a method)
-    return Anatomy("resnet", blocks, "nchw", model.conv1, blocks[0].in_dim, _input_size(model))
+    # CLIP's ResNet towers pool by attention over a grid of learned positions (petlbench.clip_resnet): one input size
+    extra = {"fixed_input": "CLIP's attention pool has a position per cell"} if getattr(
+        model.global_pool, "positional_embedding", None) is not None else {}
+    return Anatomy("resnet", blocks, "nchw", model.conv1, blocks[0].in_dim, _input_size(model), extra=extra)

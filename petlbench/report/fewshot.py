@@ -21,7 +21,8 @@ SPLIT_LAYOUT = "coop"  # the layout whose splits the published numbers used
 METHOD_NAMES = {"zero_shot_clip": "zeroshot"}  # the file's names -> petlbench's
 # open_clip model names (`--backbone clip:<name>`, with `pretrained=<tag>` in its args) -> the file's timm names
 OPEN_CLIP = {"RN50": "resnet50_clip", "RN101": "resnet101_clip", "ViT-B-32": "vit_base_patch32_clip_224",
-             "ViT-B-16": "vit_base_patch16_clip_224", "ViT-L-14": "vit_large_patch14_clip_224"}
+             "ViT-B-16": "vit_base_patch16_clip_224", "ViT-L-14": "vit_large_patch14_clip_224",
+             "RN50x4": "resnet50x4_clip", "RN50x16": "resnet50x16_clip", "RN50x64": "resnet50x64_clip"}
 
 
 def timm_name(backbone: dict) -> str:
