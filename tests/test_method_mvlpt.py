@@ -103,7 +103,13 @@ def test_one_source_run_for_many_targets(clip_checkpoint, three_tasks, tmp_path)
                                                                                      new_source["run_id"]}
 
 
-@pytest.mark.parametrize("variant", ["mvpt", "mcoop"])
+UNIFIED = {"ctx", "visual", *(f"{side}_{way}.{t}" for side in ("text", "visual") for way in ("in", "out")
+                              for t in ("weight", "bias")),
+           *(f"mixer.resblocks.0.{m}.{t}" for m in ("ln_1", "ln_2", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")
+             for t in ("weight", "bias")), "mixer.resblocks.0.attn.in_proj_weight", "mixer.resblocks.0.attn.in_proj_bias"}
+
+
+@pytest.mark.parametrize("variant", ["mvpt", "mcoop", "mupt"])
 def test_target_starts_from_the_source_prompts(clip_checkpoint, tmp_path, variant):
     from petlbench.methods.mvlpt import SourcePrompts
     from petlbench.backbone import file_sha256
@@ -123,7 +129,8 @@ def test_target_starts_from_the_source_prompts(clip_checkpoint, tmp_path, varian
         assert torch.equal(own[name].detach(), value), name
     fresh, _, _ = build_model(spec, parse_method_spec(f"mvlpt:tokens=3:variant={variant}"), 6, seed=7, classnames=NAMES["shapes"])
     first = next(iter(saved))
-    assert set(saved) == ({"head.ctx"} if variant == "mcoop" else {"blocks.0.0.prompts", "blocks.1.0.prompts"})
+    assert set(saved) == {"mcoop": {"head.ctx"}, "mvpt": {"blocks.0.0.prompts", "blocks.1.0.prompts"},
+                          "mupt": {f"blocks.0.0.unified.{n}" for n in UNIFIED}}[variant]
     assert not torch.equal(dict(fresh.named_parameters())[first], saved[first])
     assert method.identity()["init_sha256"] == file_sha256(path), "the source's prompts are part of the config"
     # one step: only the prompts move; both frozen towers (and the text classifier) are bit-identical
@@ -161,6 +168,59 @@ def test_bad_sources_are_one_line(clip_checkpoint, three_tasks, tmp_path):
                           "at least two")
     assert_one_line_error(run(suite, three_tasks, out, clip_checkpoint, "--protocol", "tune",
                               methods="mvlpt:sources=count+position"), "--protocol final")
-    assert_one_line_error(run(suite, three_tasks, out, clip_checkpoint, methods="mvlpt:variant=mupt"),
-                          "mupt", "not in petlbench yet")
+    assert_one_line_error(run(suite, three_tasks, out, clip_checkpoint, methods="mvlpt:variant=mupt:mixing=some"),
+                          "mixing", "released")
     assert not list(out.rglob("*.json")), "refused before any run"
+
+
+def unified_count(text: int, image: int, layers: int, m: int, d: int = 128) -> int:
+    """MUPT's trainable tensors: M context vectors, M prompts per layer, the maps into and out of the shared layer's
+    width d (none where a width is d), one transformer layer of width d (attention 4d^2 + 4d, MLP 8d^2 + 5d, two
+    LayerNorms 4d)."""
+    maps = sum(2 * w * d + w + d for w in (text, image) if w != d)
+    return m * text + layers * m * image + maps + 12 * d * d + 13 * d
+
+
+def test_mupt_parameter_count():
+    from petlbench.params import count_params
+    vit_b = count_params(BackboneSpec("clip:ViT-B-16", {}, pretrained=False), parse_method_spec("mvlpt:variant=mupt"), 10)
+    assert vit_b.trainable == unified_count(512, 768, 12, 4) == 566_400, "ViT-B/16 at MUPT's released M=4, width 128"
+    assert vit_b.head == 0, "the context and prompts are the method's; the classifier is the frozen text tower"
+    tiny = count_params(BackboneSpec("clip:tiny", {}, pretrained=False),
+                        parse_method_spec("mvlpt:variant=mupt:tokens=3:proj_dim=48"), 6)
+    assert tiny.trainable == unified_count(48, 48, 2, 3, d=48) == 3 * 48 + 2 * 3 * 48 + 12 * 48 ** 2 + 13 * 48
+    identity = parse_method_spec("mvlpt").identity()
+    assert identity == {"sources": [], "variant": "mvpt", "tokens": 16, "dropout": 0.0}, \
+        "the visual and text variants keep the configuration they had before MUPT"
+
+
+def test_mupt_trains_only_the_unified_prompts(clip_checkpoint):
+    spec = BackboneSpec("clip:tiny", {}, checkpoint=str(clip_checkpoint))
+    model, _, _ = build_model(spec, parse_method_spec("mvlpt:variant=mupt"), 6, seed=0, classnames=NAMES["shapes"])
+    unified = model.get_classifier().unified
+    assert all(block[0].unified is unified for block in model.blocks), "every layer's prompts come from one module"
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    text = {n: p.detach().clone() for n, p in model.clip.tower.named_parameters()}
+    before = {n: p.detach().clone() for n, p in unified.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen), "image tower moved"
+    assert all(torch.equal(p, text[n]) for n, p in model.clip.tower.named_parameters()), "text tower moved"
+    moved = {n for n, p in unified.named_parameters() if not torch.equal(p, before[n])}
+    assert {"ctx", "visual", "text_in.weight", "visual_in.weight", "mixer.resblocks.0.mlp.c_fc.weight"} <= moved, \
+        "both the text and the visual side train through the shared layer"
+
+
+def test_mupt_runs_both_phases(clip_checkpoint, three_tasks, tmp_path):
+    suite, out = write_suite(tmp_path), tmp_path / "results"
+    proc = run(suite, three_tasks, out, clip_checkpoint, "--tasks", "shapes",
+               methods="mvlpt:sources=count+position:variant=mupt:tokens=2:proj_dim=16")
+    assert proc.returncode == 0, proc.stderr
+    sources, targets = records(out)
+    assert [s["status"] for s in sources] == ["success"] and [t["task"] for t in targets] == ["shapes"]
+    assert sources[0]["prompts"]["tensors"] == len(UNIFIED), "the shared layer is handed on with the prompts"
+    assert targets[0]["status"] == "success", targets[0].get("error")
+    assert targets[0]["params"]["trainable"] == unified_count(48, 48, 2, 2, d=16)
+    assert targets[0]["mvlpt"]["source"]["run_id"] == sources[0]["run_id"]
+    assert targets[0]["method"]["options"]["variant"] == "mupt"
