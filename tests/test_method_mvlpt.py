@@ -224,3 +224,45 @@ def test_mupt_runs_both_phases(clip_checkpoint, three_tasks, tmp_path):
     assert targets[0]["params"]["trainable"] == unified_count(48, 48, 2, 2, d=16)
     assert targets[0]["mvlpt"]["source"]["run_id"] == sources[0]["run_id"]
     assert targets[0]["method"]["options"]["variant"] == "mupt"
+
+
+def status(suite, data, out, checkpoint, methods="mvlpt:sources=count+position:tokens=2"):
+    proc = petlbench_cli("status", str(out), "--suite", str(suite), "--data-root", str(data), "--methods", methods,
+                         "--backbone", "clip:tiny", "--checkpoint", str(checkpoint), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    return {(r["stage"], r["task"]): r for r in found["rows"]}, found["notes"]
+
+
+def state(row):
+    return next(s for s in ("done", "failed", "running", "missing") if row[s])
+
+
+def test_status_shows_the_source_run_and_its_targets(clip_checkpoint, three_tasks, tmp_path):
+    suite, out = write_suite(tmp_path), tmp_path / "results"
+    rows, notes = status(suite, three_tasks, out, clip_checkpoint)
+    assert set(rows) == {("source", "count+position"), ("target", "count"), ("target", "position"),
+                         ("target", "shapes")}, "one source row, a target row per task, no plain final rows"
+    assert state(rows[("source", "count+position")]) == "missing"
+    assert all(rows[("target", t)]["source"] == "pending (source run missing)" for t in NAMES)
+    assert "pending: count, position, shapes" in notes[0], notes
+    assert run(suite, three_tasks, out, clip_checkpoint, "--tasks", "shapes,count").returncode == 0
+    sources, targets = records(out)
+    rows, notes = status(suite, three_tasks, out, clip_checkpoint)
+    assert state(rows[("source", "count+position")]) == "done"
+    assert rows[("source", "count+position")]["source"] == sources[0]["run_id"]
+    assert {t: state(rows[("target", t)]) for t in NAMES} == {"count": "done", "position": "missing", "shapes": "done"}
+    assert all(rows[("target", t)]["source"] == sources[0]["run_id"] for t in NAMES), "each target names its source"
+    assert sources[0]["run_id"] in notes[0] and "done: count, shapes" in notes[0] and "missing: position" in notes[0]
+    # a target that failed shows as failed with its error; the others stay done
+    shapes = next(p for p in out.rglob("*.json") if json.loads(p.read_text()).get("task") == "shapes")
+    failed = {**json.loads(shapes.read_text()), "status": "failed", "error": "Traceback\nRuntimeError: out of memory"}
+    shapes.write_text(json.dumps(failed))
+    rows, notes = status(suite, three_tasks, out, clip_checkpoint)
+    assert state(rows[("target", "shapes")]) == "failed" and state(rows[("target", "count")]) == "done"
+    assert "failed: shapes (RuntimeError: out of memory)" in notes[0], notes
+    # the table form through the CLI names the source run too
+    text = petlbench_cli("status", str(out), "--suite", str(suite), "--data-root", str(three_tasks), "--methods",
+                         "mvlpt:sources=count+position:tokens=2", "--backbone", "clip:tiny", "--checkpoint",
+                         str(clip_checkpoint))
+    assert text.returncode == 0 and sources[0]["run_id"] in text.stdout and "| target" in text.stdout, text.stdout
