@@ -148,16 +148,20 @@ def test_target_starts_from_the_source_prompts(clip_checkpoint, tmp_path, varian
         build_model(spec, method, 6, seed=7, classnames=NAMES["shapes"])
 
 
-def test_mcoop_runs_both_phases(clip_checkpoint, three_tasks, tmp_path):
+@pytest.mark.parametrize("variant, options", [("mcoop", "tokens=2"), ("mupt", "tokens=2:proj_dim=16")])
+def test_text_variants_run_both_phases(clip_checkpoint, three_tasks, tmp_path, variant, options):
     suite, out = write_suite(tmp_path), tmp_path / "results"
     proc = run(suite, three_tasks, out, clip_checkpoint, "--tasks", "shapes",
-               methods="mvlpt:sources=count+position:tokens=2:variant=mcoop")
+               methods=f"mvlpt:sources=count+position:{options}:variant={variant}")
     assert proc.returncode == 0, proc.stderr
     sources, targets = records(out)
     assert [s["status"] for s in sources] == ["success"] and [t["task"] for t in targets] == ["shapes"]
-    assert targets[0]["status"] == "success" and targets[0]["params"]["trainable"] == 2 * 48, "2 context vectors"
+    assert targets[0]["status"] == "success", targets[0].get("error")
+    trainable, tensors = {"mcoop": (2 * 48, 1), "mupt": (unified_count(48, 48, 2, 2, d=16), len(UNIFIED))}[variant]
+    assert targets[0]["params"]["trainable"] == trainable, "2 context vectors; MUPT's prompts and shared layer"
+    assert sources[0]["prompts"]["tensors"] == tensors, "MUPT hands the shared layer on with the prompts"
     assert targets[0]["mvlpt"]["source"]["run_id"] == sources[0]["run_id"]
-    assert targets[0]["method"]["options"]["variant"] == "mcoop"
+    assert targets[0]["method"]["options"]["variant"] == variant
 
 
 def test_bad_sources_are_one_line(clip_checkpoint, three_tasks, tmp_path):
@@ -210,20 +214,6 @@ def test_mupt_trains_only_the_unified_prompts(clip_checkpoint):
     moved = {n for n, p in unified.named_parameters() if not torch.equal(p, before[n])}
     assert {"ctx", "visual", "text_in.weight", "visual_in.weight", "mixer.resblocks.0.mlp.c_fc.weight"} <= moved, \
         "both the text and the visual side train through the shared layer"
-
-
-def test_mupt_runs_both_phases(clip_checkpoint, three_tasks, tmp_path):
-    suite, out = write_suite(tmp_path), tmp_path / "results"
-    proc = run(suite, three_tasks, out, clip_checkpoint, "--tasks", "shapes",
-               methods="mvlpt:sources=count+position:variant=mupt:tokens=2:proj_dim=16")
-    assert proc.returncode == 0, proc.stderr
-    sources, targets = records(out)
-    assert [s["status"] for s in sources] == ["success"] and [t["task"] for t in targets] == ["shapes"]
-    assert sources[0]["prompts"]["tensors"] == len(UNIFIED), "the shared layer is handed on with the prompts"
-    assert targets[0]["status"] == "success", targets[0].get("error")
-    assert targets[0]["params"]["trainable"] == unified_count(48, 48, 2, 2, d=16)
-    assert targets[0]["mvlpt"]["source"]["run_id"] == sources[0]["run_id"]
-    assert targets[0]["method"]["options"]["variant"] == "mupt"
 
 
 def status(suite, data, out, checkpoint, methods="mvlpt:sources=count+position:tokens=2"):
