@@ -16,7 +16,8 @@ Two methods: `como` fine-tunes both caches' keys as the released code does (its 
 `como_free` keeps them as built (training-free, as `tip_adapter`). Both then search alpha and beta on the validation
 split (`search_ensemble_hp`'s grid: beta from 0.1 in `beta_steps` steps to `beta_max`, alpha likewise; first best in
 beta-major order), never on test; the cache rows that are validation images are left out. The caches and their
-read-out are Tip-Adapter's (methods.tip_adapter: TipAdapterHead, CacheKeys, grid, its closed-form hooks).
+read-out are Tip-Adapter's (methods.tip_adapter: TipAdapterHead, CacheKeys, grid; CoMo is a TipAdapter whose
+validation search scores the blend).
 
 The DINO tower (option `dino`: a timm name, default `vit_base_patch16_224.dino`; `dino_checkpoint` a local file of
 timm's state dict; `dino_args` timm's architecture arguments) is frozen and sees the same input image as CLIP's tower
@@ -48,8 +49,7 @@ from torch import nn
 
 from petlbench.backbone import file_sha256
 from petlbench.errors import UserError
-from petlbench.method import Method
-from petlbench.methods.tip_adapter import CacheKeys, TipAdapterHead, grid
+from petlbench.methods.tip_adapter import CacheKeys, TipAdapter, TipAdapterHead
 from petlbench.methods.tip_adapter_f import TipAdapterF
 from petlbench.options import Range
 from petlbench.sidetower import checkpoint_file, side_tower
@@ -160,7 +160,7 @@ SOURCE = ("OpenGVLab/CaFo (CoMo's cache model) configs/imagenet/16shot.yaml: ini
           "search_scale [7, 3], search_step [200, 20], lr 0.001, train_epoch 20")
 
 
-class CoMo(Method):
+class CoMo(TipAdapter):
     name = "como"
     description = ("CLIP zero-shot plus CLIP- and DINO-keyed caches blended by agreement with zero-shot (keys "
                    "fine-tuned; alpha, beta chosen on val)")
@@ -198,25 +198,14 @@ class CoMo(Method):
         return model
 
     def fit_closed_form(self, model, features, labels) -> dict[str, Any]:
-        model.get_classifier().fill(features, labels)
-        return {"cache_size": int(len(labels)), "init_alpha": self.config.init_alpha,
-                "init_beta": self.config.init_beta, "dino_features": model.side.out_features}
+        return {**super().fit_closed_form(model, features, labels), "dino_features": model.side.out_features}
 
     @torch.no_grad()
-    def choose_on_val(self, model, features, labels, held_out) -> dict[str, Any]:
-        head = model.get_classifier()
-        rows = (~held_out).nonzero().flatten().to(head.values.device)
-        chosen = {"val_images": int(len(labels)), "cache_rows_held_out": int(held_out.sum())}
-        if not self.config.search:
-            return {**chosen, "alpha": float(head.alpha), "beta": float(head.beta), "searched": False}
-        c = self.config
+    def search_val(self, head, features, labels, rows, betas, alphas) -> tuple[float, float, float]:
+        """Tip-Adapter's validation search (TipAdapter.choose_on_val) over CoMo's blend of both caches."""
         zero_shot, affinities = head.affinities(features)
-        beta, alpha, acc = search(zero_shot, [a[:, rows] for a in affinities], head.values[rows], labels.to(rows.device),
-                                  grid(c.beta_max, c.beta_steps), grid(c.alpha_max, c.alpha_steps))
-        head.alpha.fill_(alpha)
-        head.beta.fill_(beta)
-        return {**chosen, "alpha": alpha, "beta": beta, "val_top1": acc, "searched": True,
-                "grid": {"beta": [0.1, c.beta_max, c.beta_steps], "alpha": [0.1, c.alpha_max, c.alpha_steps]}}
+        return search(zero_shot, [a[:, rows] for a in affinities], head.values[rows], labels.to(rows.device),
+                      betas, alphas)
 
 
 class CoMoFree(CoMo):

@@ -13,9 +13,13 @@ later layer; uniform init bound sqrt(6 / (3 * patch^2 + width)); VPT.DROPOUT 0.0
 The text side is frozen: "a photo of a {name}." through the text tower (MVLPT builds its text prompts from that
 prefix when no text context is learned), so only the prompts train. MCoOp (`variant=mcoop`): CoOp's learned text
 context instead (petlbench.methods.coop's head: `tokens` vectors from N(0, 0.02), shared by all classes, the class
-name in the middle as the MVLPT scripts set CLASS_TOKEN_POSITION), the image tower untouched. What a source run
-hands on is the context or the prompts, never the class-dependent part. MUPT (both, coupled by MVLPT's one-layer
-transformer over the joint prompts) is not built yet and is refused.
+name in the middle as the MVLPT scripts set CLASS_TOKEN_POSITION), the image tower untouched. MUPT
+(`variant=mupt`): both, coupled (petlbench.unifiedprompts): the text context and the deep visual prompts pass
+together through MVLPT's one-layer transformer (PROJECT_METHOD transformer, PROJECT_DIM 128: `proj_dim`) and are
+split again; `tokens` is M for both sides (4, MVLPT.md's MUPT runs; 16 for MVPT and MCoOp). The released layer
+attends each token to itself only (see petlbench.unifiedprompts); `mixing=joint` lets the tokens attend to each
+other as UPT describes. What a source run hands on is everything that trains (the context, the prompts, and for
+MUPT the shared layer, as the official load_model restores the whole prompt learner), never a class's row.
 
 Departures: the official source run samples ImageNet and ten CoOp datasets few-shot; here the sources are tasks of
 the same suite (with `--shots K` each drawn as its targets are). The source run picks no checkpoint (the official
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import torch
 from torch import nn
@@ -38,6 +42,7 @@ from petlbench.methods.zeroshot import FixedZeroShotHead
 from petlbench.options import Range
 from petlbench.prompts import MAX_TOKENS, InsertPrompts, StripPrompts, make_prompts
 from petlbench.textprompts import initial_context
+from petlbench.unifiedprompts import InsertUnified, UnifiedHead, UnifiedPrompts
 
 TEXT_TEMPLATE = "a photo of a {}."  # MVLPT's prompt prefix "a photo of a " + name + "."
 
@@ -46,10 +51,16 @@ TEXT_TEMPLATE = "a photo of a {}."  # MVLPT's prompt prefix "a photo of a " + na
 class MVLPTConfig:
     sources: list[str] = field(default_factory=list)  # the suite's source tasks (a+b); []: no source phase
     variant: Literal["mvpt", "mcoop", "mupt"] = "mvpt"
-    # visual tokens per layer (mvpt) or text context vectors (mcoop); MVLPT's scripts take it as an argument (NCTX)
-    # and fix none; 16 is CoOp's N_CTX
-    tokens: Annotated[int, Range(min=1, max=MAX_TOKENS)] = 16
+    # visual tokens per layer (mvpt), text context vectors (mcoop), both (mupt); MVLPT's scripts take it as an
+    # argument (NCTX); none: MVLPT.md's runs, 16 for mvpt and mcoop (CoOp's N_CTX), 4 for mupt
+    tokens: Annotated[Optional[int], Range(min=1, max=MAX_TOKENS)] = None
     dropout: Annotated[float, Range(min=0, lt=1)] = 0.0  # TRAINER.MVLPT.VPT.DROPOUT
+    proj_dim: Annotated[int, Range(min=1)] = 128  # mupt: TRAINER.MVLPT.PROJECT_DIM, the shared layer's width
+    mixing: Literal["released", "joint"] = "released"  # mupt: each token alone (the released code), or all together
+
+
+DEFAULT_TOKENS = {"mvpt": 16, "mcoop": 16, "mupt": 4}
+MUPT_ONLY = ("proj_dim", "mixing")  # options of the unified variant, left out of the others' identity
 
 
 @dataclass(frozen=True)
@@ -72,37 +83,52 @@ class MVLPT(Method):
     defaults_source = ("sIncerass/MVLPT configs/trainers/MVLPT/vit_b16.yaml (SGD lr 0.002, batch 32, cosine, 200 "
                        "epochs, 1 warm-up epoch: CoOp's recipe) and dassl's OPTIM.WEIGHT_DECAY 5e-4; train.py's "
                        "TRAINER.MVLPT defaults (VPT deep, dropout 0, no projection; COOP random init); the scripts' "
-                       "CLASS_TOKEN_POSITION middle; tokens 16: CoOp's N_CTX (MVLPT's scripts take NCTX as an argument)")
+                       "CLASS_TOKEN_POSITION middle; tokens 16: CoOp's N_CTX (MVLPT's scripts take NCTX as an argument); "
+                       "MUPT: MVLPT.md's M=4, PROJECT_METHOD transformer, PROJECT_DIM 128")
 
     def __init__(self, config=None, role: str = "target", init: SourcePrompts | None = None):
         super().__init__(config)
         self.role = role  # "source": the joint run on the sources; "target": one task's run
         self.init = init
 
+    @property
+    def tokens(self) -> int:
+        return self.config.tokens or DEFAULT_TOKENS[self.config.variant]
+
     def identity(self) -> dict:
+        """The options with `tokens` resolved; the unified variant's own options only for it (runs of the others
+        keep the configuration ids they had before MUPT)."""
         found = asdict(self.config)
+        found["tokens"] = self.tokens
+        if self.config.variant != "mupt":
+            for key in MUPT_ONLY:
+                del found[key]
         if self.role == "source":
             found["role"] = "source"
         if self.init is not None:
             found["init_sha256"] = self.init.sha256
         return found
 
-    def check_fit(self, model: nn.Module) -> None:
-        if self.config.variant == "mupt":
-            raise UserError("method mvlpt: variant 'mupt' (text and visual prompts through MVLPT's shared transformer) "
-                            "is not in petlbench yet; variant=mvpt (visual) and variant=mcoop (text) run")
-
     def apply(self, model: nn.Module) -> nn.Module:
-        cfg, text = self.config, model.clip
+        cfg, text, n = self.config, model.clip, self.tokens
         if cfg.variant == "mcoop":
-            model.head = CoOpHead(text, initial_context(text, cfg.tokens, ""), "middle")
+            model.head = CoOpHead(text, initial_context(text, n, ""), "middle")
+        elif cfg.variant == "mupt":
+            vit = anatomy(model, self.name)
+            where = vit.num_prefix_tokens
+            visual = torch.cat([make_prompts(n, vit.embed_dim, "xavier", vit.patch_size).data for _ in vit.blocks])
+            unified = UnifiedPrompts(initial_context(text, n, ""), visual, cfg.proj_dim, cfg.mixing == "joint")
+            for i, block in enumerate(vit.blocks):
+                block.replace(nn.Sequential(InsertUnified(unified, i, where, cfg.dropout), block.module,
+                                            StripPrompts(n, where)))
+            model.head = UnifiedHead(text, unified, "middle")
         else:
             vit = anatomy(model, self.name)
             where = vit.num_prefix_tokens
             for block in vit.blocks:
-                prompts = make_prompts(cfg.tokens, vit.embed_dim, "xavier", vit.patch_size)
+                prompts = make_prompts(n, vit.embed_dim, "xavier", vit.patch_size)
                 block.replace(nn.Sequential(
-                    InsertPrompts(prompts, where, cfg.dropout), block.module, StripPrompts(cfg.tokens, where)))
+                    InsertPrompts(prompts, where, cfg.dropout), block.module, StripPrompts(n, where)))
             model.head = FixedZeroShotHead(text.projection, text.class_embeddings(text.classnames, [TEXT_TEMPLATE]),
                                            text.logit_scale)
         if self.init is not None:
@@ -111,8 +137,14 @@ class MVLPT(Method):
 
 
 def prompt_names(model: nn.Module) -> list[str]:
-    """What a source run hands on (every tensor the method trains): the visual prompts, or the text context."""
-    names = [f"{name}.prompts" for name, m in model.named_modules() if isinstance(m, InsertPrompts)]
+    """What a source run hands on (every tensor the method trains): the visual prompts, the text context, or the
+    unified prompts with their shared layer (under the first path that holds them)."""
+    names = []
+    for name, m in model.named_modules():  # a module held in several places is listed once
+        if isinstance(m, InsertPrompts):
+            names.append(f"{name}.prompts")
+        elif isinstance(m, UnifiedPrompts):
+            names += [f"{name}.{key}" for key, _ in m.named_parameters()]
     return names + (["head.ctx"] if isinstance(model.get_classifier(), CoOpHead) else [])
 
 

@@ -155,9 +155,14 @@ class TipAdapter(Method):
         return model
 
     def fit_closed_form(self, model, features, labels) -> dict[str, Any]:
+        """The cache of the training images (shared with CoMo, whose head fills two caches)."""
         model.get_classifier().fill(features, labels)
         return {"cache_size": int(len(labels)), "init_alpha": self.config.init_alpha,
                 "init_beta": self.config.init_beta}
+
+    def search_val(self, head, features, labels, rows, betas, alphas) -> tuple[float, float, float]:
+        """(beta, alpha, val accuracy) over the grid with the cache `rows` only; CoMo searches its blend instead."""
+        return search(head, features, labels, betas, alphas, rows)
 
     def choose_on_val(self, model, features, labels, held_out) -> dict[str, Any]:
         head = model.get_classifier()
@@ -166,8 +171,8 @@ class TipAdapter(Method):
         if not self.config.search:
             return {**chosen, "alpha": float(head.alpha), "beta": float(head.beta), "searched": False}
         c = self.config
-        beta, alpha, acc = search(head, features, labels, grid(c.beta_max, c.beta_steps),
-                                  grid(c.alpha_max, c.alpha_steps), rows)
+        beta, alpha, acc = self.search_val(head, features, labels, rows, grid(c.beta_max, c.beta_steps),
+                                           grid(c.alpha_max, c.alpha_steps))
         head.alpha.fill_(alpha)
         head.beta.fill_(beta)
         return {**chosen, "alpha": alpha, "beta": beta, "val_top1": acc, "searched": True,

@@ -82,13 +82,14 @@ def slurm_arguments(args):
 
 
 def cmd_status(args) -> int:
-    from petlbench.sweep.status import records_status, sweep_status
+    from petlbench.sweep.status import records_status
+    from petlbench.sweep.transfer_status import full_status
     from petlbench.sweep.runner import make_sweep
     from tabulate import tabulate
     if args.methods:
         sweep = make_sweep(**run_arguments(args, parse_seeds(args.seeds), parse_grid(args.grid)),
                            log=lambda line: None)
-        rows, notes = sweep_status(sweep)
+        rows, notes = full_status(sweep)  # with a transfer method's source and target runs
     else:
         from pathlib import Path
         if not Path(args.results).is_dir():

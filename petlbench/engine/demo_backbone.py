@@ -3,8 +3,6 @@ so that transfer from its frozen features means something; `prepare` writes the 
 backbone once."""
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +13,7 @@ from petlbench.backbone import BackboneSpec, preprocessing
 from petlbench.data.decode import TensorData
 from petlbench.data.demo import COLOURS, SHAPES, TASKS, UPSTREAM_IMAGES, VERSION, upstream_sample, write_task
 from petlbench.engine.train import fit
-from petlbench.errors import UserError
+from petlbench.engine.demo_once import prepare_once
 from petlbench.params import build_model
 from petlbench.registry import get_method
 from petlbench.specs import TrainConfig
@@ -45,16 +43,5 @@ def pretrain_upstream(path: Path, backbone: dict, seconds_log: Callable[[str], N
 
 def prepare(root: Path, suite, log: Callable[[str], None] = print) -> None:
     """Make the demo data and the pre-trained demo backbone under `root`, once (idempotent)."""
-    marker = root / "demo.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("version") == VERSION:
-        return
-    start = time.perf_counter()
-    log(f"demo: writing synthetic tasks to {root} and pre-training the demo backbone (once)")
-    for i, task in enumerate(suite.tasks):
-        if task.name not in TASKS:
-            raise UserError(f"{suite.path}: demo task {task.name!r} unknown; demo tasks: {', '.join(TASKS)}")
-        write_task(root, task.name, seed=100 + i)
-    ckpt = root / suite.backbone["checkpoint"]
-    info = pretrain_upstream(ckpt, suite.backbone, log)
-    marker.write_text(json.dumps({"version": VERSION, "upstream": info, "seconds": time.perf_counter() - start}, indent=2))
-    log(f"demo: ready in {time.perf_counter() - start:.0f}s")
+    prepare_once(root, suite, "demo", VERSION, TASKS, write_task, 100,
+                 lambda ckpt: {"upstream": pretrain_upstream(ckpt, suite.backbone, log)}, "the demo backbone", log)

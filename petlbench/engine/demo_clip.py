@@ -6,9 +6,7 @@ demo is for: `zero_shot` measures it with open_clip's own classifier.
 """
 from __future__ import annotations
 
-import json
 import math
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -20,8 +18,7 @@ from torch import nn
 from petlbench.clip import CONFIG_DIR
 from petlbench.data.demo_clip import TASKS, VERSION, caption_sample, write_task
 from petlbench.engine.threads import rebalance, register, unregister
-from petlbench.errors import UserError
-from petlbench.records import write_atomic
+from petlbench.engine.demo_once import prepare_once
 from petlbench.weights import write_safetensors
 
 MODEL = "demo-tiny"
@@ -108,17 +105,6 @@ def zero_shot(model: nn.Module, images: torch.Tensor, classnames: list[str], tem
 
 def prepare(root: Path, suite, log: Callable[[str], None] = print) -> None:
     """Make the CLIP demo's tasks and its pre-trained tiny CLIP under `root`, once (idempotent)."""
-    marker = root / "demo-clip.json"
-    ckpt = root / suite.backbone["checkpoint"]
-    if marker.is_file() and ckpt.is_file() and json.loads(marker.read_text()).get("version") == VERSION:
-        return
-    start = time.perf_counter()
-    log(f"demo-clip: writing synthetic tasks to {root} and pre-training the tiny CLIP (once)")
-    for i, task in enumerate(suite.tasks):
-        if task.name not in TASKS:
-            raise UserError(f"{suite.path}: demo-clip task {task.name!r} unknown; its tasks: {', '.join(TASKS)}")
-        write_task(root, task.name, seed=200 + i)
-    info = pretrain(ckpt, log)
-    write_atomic(marker, {"version": VERSION, "model": MODEL, "checkpoint": ckpt.name, "pretrain": info,
-                          "seconds": round(time.perf_counter() - start, 1)})
-    log(f"demo-clip: ready in {time.perf_counter() - start:.0f}s")
+    prepare_once(root, suite, "demo-clip", VERSION, TASKS, write_task, 200,
+                 lambda ckpt: {"model": MODEL, "checkpoint": ckpt.name, "pretrain": pretrain(ckpt, log)},
+                 "the tiny CLIP", log)

@@ -22,6 +22,7 @@ from petlbench.errors import UserError
 from petlbench.plan import RunPlan, method_label
 from petlbench.records import current, is_finished, read_record, recency, record_files
 from petlbench.weights import weights_problem
+from petlbench.sweep.transfer import is_transfer
 
 STATES = ("done", "failed", "running", "missing")
 
@@ -84,12 +85,15 @@ def state_of(plan: RunPlan, out: Path, hashes: dict[Path, str]) -> tuple[str, st
 
 
 def expected(sweep) -> list[tuple[str, RunPlan]]:
-    """Every run of the sweep's command, as (stage, plan): finals, or the tune search and chosen finals."""
+    """Every run of the sweep's command, as (stage, plan): finals, or the tune search and chosen finals; not a
+    transfer method's (their targets' configuration depends on the source run's prompts)."""
     from petlbench.sweep.phases import search
     from petlbench.sweep.tune import apply_point
     runs = []
     for task in sweep.tasks:
         for method in sweep.methods:
+            if is_transfer(method):
+                continue  # its source and target runs: petlbench.sweep.transfer_status
             if sweep.protocol in ("final", "paper"):
                 runs += [(sweep.protocol, sweep.plan(task, method, seed)) for seed in sweep.seeds]
                 continue

@@ -71,17 +71,22 @@ def run_sources(sweep, executor, log: Callable[[str], None]) -> Sources:
 
 def target_unit(sweep, sources: Sources, task: Task, method: Method, seed: int, prefix: str = "") -> Unit | None:
     """A target task's run from the source run's prompts; None when the source run did not succeed."""
-    from petlbench.methods.mvlpt import SourcePrompts
     source = sources.get((id(method), seed))
     where = f"{prefix}{sweep.suite.name}/{task.name} {method_label(method)} seed {seed}"
     if not source or source.get("status") != "success":
         return None
+    extra: dict[str, Any] = {"mvlpt": {"source": {"run_id": source["run_id"],
+                                                  "record": relative(Path(source["record"]), sweep.out),
+                                                  "tasks": source["tasks"]}}}
+    return Unit([target_plan(sweep, source, task, method, seed)], [where], extra)
+
+
+def target_plan(sweep, source: dict, task: Task, method: Method, seed: int):
+    """The target task's run, its method starting from the successful source record's prompts."""
+    from petlbench.methods.mvlpt import SourcePrompts
     record = Path(source["record"])
     init = SourcePrompts(str((record.parent / source["prompts"]["file"]).resolve()), source["prompts"]["sha256"])
-    plan = sweep.plan(task, type(method)(method.config, role="target", init=init), seed)
-    extra: dict[str, Any] = {"mvlpt": {"source": {"run_id": source["run_id"], "record": relative(record, sweep.out),
-                                                  "tasks": source["tasks"]}}}
-    return Unit([plan], [where], extra)
+    return sweep.plan(task, type(method)(method.config, role="target", init=init), seed)
 
 
 def relative(path: Path, out: Path) -> str:
