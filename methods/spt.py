@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from typing import Annotated, Literal
 
 import torch
@@ -50,7 +49,7 @@ from petlbench.qkv import split_qkv
 @dataclasses.dataclass
 class SPTConfig:
     structured: Literal["lora", "adapter"] = "lora"  # SPT-LoRA or SPT-Adapter
-    budget: str = "0.4M"  # trainable but the head: a count (400000, 400k, 0.4M) or a share of the backbone (0.5%)
+    budget: Annotated[float, Range(gt=0)] = 0.4  # millions trained but the head (the code's param_req_<budget>)
     rank: Annotated[int, Range(min=1)] = 8  # low_rank_dim
     alpha: Annotated[float, Range(gt=0)] = 10.0  # a matrix is structured when its top entries reach cost / alpha
     beta: Annotated[float, Range(gt=0)] = 5.0  # a vector trains whole when its top entries reach n / beta
@@ -58,15 +57,6 @@ class SPTConfig:
     drop_path: Annotated[float, Range(min=0, lt=1)] = 0.1  # on their output
     sensitivity_batches: Annotated[int, Range(min=1)] = 16
     sensitivity_batch: Annotated[int, Range(min=1)] = 32
-
-
-def parse_budget(text: str, backbone: int) -> int:
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmM%]?)\s*", str(text))
-    if not match:
-        raise UserError(f"method spt: option 'budget' is {text!r}, expected a count (400000, 400k, 0.4M) or a "
-                        "share of the backbone's parameters (0.5%)")
-    value, unit = float(match[1]), match[2].lower()
-    return int(value * {"": 1, "k": 1e3, "m": 1e6}[unit]) if unit != "%" else int(value / 100 * backbone)
 
 
 def wrapped(model: nn.Module) -> list[tuple[str, Pooled]]:
@@ -142,9 +132,7 @@ class SPT(Method):
 
     def sizes(self, model: nn.Module) -> tuple[int, int, int]:
         """(budget, pool size, the largest count any placement reaches) on this backbone."""
-        head = set(map(id, model.get_classifier().parameters()))
-        backbone = sum(p.numel() for p in model.parameters() if id(p) not in head)
-        budget = parse_budget(self.config.budget, backbone)
+        budget = round(self.config.budget * 1e6)
         cls = getattr(model, "cls_token", None)
         pool = budget - (cls.numel() if isinstance(cls, nn.Parameter) else 0)
         most = 0
@@ -165,8 +153,8 @@ class SPT(Method):
         refuse_above(self, "option 'rank'", self.config.rank, min(widths), "the width of the narrowest Linear")
         budget, pool, most = self.sizes(model)
         if pool < 1 or pool > most:
-            raise UserError(f"method {self.name}: option 'budget' is {self.config.budget!r} ({budget:,} "
-                            f"parameters), expected more than the class token and at most {most + budget - pool:,} "
+            raise UserError(f"method {self.name}: option 'budget' is {self.config.budget}M ({budget:,} parameters), "
+                            f"expected more than the class token and at most {(most + budget - pool) / 1e6:g}M "
                             "(every candidate tensor tuned) on this backbone")
 
     def apply(self, model):
