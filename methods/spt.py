@@ -26,7 +26,8 @@ whose count is closest (above or below). Every trained value lives in one pool (
 any data is seen; `select` fills in the layout. Departures: the sensitivity batches are drawn in the run's seeded
 order (the code: the first 512 images of the split file); q, k and v draw their dropout apiece (the code shares one
 draw); weight decay follows timm's rule, so the 1-D pool is never decayed (the code decays the 2-D LoRA and adapter
-weights at wd 1e-4; the sparse deltas, biases and class token it does not).
+weights at wd 1e-4; the sparse deltas, biases and class token it does not). The code counts unstructured entries
+of the norms in its budget but never trains them (replace_linear swaps Linears only); here they train.
 """
 from __future__ import annotations
 
