@@ -75,7 +75,7 @@ def placement(scores: list[torch.Tensor], costs: list[int | None], alpha: float,
     a vector): the largest tau whose count fits, each tensor 'structured', 'whole' or its entries; the remainder
     to the next entries of the unstructured tensors. Returns tau, kinds, entries (flat indices per tensor), count."""
     sizes = torch.tensor([s.numel() for s in scores])
-    order = torch.sort(torch.cat([s.flatten().float() for s in scores]), descending=True, stable=True).indices
+    order = torch.sort(torch.cat([s.flatten().float().cpu() for s in scores]), descending=True, stable=True).indices
     owner = torch.repeat_interleave(torch.arange(len(scores)), sizes)[order]
 
     def decide(tau: int):
