@@ -184,12 +184,10 @@ class SPT(Method):
         pool = model.spt_pool
         scores = sensitivity(model, [t for _, m in layers for t in tensors_of(m) if t is not None],
                              chunks(batches, cfg.sensitivity_batch, cfg.sensitivity_batches))
-        costs = []
+        costs = []  # a weight matrix's structured count; None for a vector (norm weights, every bias)
         for _, m in layers:
-            weight, bias = tensors_of(m)
             costs.append(m.structured_size() if isinstance(m, PooledLinear) else None)
-            if bias is not None:
-                costs.append(None)
+            costs += [None] if tensors_of(m)[1] is not None else []
         placed = placement(scores, costs, cfg.alpha, cfg.beta, pool.values.numel())
         kinds, entries = iter(placed["kinds"]), iter(placed["entries"])
         values = torch.zeros_like(pool.values)
@@ -197,14 +195,11 @@ class SPT(Method):
         for name, m in layers:
             offsets, index = [], []
             for part, tensor in zip(("weight", "bias"), tensors_of(m)):
-                if tensor is None:
-                    offsets.append(NONE), index.append(torch.zeros(0, dtype=torch.long))
-                    continue
-                kind, chosen = next(kinds), next(entries)
+                kind, chosen = (next(kinds), next(entries)) if tensor is not None else ("none", None)
                 if kind == "whole":
                     chosen = torch.arange(tensor.numel())
                     whole.append(f"{name}.{part}")
-                index.append(chosen if kind != "structured" else torch.zeros(0, dtype=torch.long))
+                index.append(chosen if kind in ("entries", "whole") else torch.zeros(0, dtype=torch.long))
                 offsets.append(at if len(index[-1]) else NONE)
                 at += len(index[-1])
                 if kind == "structured":
