@@ -23,7 +23,7 @@ The budget (trainable, head excluded, class token included, as the code's `param
 largest whose count fits, and the remainder (less than the next switch's jump) goes to the next most sensitive
 entries of the unstructured tensors. The code instead saves, per budget in {0.2, ..., 1.0}M, the tau on a 0.02M grid
 whose count is closest (above or below). Every trained value lives in one pool (petlbench.pooled), sized before
-any data is seen; `select` fills in the layout. Departures: the sensitivity batches are drawn in the run's seeded
+any data is seen; `select` fills in the layout. SPT-LoRA merges into a plain ViT; SPT-Adapter does not. Departures: the sensitivity batches are drawn in the run's seeded
 order (the code: the first 512 images of the split file); q, k and v draw their dropout apiece (the code shares one
 draw); weight decay follows timm's rule, so the 1-D pool is never decayed (the code decays the 2-D LoRA and adapter
 weights at wd 1e-4; the sparse deltas, biases and class token it does not). The code counts unstructured entries
@@ -44,7 +44,7 @@ from petlbench.errors import UserError
 from petlbench.method import Method, refuse_above
 from petlbench.options import Range
 from petlbench.pooled import NONE, Pool, Pooled, PooledLinear, PooledNorm, structured_size
-from petlbench.qkv import split_qkv
+from petlbench.qkv import fuse_qkv, split_qkv
 
 
 @dataclasses.dataclass
@@ -219,6 +219,18 @@ class SPT(Method):
                 "structured_modules": structured, "whole_vectors": whole,
                 "unstructured_entries": sum(len(e) for e, k in zip(placed["entries"], placed["kinds"])
                                             if k == "entries")}
+
+    def merge(self, model):
+        """SPT-LoRA folds (deltas and B A into the weights, q, k, v fused back); SPT-Adapter does not."""
+        if self.config.structured != "lora":
+            raise UserError("method spt: SPT-Adapter cannot be merged into the backbone's weights (its adapters "
+                            "put a GELU between two Linears); SPT-LoRA can")
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, (PooledLinear, PooledNorm)):
+                    setattr(parent, name, child.fold())
+        del model.spt_pool
+        return fuse_qkv(model)
 
 
 def model_cls_count(model: nn.Module) -> int:

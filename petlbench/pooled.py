@@ -108,6 +108,24 @@ class PooledLinear(Pooled):
         return y + self.drop_path(F.linear(h, up.to(y.dtype), up_b.to(y.dtype)))
 
     @torch.no_grad()
+    def fold(self) -> nn.Linear:
+        """The Linear with its deltas and LoRA (B A) folded into its weight and bias; adapters do not fold."""
+        w_at, b_at, s_at = self._offsets
+        layer = self.layer
+        weight = self._delta(layer.weight, self.weight_index, w_at)
+        if s_at != NONE:
+            if self.kind != "lora":
+                raise ValueError("an adapter (a GELU between two Linears) does not fold into the weight")
+            r, n_in, n_out = self.rank, layer.in_features, layer.out_features
+            a = self.pool.values[s_at:s_at + r * n_in].view(r, n_in)
+            b = self.pool.values[s_at + r * n_in:s_at + r * (n_in + n_out)].view(n_out, r)
+            weight = weight + (b @ a).to(weight.dtype)
+        layer.weight.copy_(weight)
+        if layer.bias is not None:
+            layer.bias.copy_(self._delta(layer.bias, self.bias_index, b_at))
+        return layer
+
+    @torch.no_grad()
     def init_structured(self, values: torch.Tensor) -> None:
         """Write the structured module's start into its pool slice: SPT's StructuredTuningModule init (A, down:
         Kaiming-uniform a=sqrt(5); the down bias nn.Linear's default; B, up and its bias zero: starts unchanged)."""
@@ -135,3 +153,10 @@ class PooledNorm(Pooled):
         norm = self.norm
         return F.layer_norm(x, norm.normalized_shape, self._delta(norm.weight, self.weight_index, w_at),
                             self._delta(norm.bias, self.bias_index, b_at), norm.eps)
+
+    @torch.no_grad()
+    def fold(self) -> nn.LayerNorm:
+        w_at, b_at = self._offsets
+        self.norm.weight.copy_(self._delta(self.norm.weight, self.weight_index, w_at))
+        self.norm.bias.copy_(self._delta(self.norm.bias, self.bias_index, b_at))
+        return self.norm

@@ -19,6 +19,7 @@ from petlbench.plan import plan_one, resolve_backbone
 from petlbench.pooled import NONE, PooledLinear, structured_size
 from petlbench.registry import parse_method_spec
 from petlbench.specs import TrainConfig
+from petlbench.weights import same_architecture
 from petlbench.suite import load_suite
 from tests.conftest import write_tiny_suite
 from tests.families import tiny
@@ -156,3 +157,18 @@ def test_runs_select_on_the_training_split_only(tiny_tasks, tmp_path):
     assert a["status"] == b["status"] == "success", (a.get("error"), b.get("error"))
     assert a["parameter_selection"] == b["parameter_selection"]
     assert a["params"]["trainable_excl_head"] == 4000 == a["parameter_selection"]["budget"]
+
+
+def test_spt_lora_merges_into_a_plain_vit_with_the_same_logits():
+    model, _, _, record = selected("spt:budget=0.004")
+    assert record["structured_modules"] and record["unstructured_entries"]
+    with torch.no_grad():  # a "trained" pool: every value moved
+        model.spt_pool.values.add_(0.05 * torch.randn_like(model.spt_pool.values))
+    x = torch.randn(2, 3, 32, 32)
+    expected = model.eval()(x)
+    merged = parse_method_spec("spt").merge(model)
+    plain = build_model(tiny("vit"), parse_method_spec("linear"), CLASSES, seed=0).model
+    assert same_architecture(merged, plain) is None, "a plain timm ViT again"
+    torch.testing.assert_close(merged(x), expected, rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match="SPT-Adapter cannot be merged"):
+        parse_method_spec("spt:structured=adapter").merge(model)
