@@ -53,7 +53,8 @@ def build_model(spec: BackboneSpec, method: Method, num_classes: int, seed: int,
     model.reset_classifier(num_classes)
     text = getattr(model, "clip", None)  # a CLIP backbone's text side: not the image model's, known all the same
     text_ids = {id(t) for t in ((*text.tower.parameters(), *text.tower.buffers()) if text else ())}
-    known = {id(t) for t in (*model.parameters(), *model.buffers())} | text_ids
+    alive = (*model.parameters(), *model.buffers())  # held to the end: a freed tensor's id could be reused
+    known = {id(t) for t in alive} | text_ids
     backbone = numel(model.parameters()) - numel(head_parameters(model.get_classifier()))
     freeze(model)
     method.check_fit(model)

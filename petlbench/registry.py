@@ -49,6 +49,7 @@ BUILTIN: dict[str, str] = {
     "tip_adapter_f": "petlbench.methods.tip_adapter_f:TipAdapterF",
     "clip_adapter": "petlbench.methods.clip_adapter:ClipAdapter",
     "gps": "petlbench.methods.gps:GPS",
+    "spt": "petlbench.methods.spt:SPT",
     "loramul_vptadd": "petlbench.methods.loramul_vptadd:LoRAVPT",
     "pace": "petlbench.methods.pace:PACE",
     "noah": "petlbench.methods.noah:Noah",

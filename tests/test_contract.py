@@ -19,7 +19,8 @@ NUM_CLASSES = 5
 # options that fit every tiny model: KAdaptation's default factor 32 divides none of their widths (ViT 48, Swin 24),
 # selective's default last three blocks are more than they have
 FITTING = {"kadaptation": "kadaptation:factor=6", "selective": "selective:blocks=-1",
-           "coop": "coop:n_ctx=8", "cavpt": "cavpt:n_ctx=8"}  # tiny models: 2 blocks; coop: 16 + a name overflow the tiny text context
+           "coop": "coop:n_ctx=8", "cavpt": "cavpt:n_ctx=8",
+           "spt": "spt:budget=0.003"}  # tiny models: 2 blocks; coop: 16 + a name overflow the tiny text context
 TINY_DINO = "dino=vit_small_patch16_224.dino:dino_pretrained=false:dino_args=img_size=32+patch_size=8+embed_dim=24+depth=1"
 FITTING.update(como=f"como:{TINY_DINO}", como_free=f"como_free:{TINY_DINO}")  # a tiny random DINO, nothing fetched
 # VPT's padded border grows the image; CLIP-RN's attention pool takes one size (tests/test_clip_resnet.py)

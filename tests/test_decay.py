@@ -116,7 +116,7 @@ def test_every_builtin_method_declares_its_rule():
         "zeroshot": None, "coop": "all", "cocoop": "all",  # zeroshot trains nothing
         "tip_adapter": "all", "tip_adapter_f": "all", "clip_adapter": "all",
         "cavpt": "all", "mvlpt": "all",
-        "gps": "timm",
+        "gps": "timm", "spt": "timm",
         "loramul_vptadd": "all", "pace": "all",
         "noah": "timm",
         "como": "all", "como_free": "all"}
