@@ -11,7 +11,6 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from petlbench.auxloss import auxiliary_loss
 from petlbench.data.decode import TensorData
 from petlbench.engine.decay import param_groups
 from petlbench.specs import TrainConfig
@@ -160,7 +159,7 @@ def backward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, accum
             continue
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             mean = loss_fn(model(chunk_x), chunk_y) if objective is None else objective(model, chunk_x, chunk_y, loss_fn)
-            loss = (mean + auxiliary_loss(model, chunk_y)) * (len(chunk_y) / len(labels))
+            loss = mean * (len(chunk_y) / len(labels))
         loss.backward()
         total = total + loss.detach().float()
     return total
