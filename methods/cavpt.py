@@ -54,7 +54,8 @@ ATTN_DIM = 32  # the generator's query/key width (fixed in the official Attentio
 KEY_TOKENS = 10  # learned tokens appended to the generator's keys and values (fixed in the official CAVPT: 10)
 INIT_STD = 0.02  # the official init of both the VPT-deep prompts and the key tokens
 SOURCE = ("fanrena/DPT @11fef90 train_single.sh (CPN 10, VPT N_CTX 10, BOTTOMLIMIT 12, ALPHA 0.3, COOP N_CTX 16 "
-          "CSC False end) and configs/trainers/VPT/vit_b16.yaml (SGD lr 0.01, 100 epochs, 10 warm-up, batch 32)")
+          "CSC False end, OPTIM.LR 0.01, OPTIM.MAX_EPOCH 60) over configs/trainers/VPT/*.yaml (SGD, 10 warm-up "
+          "epochs, batch 32)")
 
 
 @dataclass
@@ -211,7 +212,7 @@ class CAVPT(Method):
     families = ("vit",)  # the CLIP image tower, read as a timm ViT
     needs_text = True
     recipe = "coop"  # Dassl's SGD (momentum 0.9, wd 5e-4, batch 32, cosine), CLIP's preprocessing
-    train_defaults = {"lr": 0.01, "epochs": 100, "warmup_epochs": 10}  # configs/trainers/VPT/vit_b16.yaml
+    train_defaults = {"lr": 0.01, "epochs": 60, "warmup_epochs": 10}  # train_single.sh over the VPT configs
     decay_rule = "all"  # Dassl's SGD: every trained tensor in one group
     defaults_source = SOURCE + "; " + COOP_SOURCE
 

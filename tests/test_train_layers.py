@@ -67,11 +67,11 @@ def test_a_method_that_does_not_train_says_why_it_has_no_epochs(bare):
 
 def test_the_clip_demo_trains_each_method_on_its_papers_schedule():
     """The CLIP demo's `train:` once set epochs 20 and batch 64 for every method, which hid CoCoOp's batch 1 and
-    10 epochs and CAVPT's 100 epochs with 10 warm-up (both fell below zero-shot); it sets none of them now."""
+    10 epochs and CAVPT's 60 epochs with 10 warm-up (both fell below zero-shot); it sets none of them now."""
     suite = load_suite("demo-clip")
     cocoop = resolve_train(parse_method_spec("cocoop"), suite, {}, shots=4)
     assert (cocoop.batch_size, cocoop.epochs) == (1, 10)
     cavpt = resolve_train(parse_method_spec("cavpt"), suite, {}, shots=4)
-    assert (cavpt.lr, cavpt.epochs, cavpt.warmup_epochs, cavpt.batch_size) == (0.01, 100, 10, 32)
+    assert (cavpt.lr, cavpt.epochs, cavpt.warmup_epochs, cavpt.batch_size) == (0.01, 60, 10, 32)  # DPT's train_single.sh
     coop, sources = resolve_with_sources(parse_method_spec("coop"), suite, {}, shots=4)
     assert coop.epochs == 100 and sources["epochs"] == "recipe coop at 4 shots" and sources["eval_batch_size"] == "suite"
