@@ -174,7 +174,7 @@ def train_layers(method: Method, suite: Suite, overrides: dict[str, Any], recipe
     """The training settings' layers, lowest first, each named as the record's `recipe.train_from` says it."""
     chosen, _ = recipe_for(method, suite, recipe)
     return [(f"recipe {chosen.name}", chosen.train),
-            (f"recipe {chosen.name} at {shots} shots", shot_schedule(chosen, shots)),
+            (f"recipe {chosen.name} at {shots} shot{'' if shots == 1 else 's'}", shot_schedule(chosen, shots)),
             (f"method {method.name}", departures(method, chosen)), ("suite", suite.train), ("command line", overrides)]
 
 
