@@ -14,7 +14,7 @@ Three parts train, on a frozen CLIP:
       prompt_k = LN2(o + q),  aux logits_k = W_c LN1(o)  (W_c: width -> C, no bias)
   the prompts join the block's input tokens and are dropped after it (as VPT-deep's).
 Loss: CE(logits) + alpha x CE(aux logits of the prompts made from the true class's text feature, over the
-class-aware layers), through petlbench.auxloss. Defaults: the released run (train_single.sh: CPN 10, VPT N_CTX 10,
+class-aware layers), as CAVPT's `training_loss`. Defaults: the released run (train_single.sh: CPN 10, VPT N_CTX 10,
 BOTTOMLIMIT 12 = class-aware prompts in the last block only, ALPHA 0.3, COOP N_CTX 16, CSC False, end).
 
 `text=fixed` replaces the learned text side by the zero-shot class embeddings (the task's templates), fixed: an
@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petlbench.auxloss import AuxiliaryLoss
 from petlbench.backbones import anatomy
 from petlbench.method import Method, refuse_above
 from petlbench.methods.coop import CoOpHead
@@ -55,7 +54,8 @@ ATTN_DIM = 32  # the generator's query/key width (fixed in the official Attentio
 KEY_TOKENS = 10  # learned tokens appended to the generator's keys and values (fixed in the official CAVPT: 10)
 INIT_STD = 0.02  # the official init of both the VPT-deep prompts and the key tokens
 SOURCE = ("fanrena/DPT @11fef90 train_single.sh (CPN 10, VPT N_CTX 10, BOTTOMLIMIT 12, ALPHA 0.3, COOP N_CTX 16 "
-          "CSC False end) and configs/trainers/VPT/vit_b16.yaml (SGD lr 0.01, 100 epochs, 10 warm-up, batch 32)")
+          "CSC False end, OPTIM.LR 0.01, OPTIM.MAX_EPOCH 60) over configs/trainers/VPT/*.yaml (SGD, 10 warm-up "
+          "epochs, batch 32)")
 
 
 @dataclass
@@ -121,7 +121,7 @@ class PromptGenerator(nn.Module):
         return self.out_norm(out + query), self.classifier(self.norm(out))
 
 
-class ClassAwareBlocks(nn.Module, AuxiliaryLoss):
+class ClassAwareBlocks(nn.Module):
     """The ViT's blocks with VPT-deep prompts before `first` and class-aware prompts from `first` on; ranks the
     classes by zero-shot CLIP (the unprompted blocks) when there are more than `classes`."""
 
@@ -212,9 +212,16 @@ class CAVPT(Method):
     families = ("vit",)  # the CLIP image tower, read as a timm ViT
     needs_text = True
     recipe = "coop"  # Dassl's SGD (momentum 0.9, wd 5e-4, batch 32, cosine), CLIP's preprocessing
-    train_defaults = {"lr": 0.01, "epochs": 100, "warmup_epochs": 10}  # configs/trainers/VPT/vit_b16.yaml
+    train_defaults = {"lr": 0.01, "epochs": 60, "warmup_epochs": 10}  # train_single.sh over the VPT configs
     decay_rule = "all"  # Dassl's SGD: every trained tensor in one group
     defaults_source = SOURCE + "; " + COOP_SOURCE
+
+    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch.Tensor:
+        """DPT's loss: the classifier's CE plus the class-aware term of this forward (kept by the blocks); the model
+        may be a tail on cached activations (petlbench.engine.prefix), so the blocks are found by class."""
+        loss = loss_fn(model(images), labels)
+        terms = [m.auxiliary_loss(labels) for m in model.modules() if isinstance(m, ClassAwareBlocks)]
+        return sum((t for t in terms if t is not None), loss)
 
     def check_fit(self, model: nn.Module) -> None:
         depth = anatomy(model, self.name).depth

@@ -12,17 +12,15 @@ on ViT-B/16). The official forward runs the text tower once per image; here up t
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Annotated
 
 import torch
 from torch import nn
 
-from petlbench.method import Method
 from petlbench.options import Range
 from petlbench.recipes import COOP_SOURCE
-from petlbench.textprompts import PromptHead, check_phrase, initial_context
+from petlbench.textprompts import PromptHead, PromptMethod, initial_context
 
 PROMPTS_PER_PASS = 1024  # prompts per text-tower call: a bound on memory, not a setting (results do not change)
 META_REDUCTION = 16  # the meta-net's hidden width is E // 16 (vis_dim // 16 in the official PromptLearner)
@@ -52,32 +50,21 @@ class CoCoOpHead(PromptHead):
                   for im, c in zip(image.split(per_pass), ctx.split(per_pass))]
         return self.logit_scale * torch.cat(logits)
 
-    def for_classnames(self, names: list[str]) -> "CoCoOpHead":
-        """Other names (base-to-new's new classes) behind the same context and meta-net, as CoCoOp tests them."""
-        head = CoCoOpHead(dataclasses.replace(self.text, classnames=list(names)), self.ctx.detach())
-        head.meta_net = self.meta_net
-        return head.to(self.ctx.device)
+    def with_text(self, text) -> "CoCoOpHead":
+        head = CoCoOpHead(text, self.ctx.detach())
+        head.meta_net = self.meta_net  # the same meta-net, as CoCoOp tests new classes
+        return head
 
 
-class CoCoOp(Method):
+class CoCoOp(PromptMethod):
     name = "cocoop"
     description = "CoCoOp: CoOp's context plus an image-conditioned bias from a meta-net (4 vectors, 'a photo of a')"
     paper = "Zhou et al., CVPR 2022 (CoCoOp)"
     Config = CoCoOpConfig
-    families = ("vit", "resnet")  # CLIP's ViT or ResNet image tower (petlbench.clip, petlbench.clip_resnet)
-    needs_text = True
-    recipe = "coop"
-    decay_rule = "all"  # Dassl's SGD: one group, every trained tensor (the recipe's rule too)
     train_defaults = {"batch_size": 1, "epochs": 10}
     defaults_source = ("batch 1, 10 epochs, lr 0.002, 1 warm-up epoch: KaiyangZhou/CoOp configs/trainers/"
                        "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml (base-to-new, 16 shots); the rest as CoOp: "
                        + COOP_SOURCE)
-
-    def phrase(self) -> str:
-        return self.config.init.replace("_", " ")  # CoOp's configs write "a_photo_of_a"
-
-    def check_fit(self, model: nn.Module) -> None:
-        check_phrase(model.clip, self.phrase(), self.config.n_ctx, self.name)
 
     def apply(self, model: nn.Module) -> nn.Module:
         model.head = CoCoOpHead(model.clip, initial_context(model.clip, self.config.n_ctx, self.phrase()))

@@ -15,7 +15,6 @@ starts from the phrase and learns its own.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -23,10 +22,8 @@ import torch
 from torch import nn
 
 from petlbench.errors import UserError
-from petlbench.method import Method
 from petlbench.options import Range
-from petlbench.recipes import COOP_SOURCE
-from petlbench.textprompts import PromptHead, check_phrase, initial_context
+from petlbench.textprompts import PromptHead, PromptMethod, initial_context
 
 
 @dataclass
@@ -47,30 +44,17 @@ class CoOpHead(PromptHead):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.image_features(x) @ self.text_features(self.ctx).T
 
-    def for_classnames(self, names: list[str]) -> "CoOpHead":
-        """The learned context before other names (base-to-new's new classes): the same context, new prompts."""
+    def with_text(self, text) -> "CoOpHead":
         if self.ctx.dim() == 3:
             raise UserError("coop:csc=true learns a context per trained class: it has none for classes it never saw")
-        head = CoOpHead(dataclasses.replace(self.text, classnames=list(names)), self.ctx.detach(), self.position)
-        return head.to(self.ctx.device)
+        return CoOpHead(text, self.ctx.detach(), self.position)
 
 
-class CoOp(Method):
+class CoOp(PromptMethod):
     name = "coop"
     description = "CoOp: learned context vectors in CLIP's text prompt (16, shared by all classes, name at the end)"
     paper = "Zhou et al., IJCV 2022 (CoOp)"
     Config = CoOpConfig
-    families = ("vit", "resnet")  # the CLIP image tower, read as a timm ViT or ResNet
-    needs_text = True
-    recipe = "coop"
-    decay_rule = "all"  # Dassl's SGD: one group, every trained tensor (the recipe's rule too)
-    defaults_source = COOP_SOURCE
-
-    def phrase(self) -> str:
-        return self.config.init.replace("_", " ")  # CoOp's configs write "a_photo_of_a"
-
-    def check_fit(self, model: nn.Module) -> None:
-        check_phrase(model.clip, self.phrase(), self.config.n_ctx, self.name)
 
     def apply(self, model: nn.Module) -> nn.Module:
         classes = len(model.clip.classnames) if self.config.csc else None

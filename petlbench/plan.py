@@ -1,8 +1,11 @@
 """From a command to runs: resolve recipe, backbone, data root and protocol into RunPlans.
 
 Precedence, lowest first. Training: TrainConfig defaults < the recipe (the method's own paper
-recipe, or the one named by the suite or --recipe) < the method's `train_defaults` (only with its own
-recipe) < the suite's `train:` < --train. Backbone: recipe (drop-path, mean/std, interpolation) <
+recipe, or the one named by the suite or --recipe) < the recipe's epochs for K shots (`--shots K`, a recipe with a
+schedule per shots: CoOp's) < the method's `train_defaults` (only with its own recipe) < the suite's `train:` <
+--train. A suite's `train:` is its author's choice for every method (the demos' CPU budget), so it beats a
+method's paper departures; a suite that wants each paper's schedule leaves those keys out. The record's
+`recipe.train_from` names the layer each value came from. Backbone: recipe (drop-path, mean/std, interpolation) <
 the suite's `backbone:` < the command line.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.options import as_dict, build, finite
 from petlbench.params import meta_counts
-from petlbench.recipes import RECIPES, Recipe
+from petlbench.recipes import RECIPES, Recipe, shot_schedule
 from petlbench.specs import Task, TrainConfig
 from petlbench.suite import Suite
 
@@ -63,6 +66,7 @@ class RunPlan:
     protocol: dict[str, Any]
     data_root: Path
     data_id: str | None = None  # digest of the decoded images and labels the run sees; set once they are loaded
+    train_from: dict[str, str] = dataclasses.field(default_factory=dict)  # train key -> the layer that set it
 
     def config(self) -> dict[str, Any]:
         """The fully resolved configuration without the data; its hash is the config id."""
@@ -165,13 +169,32 @@ def defaults_source(method: Method, recipe: Recipe) -> str:
     return method.defaults_source if method.defaults_source and recipe.name == method.recipe else recipe.defaults_source
 
 
-def resolve_train(method: Method, suite: Suite, overrides: dict[str, Any], recipe: str | None = None) -> TrainConfig:
-    chosen, forced = recipe_for(method, suite, recipe)
-    values = {**chosen.train, **departures(method, chosen), **suite.train, **overrides}
+def train_layers(method: Method, suite: Suite, overrides: dict[str, Any], recipe: str | None = None,
+                 shots: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The training settings' layers, lowest first, each named as the record's `recipe.train_from` says it."""
+    chosen, _ = recipe_for(method, suite, recipe)
+    return [(f"recipe {chosen.name}", chosen.train),
+            (f"recipe {chosen.name} at {shots} shot{'' if shots == 1 else 's'}", shot_schedule(chosen, shots)),
+            (f"method {method.name}", departures(method, chosen)), ("suite", suite.train), ("command line", overrides)]
+
+
+def resolve_train(method: Method, suite: Suite, overrides: dict[str, Any], recipe: str | None = None,
+                  shots: int | None = None) -> TrainConfig:
+    return resolve_with_sources(method, suite, overrides, recipe, shots)[0]
+
+
+def resolve_with_sources(method: Method, suite: Suite, overrides: dict[str, Any], recipe: str | None = None,
+                         shots: int | None = None) -> tuple[TrainConfig, dict[str, str]]:
+    """The training config and, per key any layer set, the layer whose value won."""
+    values, sources = {}, {}
+    for layer, settings in train_layers(method, suite, overrides, recipe, shots):
+        values.update(settings)
+        sources.update(dict.fromkeys(settings, layer))
     train = build(TrainConfig, values, f"training config of {method.name}")
     if not method.trains:  # zero-shot, training-free caches: evaluated as built, whatever the recipe says
         train = dataclasses.replace(train, epochs=0, warmup_epochs=0)  # below what a user may ask for: on purpose
-    return train
+        sources.update(dict.fromkeys(("epochs", "warmup_epochs"), f"method {method.name} (trains nothing)"))
+    return train, sources
 
 
 def rebuilt_train(values: dict[str, Any], where: str) -> TrainConfig:
@@ -244,8 +267,8 @@ def plan_one(suite: Suite, task: Task, method: Method, spec: BackboneSpec, seed:
     if is_clip(backbone.name) and (method.needs_text or backbone.args.get("head") == "zeroshot"):
         check_classnames(task)  # a text classifier from names that are missing or miscounted is refused here
     meta_counts(backbone, method)
-    return RunPlan(suite, task, method, backbone, seed, resolve_train(method, suite, overrides, recipe), chosen,
-                   protocol, data_root)
+    train, sources = resolve_with_sources(method, suite, overrides, recipe, protocol.get("shots"))
+    return RunPlan(suite, task, method, backbone, seed, train, chosen, protocol, data_root, train_from=sources)
 
 
 def _triple(value) -> tuple[float, ...] | None:

@@ -23,6 +23,8 @@ class Recipe:
     backbone_args: dict[str, Any] = field(default_factory=dict)  # e.g. drop-path
     preprocessing: dict[str, Any] = field(default_factory=dict)  # mean, std, interpolation
     defaults_source: str = ""  # where a method's untuned defaults come from when it departs from nothing
+    # epochs by shots per class under `--shots K` (CoOp's few-shot configs); a K between two listed takes the lower's
+    epochs_by_shots: dict[int, int] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source}
@@ -41,7 +43,7 @@ VPT_FINETUNE_SOURCE = ("AdamW, 5 warm-up epochs, wd 1e-4: VPT's fine-tuning conf
 
 # CoOp's schedule (KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16.yaml; Dassl's defaults for momentum and decay).
 COOP_SOURCE = ("SGD lr 0.002, momentum 0.9, wd 5e-4 on every trained tensor, batch 32, cosine, 1 warm-up epoch, "
-               "200 epochs (the 8- and 16-shot setting; 1 shot: 50, 2 and 4 shots: 100, ImageNet: 50): "
+               "200 epochs (8 and 16 shots; under --shots K 1 shot: 50, 2 and 4 shots: 100; ImageNet: 50 for all): "
                "KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16*.yaml, COOP.md; Dassl.pytorch dassl/config/defaults.py "
                "(OPTIM.MOMENTUM 0.9, WEIGHT_DECAY 5e-4) and dassl/optim/optimizer.py (one group, every parameter)")
 
@@ -74,5 +76,17 @@ RECIPES: dict[str, Recipe] = {
         grid={"lr": [0.02, 0.005, 0.002, 0.0005], "weight_decay": [0.0005]},  # petlbench's: CoOp tuned nothing
         preprocessing={"interpolation": "bicubic"},  # mean and std: the CLIP weights' own
         defaults_source=COOP_SOURCE,
+        # scripts/coop/main.sh with COOP.md: rn50_ep50 for 1 shot, rn50_ep100 for 2 and 4, rn50 (200) for 8 and 16
+        # (ImageNet: *_ep50 for all, by hand: --train epochs=50)
+        epochs_by_shots={1: 50, 2: 100, 4: 100, 8: 200, 16: 200},
     ),
 }
+
+
+def shot_schedule(recipe: Recipe, shots: int | None) -> dict[str, Any]:
+    """The recipe's training settings for K shots per class ({} without --shots or a schedule): the epochs of the
+    largest listed K not above it (the smallest listed for fewer)."""
+    if not shots or not recipe.epochs_by_shots:
+        return {}
+    listed = sorted(recipe.epochs_by_shots)
+    return {"epochs": recipe.epochs_by_shots[max([k for k in listed if k <= shots] or listed[:1])]}

@@ -4,16 +4,21 @@ A prompt is [SOS][ctx_1 .. ctx_n][class name tokens][.][EOS] (the class token at
 `front` move the name), built in the frozen token embedding's space and run through CLIP's frozen text tower
 (`ClipText.tower`). The token ids are those of "X X .. X <name>." rearranged as the position asks; the embeddings
 of the context positions are replaced by the learned vectors (a scatter: exact, differentiable in the context
-only). `PromptHead` holds what CoOp and CoCoOp share: the frozen text tower and CLIP's frozen visual projection,
-the prompts' token ids, and CLIP's logit scale.
+only). `PromptHead` holds what CoOp's and CoCoOp's heads share: the frozen text tower and CLIP's frozen visual
+projection, the prompts' token ids, CLIP's logit scale, and prompts of other names (base-to-new); `PromptMethod` what
+the two methods share: CLIP only, CoOp's recipe and Dassl's decay, an init phrase of n_ctx tokens.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from petlbench.errors import UserError
+from petlbench.method import Method
+from petlbench.recipes import COOP_SOURCE
 from petlbench.textheads import ClipText
 
 POSITIONS = ("end", "middle", "front")  # where the class name sits relative to the context (CoOp's options)
@@ -113,6 +118,14 @@ class PromptHead(nn.Module):
     def num_classes(self) -> int:
         return self.tokens.shape[0]
 
+    def for_classnames(self, names: list[str]) -> "PromptHead":
+        """What was learned (context, meta-net) before other names (base-to-new's new classes): new prompts only."""
+        return self.with_text(dataclasses.replace(self.text, classnames=list(names))).to(self.ctx.device)
+
+    def with_text(self, text: ClipText) -> "PromptHead":
+        """A head of the same class on `text`'s class names sharing this one's learned tensors (subclasses)."""
+        raise NotImplementedError
+
     def frozen_parts(self) -> tuple[nn.Module, ...]:
         return (self.proj, self.tower)
 
@@ -140,3 +153,18 @@ class PromptHead(nn.Module):
         flat = prompts.reshape(-1, length_, width)
         tokens = self.tokens.repeat(flat.shape[0] // self.num_classes, 1)
         return F.normalize(self.tower(flat, tokens), dim=-1).reshape(*lead, -1)
+
+
+class PromptMethod(Method):
+    """CoOp and CoCoOp: learned context in CLIP's text prompts (its `Config` has `n_ctx` and an `init` phrase)."""
+    families = ("vit", "resnet")  # CLIP's ViT or ResNet image tower (petlbench.clip, petlbench.clip_resnet)
+    needs_text = True
+    recipe = "coop"
+    decay_rule = "all"  # Dassl's SGD: one group, every trained tensor (the recipe's rule too)
+    defaults_source = COOP_SOURCE
+
+    def phrase(self) -> str:
+        return self.config.init.replace("_", " ")  # CoOp's configs write "a_photo_of_a"
+
+    def check_fit(self, model: nn.Module) -> None:
+        check_phrase(model.clip, self.phrase(), self.config.n_ctx, self.name)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from petlbench.auxloss import auxiliary_loss
 from petlbench.backbones import ALL_FAMILIES, family_of
 from petlbench.params import build_model, head_parameters
 from petlbench.registry import available_methods, parse_method_spec
@@ -79,7 +78,7 @@ def test_one_step_moves_exactly_what_trains(name, family):
     assert head <= trainable, "the head always trains"
     assert trainable <= set(task_keys), "what trains is part of the saved task"
 
-    (nn.functional.cross_entropy(logits, y) + auxiliary_loss(model, y)).backward()  # the loss fit() trains with
+    method.training_loss(model, x, y, nn.functional.cross_entropy).backward()  # the loss fit() trains with
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == trainable, "gradients reach exactly the trainable set"
     assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in trainable), "every trainable tensor gets a gradient"

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from petlbench.auxloss import auxiliary_loss
 from petlbench.backbone import BackboneSpec
 from petlbench.engine.train import make_optimizer
 from petlbench.errors import UserError
@@ -62,7 +61,7 @@ def test_a_step_leaves_both_towers_bit_identical():
     trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     model.train()
-    loss = F.cross_entropy(model(x), y) + auxiliary_loss(model, y)
+    loss = parse_method_spec("cavpt").training_loss(model, x, y, F.cross_entropy)  # what the runner trains with
     loss.backward()
     assert all(p.grad is None for p in blocks.text.coop.tower.parameters()), "no gradient reaches the text tower"
     make_optimizer(model, TrainConfig(optimizer="sgd", lr=1.0, weight_decay=0.0005, decay_rule="all")).step()
@@ -85,7 +84,7 @@ def test_selected_classes_are_zero_shot_top_k_and_the_loss_is_the_official():
         zero_shot = F.normalize(blocks.proj(plain), dim=-1) @ blocks.zero_shot.T
         assert torch.equal(blocks.select(tokens), zero_shot.topk(2).indices)
     model.train()
-    model(x)
+    logits = model(x)
     selected, aux = blocks.last  # (B, K), (B, layers, K, C)
     y = selected[:, 1].clone()
     y[0] = next(c for c in range(len(NAMES)) if c not in selected[0])  # image 0: its class was not selected
@@ -93,11 +92,16 @@ def test_selected_classes_are_zero_shot_top_k_and_the_loss_is_the_official():
     rows = [aux[b, l, k] for b in range(6) for l in range(2) for k in range(2) if selected[b, k] == y[b]]
     expected = 0.3 * F.cross_entropy(torch.stack(rows), y[1:].repeat_interleave(2))
     torch.testing.assert_close(blocks.auxiliary_loss(y), expected, rtol=0, atol=1e-6)
+    cavpt = parse_method_spec("cavpt")
+    torch.testing.assert_close(cavpt.training_loss(model, x, y, F.cross_entropy),
+                               F.cross_entropy(logits, y) + expected, rtol=0, atol=1e-6)  # the runner's loss
     model(x)
     assert blocks.auxiliary_loss(torch.full((6,), len(NAMES))) is None, "no image's class selected: no term"
     model.eval()
     model(x)
-    assert blocks.last is None and auxiliary_loss(model, y) == 0.0, "evaluation keeps nothing"
+    assert blocks.last is None, "evaluation keeps nothing"
+    torch.testing.assert_close(cavpt.training_loss(model, x, y, F.cross_entropy), F.cross_entropy(model(x), y),
+                               rtol=0, atol=0)  # no class-aware term outside training
 
 
 def test_options_that_do_not_fit_are_refused():

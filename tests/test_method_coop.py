@@ -142,6 +142,9 @@ def test_runner_trains_coop_and_cocoop_on_coops_recipe(tiny_tasks, tmp_path):
         train = record["train"]
         assert (train["optimizer"], train["lr"], train["weight_decay"], train["momentum"]) == ("sgd", 0.002, 5e-4, 0.9)
         assert train["batch_size"] == batch and train["decay_rule"] == "all" and train["epochs"] == 1
+        where = record["recipe"]["train_from"]  # the layer each setting came from
+        assert (where["epochs"], where["lr"]) == ("suite", "recipe coop")
+        assert where["batch_size"] == ("recipe coop" if name == "coop" else "method cocoop")
         assert record["text"]["classnames"] == COUNTS
         assert 0 <= record["metrics"]["test_top1"] <= 1
     assert "CoCoOp" in by["cocoop"]["recipe"]["defaults"]

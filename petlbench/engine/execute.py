@@ -155,7 +155,8 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
         "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "checkpoint": b.checkpoint,
                      "checkpoint_sha256": b.checkpoint_sha256},
         "protocol": {"shots": None, **plan.protocol},  # shots: K under --shots K (few-shot), else null
-        "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe)},
+        "recipe": {**plan.recipe.describe(), "defaults": defaults_source(plan.method, plan.recipe),
+                   **({"train_from": plan.train_from} if plan.train_from else {})},  # train key -> its layer
         "train": asdict(plan.train),
         "data": {"root": str(plan.data_root), "layout": plan.suite.layout,
                  **identify(find_task_dir(plan.data_root, plan.task), plan.suite.layout).as_record(),

@@ -11,7 +11,6 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from petlbench.auxloss import auxiliary_loss
 from petlbench.data.decode import TensorData
 from petlbench.engine import multilabel
 from petlbench.engine.decay import param_groups
@@ -61,6 +60,13 @@ DIVERGED = 3.0  # last-epoch loss above this many times the first step's (an unt
 EXPLODED = 100.0  # an epoch's loss this far above it: stop now rather than train on to the last epoch
 
 
+def diverging(loss: float, first: float, factor: float, chance: float) -> bool:
+    """`factor` x the first step's loss, and worse than guessing (`chance`: ln C). A fresh head starts at ~ln C, so
+    for it the factor alone decides; a model that starts near-perfect (a CLIP prompt method from zero-shot, batch 1:
+    a first step of 0.016) may wander several-fold above that without diverging."""
+    return loss > factor * first and loss > chance
+
+
 def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
         seed: int, progress: bool | None = None, evaluator: nn.Module | None = None, keep=None,
         before_eval=None, objective=None, scored: list[int] | None = None) -> dict:
@@ -90,6 +96,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     amp = autocast_dtype(cfg, device)
     order = torch.Generator().manual_seed(seed)
     step, seen, epoch_loss, first_loss, curve, eval_time = 0, 0, float("nan"), None, [], 0.0
+    chance = math.log(max(int(train.labels.max()) + 1, 2)) if len(train) else 0.0  # guessing's CE, ln C
     start = time.perf_counter()
     quiet = None if progress is None else not progress  # None: tqdm shows the bar only on a terminal
     bar = tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", leave=False, disable=quiet)
@@ -129,13 +136,13 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
         bar.set_postfix(loss=f"{epoch_loss:.3f}")
         if not math.isfinite(epoch_loss):
             raise Diverged(f"training loss became {epoch_loss} in epoch {epoch}; lower the learning rate")
-        if epoch_loss > EXPLODED * first_loss:
+        if diverging(epoch_loss, first_loss, EXPLODED, chance):
             raise Diverged(diverged(epoch_loss, epoch, first_loss))
         if cfg.eval_every and epoch % cfg.eval_every == 0 and epoch < cfg.epochs:
             tick = time.perf_counter()
             curve.append([epoch, evaluate(evaluator, test, cfg, device, scored=scored)])
             eval_time += time.perf_counter() - tick
-    if first_loss is not None and epoch_loss > DIVERGED * first_loss:
+    if first_loss is not None and diverging(epoch_loss, first_loss, DIVERGED, chance):
         raise Diverged(diverged(epoch_loss, cfg.epochs, first_loss))
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -166,7 +173,7 @@ def backward(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, accum
             continue
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             mean = loss_fn(model(chunk_x), chunk_y) if objective is None else objective(model, chunk_x, chunk_y, loss_fn)
-            loss = (mean + auxiliary_loss(model, chunk_y)) * (len(chunk_y) / len(labels))
+            loss = mean * (len(chunk_y) / len(labels))
         loss.backward()
         total = total + loss.detach().float()
     return total

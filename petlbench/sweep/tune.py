@@ -55,7 +55,8 @@ def apply_point(plan: RunPlan, point: dict[str, Any], where: str) -> RunPlan:
     if options:
         method = type(method)(build(method.Config, {**as_dict(method.config), **options}, f"{where} grid"))
     return dataclasses.replace(plan, method=method,
-                               train=rebuilt_train({**dataclasses.asdict(plan.train), **train}, f"{where} grid"))
+                               train=rebuilt_train({**dataclasses.asdict(plan.train), **train}, f"{where} grid"),
+                               train_from={**plan.train_from, **dict.fromkeys(train, "tune grid")})
 
 
 def choose(results: list[tuple[dict, dict]]) -> dict | None:
