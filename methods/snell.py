@@ -20,7 +20,8 @@ attention proj, fc1 and fc2 get y = W x + b + drop_path(dW x'), x' = dropout(x) 
 q, k, v, fc1, fc2 (one draw shared by q, k, v) but not proj, drop-path 0.1 per update; the class token trains
 too (freeze_stages' ft_cls_token). ConvNeXt (model/convnext_timm.py): fc1 and fc2 only (Linears, or timm's 1x1
 convs of conv_mlp). The dense update is recomputed in backward rather than stored (the released
-torch.utils.checkpoint; option `recompute`): the paper's memory claim. dW is a dense delta, so `merge` adds it to W (eval mode: no dropout, no drop-path).
+torch.utils.checkpoint; option `recompute`): the paper's memory claim. dW is a dense delta, so `merge` adds it
+to W (eval mode: no dropout, no drop-path).
 
 Parameters: r (in + out) per adapted matrix, as LoRA at rank r. ViT-B/16: 12 x (4 x 1536 + 2 x 3840) r = 165,888 r
 (r 32: 5,308,416; + 768 for the class token). The paper reports no count (its App. E.1); the released
