@@ -55,6 +55,7 @@ BUILTIN: dict[str, str] = {
     "noah": "petlbench.methods.noah:Noah",
     "como": "petlbench.methods.como:CoMo",
     "como_free": "petlbench.methods.como:CoMoFree",
+    "snell": "petlbench.methods.snell:SNELL",
 }
 
 _runtime: dict[str, type[Method]] = {}

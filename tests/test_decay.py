@@ -119,7 +119,8 @@ def test_every_builtin_method_declares_its_rule():
         "gps": "timm", "spt": "timm",
         "loramul_vptadd": "all", "pace": "all",
         "noah": "timm",
-        "como": "all", "como_free": "all"}
+        "como": "all", "como_free": "all",
+        "snell": "timm"}
 
 
 def test_the_head_grid_trains_together_only_where_the_bias_is_not_decayed():
