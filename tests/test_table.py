@@ -307,3 +307,16 @@ def test_python_api_table_and_plot(results):
     assert "| linear" in petlbench.table(results, "md")
     paths = petlbench.plot(results, suite="mini")
     assert paths and all(Path(p).is_file() for p in paths)
+
+
+def test_runs_of_one_label_and_seed_with_other_settings_are_not_averaged(tmp_path, capsys):
+    """A default changed between two `run`s gives a second record of (label, task, seed) under another config id:
+    the table shows the newest, never the mean of the two as if they were seeds, and says so."""
+    old, new = record("a_task", 0, "cavpt", 0, 0.50, 10), record("a_task", 0, "cavpt", 0, 0.90, 10)
+    old.update(config_id="old", run_id="old", finished_at="2026-12-01T10:00:00")
+    new.update(config_id="new", run_id="new", finished_at="2026-12-07T10:00:00")
+    write_atomic(tmp_path / "mini" / "new.json", new)
+    write_atomic(tmp_path / "mini" / "old.json", old)  # written last: file order does not decide
+    frame = pd.read_csv(io.StringIO(render(tmp_path, "csv")), dtype=str).set_index("method")
+    assert frame.loc["cavpt", "a_task"] == "90.0" and frame.loc["cavpt", "seeds"] == "1"
+    assert "1 run(s) repeat a (method, task, seed) with other settings" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from petlbench.errors import UserError
+from petlbench.records import recency
 from petlbench.report.taskmetrics import task_metric
 
 KEYS = ["method", "backbone"]  # one table row per method label (and backbone)
@@ -125,11 +126,23 @@ def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
             "protocol": r.get("protocol", {}).get("name", "final"),  # what published row it is compared with
             "build": str((r.get("data") or {}).get("build") or "unknown"),  # data.build; older records: unknown
             "shots": shots or 0,  # 0: all the training data
+            "recency": recency(r),
         })
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["backbone"] = frame["backbone_name"] + " (" + frame["weights"] + ")"
+        frame = newest_per_seed(frame)
     return frame
+
+
+def newest_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """One run per (suite, row, task, seed): runs of one label with other settings (a default changed between two
+    `run`s) are not seeds, so only the newest counts; `frame.attrs["repeats"]` says how many were left out."""
+    keys = ["suite", "method", "backbone", "task", "seed"]
+    kept = frame.sort_values("recency", kind="stable").drop_duplicates(keys, keep="last")
+    kept = kept.sort_index()
+    kept.attrs["repeats"] = len(frame) - len(kept)
+    return kept
 
 
 @dataclass

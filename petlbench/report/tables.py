@@ -66,6 +66,9 @@ def suite_parts(records: list[dict], where: str, published: str = "auto", every_
     if published not in MODES:
         raise UserError(f"--published: expected one of {', '.join(MODES)}, got {published!r}")
     frame = records_frame(records, report)
+    if frame.attrs.get("repeats"):
+        warn(f"{frame.attrs['repeats']} run(s) repeat a (method, task, seed) with other settings under one label "
+             "(a default changed between runs?); only the newest of each is shown, never averaged as seeds")
     failed = sum(r.get("status") != "success" for r in records)
     if frame.empty and report == "max-test":
         raise UserError(f"{where}: no run records a test curve; run with --train eval_every=N to record one")
