@@ -89,6 +89,25 @@ class ClipText:
         return torch.stack(rows)
 
 
+class Projection(nn.Module):
+    """CLIP's visual projection (pooled image feature -> joint space), frozen, as `weight` (dim x width) like a
+    bias-free Linear. CLIP's ResNet towers already end in the joint space (their attention pool's c_proj), so
+    petlbench.clip gives them the identity: held as a buffer, it adds no parameter the model does not have."""
+
+    def __init__(self, projection: torch.Tensor):
+        super().__init__()
+        width, dim = projection.shape
+        weight = projection.T.detach().clone()
+        if width == dim and torch.equal(weight, torch.eye(width, dtype=weight.dtype, device=weight.device)):
+            self.register_buffer("weight", weight)
+        else:
+            self.weight = nn.Parameter(weight)
+        self.in_features, self.out_features = width, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class ZeroShotHead(nn.Module):
     """CLIP's classifier: pooled image token -> CLIP's projection (frozen) -> unit norm -> logit scale x a linear
     map whose rows start as the class names' text embeddings (they train; the projection does not)."""
@@ -98,10 +117,9 @@ class ZeroShotHead(nn.Module):
         super().__init__()
         self.text = text  # plain data, not a submodule: what `for_classnames` embeds new names with
         width, dim = projection.shape
-        self.proj = nn.Linear(width, dim, bias=False)
+        self.proj = Projection(projection)
         self.classes = nn.Linear(dim, class_embeddings.shape[0], bias=False)
         with torch.no_grad():
-            self.proj.weight.copy_(projection.T)
             self.classes.weight.copy_(class_embeddings)
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
         self.in_features = width

@@ -19,7 +19,7 @@ from torch import nn
 from petlbench.errors import UserError
 from petlbench.method import Method
 from petlbench.recipes import COOP_SOURCE
-from petlbench.textheads import ClipText
+from petlbench.textheads import ClipText, Projection
 
 POSITIONS = ("end", "middle", "front")  # where the class name sits relative to the context (CoOp's options)
 PLACEHOLDER = "X"  # one token per context position, as CoOp's prompt text
@@ -102,10 +102,8 @@ class PromptHead(nn.Module):
 
     def __init__(self, text: ClipText, n_ctx: int, position: str, who: str):
         super().__init__()
-        width, dim = text.projection.shape
-        self.proj = nn.Linear(width, dim, bias=False)
-        with torch.no_grad():
-            self.proj.weight.copy_(text.projection.T)
+        width = text.projection.shape[0]
+        self.proj = Projection(text.projection)
         self.tower = text.tower  # shared with model.clip; frozen, counted as backbone (frozen_parts)
         tokens, where = prompt_tokens(text, text.classnames, n_ctx, position, who)
         self.register_buffer("tokens", tokens)  # (C, L): the prompts' ids, the end token located by them

@@ -93,7 +93,10 @@ def test_heads_and_counts(tiny_rn):
     zs_head = count_params(BackboneSpec("clip:tiny-rn", {"head": "zeroshot"}, checkpoint=str(path)),
                            parse_method_spec("linear"), 3)
     assert zs_head.head == 3 * 32, "the zero-shot head trains its class embeddings only"
-    assert zs_head.backbone == linear.backbone + 32 * 32, "its (identity) projection counts as backbone"
+    assert zs_head.backbone == linear.backbone, "its identity projection is a buffer: no parameter the model lacks"
+    vit = count_params(BackboneSpec("clip:tiny", {"head": "zeroshot"}, pretrained=False), parse_method_spec("linear"), 3)
+    vit_linear = count_params(BackboneSpec("clip:tiny", {}, pretrained=False), parse_method_spec("linear"), 3)
+    assert vit.backbone > vit_linear.backbone, "a ViT tower's projection is a real parameter, counted as backbone"
 
 
 def run_args(suite, tiny_tasks, out, path, *methods):
