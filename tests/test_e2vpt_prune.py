@@ -107,8 +107,9 @@ def test_rewind_restarts_from_the_first_initialisation_with_the_gates_fixed():
     method, (model, _, _) = build()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     pruned = method.prune(trained_like(model), batches())
-    _, (fresh, counts, _) = build()
+    _, (fresh, counts, keys) = build()
     method.rewind(fresh, pruned)
+    assert {"blocks.0.0.mask.tokens", "blocks.0.0.mask.pieces"} <= set(keys), "the saved task weights keep the cut"
     mask = prompt_mask(fresh)
     assert not mask.tokens.requires_grad and not mask.pieces.requires_grad
     assert mask.tokens.tolist() == [0.0 if i in pruned["tokens_cut"] else 1.0 for i in range(4)]
