@@ -14,12 +14,14 @@ The attention is replaced by `KVPromptAttention`, which holds the frozen timm at
 layers (qkv, q/k norms, attention dropout, output norm, proj) with the prompts joined to keys and values;
 prompt keys join after timm's k_norm (an identity in ViT-B; E2VPT's ViT has no q/k norm).
 
-Left out: E2VPT's pruning (tune_vtab_PruningRewind_CVK.py, Trainer.calculate_importance): learned masks on
-the visual prompts, token-wise (one per prompt) and segment-wise (16 pieces of each prompt's width), one mask for
-all layers, scored by their loss gradient averaged over the training set after a first training, pruned at
-10-90% of tokens x 10-90% of pieces, each of the 81 combinations retrained from the start with its mask fixed
-("rewinding"), one kept (get_results_PruningRewind_CVK.py). A three-phase search that petlbench's engine has no
-schedule for; the released "origin" commands (MASK_CLS_TOKEN False) run without it, and this method is those.
+Pruning and rewinding (`prune_tokens`, `prune_pieces`: percentages; E2VPT's tune_vtab_PruningRewind_CVK.py, the
+"Pruning and Rewind" commands): the visual prompts pass through one learned mask for all layers (`PromptMask`): a gate
+per prompt (token-wise) and per piece of its width (segment-wise, 16 pieces; piece j holds channels j, j + 16, ...,
+as the official `repeat`), both trained with the prompts. The engine (petlbench.engine.rewind) trains once, asks
+`prune` for the masks (each gate's loss gradient averaged over the training batches, eval mode; the lowest-scoring
+`int(n x percent / 100)` gates are cut, at least 1 prompt and 4 pieces kept, as Trainer.calculate_importance and
+what_tokens_to_mask), rebuilds the model from the same seed (the same initial prompts: the rewind), fixes the mask
+(`rewind`) and trains again. The official searches 81 (tokens, pieces) pairs on val200; here a pair is an option.
 
 Weight decay: VPT's rule (E2VPT's src/solver/optimizer.py is VPT's: SGD decays every trained tensor but the
 head's bias). Faithfulness: on a random timm ViT the logits equal the released attention's (copied into a
@@ -60,6 +62,62 @@ class E2VPTConfig(PromptConfig):
     share_kv: bool = True  # one tensor as both key and value prompt (SHARE_PARAM_KV)
     kv_init: Literal["kaiming", "xavier", "normal"] = "kaiming"  # ORIGIN_INIT 2, 0, 1
     kv_dropout: Annotated[float, Range(min=0, lt=1)] = 0.0  # on the key-value prompts (MODEL.P_VK.DROPOUT)
+    prune_tokens: Annotated[int, Range(min=0, max=90)] = 0  # % of visual prompts cut (CLS_TOKEN_MASK_PERCENT)
+    prune_pieces: Annotated[int, Range(min=0, max=90)] = 0  # % of each prompt's pieces cut (..._PIECE_MASK_PERCENT)
+    pieces: Annotated[int, Range(min=1)] = 16  # pieces per prompt (CLS_TOKEN_P_PIECES_NUM)
+
+
+MIN_TOKENS, MIN_PIECES = 1, 4  # kept at least (MIN_NUMBER_CLS_TOKEN, MIN_NUMBER_CLS_TOKEN_PIECE)
+
+
+class PromptMask(nn.Module):
+    """E2VPT's gates on the visual prompts, one set for all layers: per prompt and per piece of its width (piece j
+    gates channels j, j + pieces, ...: the official `mask.repeat(1, dim / pieces)`). Trained, then fixed by `keep`."""
+
+    def __init__(self, tokens: int, pieces: int):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.ones(tokens))
+        self.pieces = nn.Parameter(torch.ones(tokens, pieces))
+
+    def forward(self, prompts: torch.Tensor) -> torch.Tensor:
+        gate = self.pieces.repeat(1, prompts.shape[-1] // self.pieces.shape[1]) * self.tokens[:, None]
+        return prompts * gate.to(prompts.dtype)
+
+    def keep(self, tokens_cut: list[int], pieces_cut: list[list[int]]) -> None:
+        """The rewind's mask: ones, zeros where cut, no longer trained."""
+        with torch.no_grad():
+            self.tokens.fill_(1)
+            self.pieces.fill_(1)
+            self.tokens[tokens_cut] = 0
+            for token, cut in enumerate(pieces_cut):
+                self.pieces[token, cut] = 0
+        self.tokens.requires_grad_(False)
+        self.pieces.requires_grad_(False)
+
+
+class MaskedInsertPrompts(InsertPrompts):
+    """InsertPrompts whose prompts pass the shared PromptMask (registered in the first block only, so state dicts
+    and counts hold it once)."""
+
+    def __init__(self, prompts: nn.Parameter, position: int, dropout: float, mask: PromptMask, owner: bool):
+        super().__init__(prompts, position, dropout)
+        if owner:
+            self.mask = mask
+        self.shared = (mask,)  # a tuple: not registered again
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.shared[0](self.dropout(self.prompts)).expand(x.shape[0], -1, -1).to(x.dtype)
+        return torch.cat([x[:, : self.position], p, x[:, self.position:]], dim=1)
+
+
+def cut_count(total: int, percent: int, least: int) -> int:
+    """How many gates a percentage cuts (Trainer.determine_mask_sequence): int(total x percent / 100), `least` kept."""
+    return min(int(total * percent / 100), max(total - least, 0))
+
+
+def lowest(scores: list[float], count: int) -> list[int]:
+    """The `count` lowest-scoring indices, ties by index (what_tokens_to_mask's stable ascending sort)."""
+    return sorted(sorted(range(len(scores)), key=lambda i: scores[i])[:count])
 
 
 def make_kv_prompts(heads: int, count: int, head_dim: int, init: str, patch_size: tuple[int, int]) -> nn.Parameter:
@@ -130,11 +188,21 @@ class E2VPT(Method):
     train_defaults = {"lr": 0.04, "weight_decay": 0.001, "batch_size": 64}
     defaults_source = SOURCE
 
+    def check_fit(self, model):
+        width = anatomy(model, self.name).embed_dim
+        if self.rewinds() and (not self.config.tokens or width % self.config.pieces):
+            raise UserError(f"method e2vpt: pruning needs visual prompts (tokens > 0) and pieces={self.config.pieces} "
+                            f"dividing the width {width}")
+
+    def rewinds(self) -> bool:
+        return bool(self.config.prune_tokens or self.config.prune_pieces)
+
     def apply(self, model):
         cfg = self.config
         vit = anatomy(model, self.name)
         where = vit.num_prefix_tokens
-        for block in vit.blocks:
+        mask = PromptMask(cfg.tokens, cfg.pieces) if self.rewinds() else None
+        for i, block in enumerate(vit.blocks):
             if cfg.kv_tokens:
                 attn = timm_attention(block, self.name)
                 make = lambda: make_kv_prompts(attn.num_heads, cfg.kv_tokens, attn.head_dim, cfg.kv_init,  # noqa: E731
@@ -143,6 +211,39 @@ class E2VPT(Method):
                 replace_module(block.module, attn, KVPromptAttention(attn, keys, values, cfg.kv_dropout))
             if cfg.tokens:
                 prompts = make_prompts(cfg.tokens, vit.embed_dim, cfg.init, vit.patch_size)
-                block.replace(nn.Sequential(
-                    InsertPrompts(prompts, where, cfg.dropout), block.module, StripPrompts(cfg.tokens, where)))
+                insert = InsertPrompts(prompts, where, cfg.dropout) if mask is None else \
+                    MaskedInsertPrompts(prompts, where, cfg.dropout, mask, owner=i == 0)
+                block.replace(nn.Sequential(insert, block.module, StripPrompts(cfg.tokens, where)))
         return model
+
+    def prune(self, model, batches):
+        """The trained model's gate scores (loss gradient, mean over the training batches, eval mode) and the cuts."""
+        mask = prompt_mask(model)
+        model.eval()
+        tokens, pieces, n = torch.zeros_like(mask.tokens), torch.zeros_like(mask.pieces), 0
+        for images, labels in batches:
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images), labels).backward()
+            tokens, pieces, n = tokens + mask.tokens.grad, pieces + mask.pieces.grad, n + 1
+        model.zero_grad(set_to_none=True)
+        tokens, pieces = (tokens / max(n, 1)).tolist(), (pieces / max(n, 1)).tolist()
+        cfg = self.config
+        cut_tokens = lowest(tokens, cut_count(len(tokens), cfg.prune_tokens, MIN_TOKENS))
+        per_token = cut_count(cfg.pieces, cfg.prune_pieces, MIN_PIECES)
+        cut_pieces = [lowest(row, per_token) for row in pieces]
+        width = anatomy(model, self.name).embed_dim
+        kept = (len(tokens) - len(cut_tokens)) * (cfg.pieces - per_token) * (width // cfg.pieces)
+        return {"tokens_cut": cut_tokens, "pieces_cut": cut_pieces, "tokens_kept": len(tokens) - len(cut_tokens),
+                "pieces_kept_per_token": cfg.pieces - per_token, "prompt_values_kept_per_layer": kept,
+                "token_scores": tokens, "piece_scores": pieces}
+
+    def rewind(self, model, pruned):
+        """A freshly built model (the run's seed: the first training's initial prompts) takes the fixed mask."""
+        prompt_mask(model).keep(pruned["tokens_cut"], pruned["pieces_cut"])
+
+
+def prompt_mask(model: nn.Module) -> PromptMask:
+    found = [m for m in model.modules() if isinstance(m, PromptMask)]
+    if len(found) != 1:
+        raise ValueError(f"e2vpt: expected one prompt mask, found {len(found)}")
+    return found[0]

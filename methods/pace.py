@@ -16,8 +16,12 @@ sharable_dropout.py and train.py, read and re-written. As there:
   ViT-B "works better without adding noise to the first block"); `depth=constant` puts sigma everywhere;
 - stochastic depth draws one mask per image shared by its two copies, and (SharableDropPath) the mask is divided by
   its batch mean instead of timm's keep probability; timm's DropPath modules are replaced by `SharedDropPath`.
-Implemented: PACE itself (the official `pace_type pace`, its best). Not implemented: PACE_fast (compares with the
-logits stored in the previous epoch; needs each image's index, which the training loop does not hand a method) and
+Modes: `mode=pace` (the official `pace_type pace`, its best) as above; `mode=fast` (PACE_fast, `pace_type fast`,
+compute_loss_pace_fast): one noisy pass per batch, and the consistency term compares each image's logits with those
+it had at its previous visit (the previous epoch), kept per image without gradient, zeros before the first:
+CE(f, y) + lam * mean ||f - f_prev||^2. The loop hands the method each batch's image positions
+(`Method.training_batch`); the stored logits are float32, reset by `apply` (each run). The official README says fast
+wants a larger sigma and a smaller lam but releases no values; the defaults stay pace's. Not implemented:
 PACE_lazy_half. lam = 0 trains one pass (the consistency term vanishes), so sigma = 0, lam = 0 is the base exactly.
 Departure: the official code also wraps the head (sigma / L on the logits, HeadLinear); the head here belongs to the
 runner (its features cache, `get_classifier`), so it is not perturbed. Recipe: the official train.py and its one
@@ -53,6 +57,7 @@ class PACEConfig:
     sigma: Annotated[float, Range(min=0)] = 1.2  # the noise's standard deviation at the first perturbed block
     lam: Annotated[float, Range(min=0)] = 1.0  # weight of the consistency term
     depth: Literal["linear", "constant"] = "linear"  # sigma per block: falling with depth (official) or constant
+    mode: Literal["pace", "fast"] = "pace"  # two passes per batch, or one and the previous epoch's logits (PACE_fast)
 
 
 class Noisy(nn.Module):
@@ -148,6 +153,7 @@ class PACE(Method):
             base.check_fit(model)
 
     def apply(self, model):
+        self.history, self.index, self.cursor = None, None, 0  # PACE_fast's per-image logits: each run its own
         before = set(map(id, model.modules()))
         for base in self.bases:
             model = base.apply(model)
@@ -172,12 +178,35 @@ class PACE(Method):
             return [s] * len(found)
         return [0.0 if depth[id(b)] == 0 else s * (L + 1 - depth[id(b)]) / L for b in found]
 
+    def training_batch(self, index):
+        self.index, self.cursor = index, 0
+
     def training_loss(self, model, images, labels, loss_fn):
         if self.config.lam == 0:
             return loss_fn(model(images), labels)
+        if self.config.mode == "fast":
+            logits = model(images)
+            return loss_fn(logits, labels) + self.config.lam * consistency(logits, self.previous(logits))
         with paired(model):
             first, second = model(torch.cat([images, images])).chunk(2)
         return loss_fn(first, labels) + self.config.lam * consistency(first, second)
+
+    def previous(self, logits: torch.Tensor) -> torch.Tensor:
+        """The micro-batch's images' logits at their previous visit (zeros at the first); stores the new ones."""
+        if getattr(self, "index", None) is None:
+            raise RuntimeError("pace:mode=fast needs each batch's image positions (Method.training_batch)")
+        index = self.index[self.cursor: self.cursor + len(logits)].to(logits.device)
+        self.cursor += len(logits)
+        size = int(index.max()) + 1
+        if self.history is None or len(self.history) < size or self.history.shape[1] != logits.shape[1]:
+            grown = torch.zeros(size, logits.shape[1], device=logits.device)
+            if self.history is not None:
+                grown[: len(self.history)] = self.history
+            self.history = grown
+        with torch.no_grad():
+            stored = self.history[index].clone()
+            self.history[index] = logits.detach().float()
+        return stored.to(logits.dtype)
 
     def merge(self, model):
         if len(self.bases) != 1:

@@ -25,6 +25,11 @@ augmentation, in an order drawn from the run's seed) with their labels; never a 
 already sized what trains (so planning counts it on the meta device); `select` only fills it in. What it returns
 goes into the run record's `parameter_selection` (`selection` is a tuned final's grid choice).
 
+Pruning methods (`rewinds()` true: E2VPT's pruning) are trained twice in one run (petlbench.engine.rewind): after a
+first training, `prune(model, batches)` scores the trained model on one epoch of the training data (as `select`
+gets it) and returns what to cut (recorded as the run's `pruning`); the model is then built again from the run's
+seed (the same initialisation: the lottery ticket's rewind), `rewind(model, pruned)` fixes the cut, and it trains.
+
 The training loop asks the method for each (micro-)batch's loss, `training_loss(model, images, labels, loss_fn)`,
 under the loop's autocast: by default `loss_fn(model(images), labels)`. A method whose objective needs more than one
 forward or another term (PACE's two noisy passes and consistency term) overrides it; the options it reads are in
@@ -100,6 +105,21 @@ class Method:
         """After `apply`, before training: choose what trains from the training (images, labels) batches; return
         what the record keeps (selecting methods only)."""
         return {}
+
+    def rewinds(self) -> bool:
+        """Train, `prune`, rebuild, `rewind`, train again? (see the module docstring)"""
+        return False
+
+    def prune(self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+        """After the first training: what to cut, from the trained model and the training batches (JSON-able)."""
+        return {}
+
+    def rewind(self, model: nn.Module, pruned: dict[str, Any]) -> None:
+        """On the model built again from the run's seed: fix what `prune` cut, before the second training."""
+
+    def training_batch(self, index: torch.Tensor) -> None:
+        """Before each training step: the positions in the training data of the batch's images, in the order
+        `training_loss` receives them (PACE_fast keeps each image's logits from the previous epoch)."""
 
     def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch.Tensor:
         """The batch's training loss (mean over the batch); see the module docstring."""

@@ -35,7 +35,7 @@ from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
                                recency, write_atomic)
 from petlbench.registry import available_methods
-from petlbench.engine import newclasses, prefix
+from petlbench.engine import newclasses, prefix, rewind
 from petlbench.engine.closedform import ClosedForm
 from petlbench.engine.selection import Selection
 from petlbench.engine.features import MORE_THAN_HEAD, RunCache, why_not
@@ -184,14 +184,20 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
                                                **plan_text(built), closed_form=hook)
         if chosen:
             record["parameter_selection"] = chosen.record  # not `selection`: a tuned final's choice
+        task_dir = find_task_dir(plan.data_root, plan.task)
+        scored = scored_labels(task_dir, plan.task, plan.protocol["eval_splits"]) if plan.task.dataset else None
+        if plan.method.rewinds():  # E2VPT's pruning: a first training, the cut, the same initialisation again
+            (model, counts, task_keys), record["pruning"] = rewind.prune_and_rewind(
+                built, model, train, device,
+                lambda first: train_model(built, first, task_keys, train, evaluation, device, progress, cache,
+                                          scored=scored),
+                lambda: build_model(built.backbone, built.method, built.task.classes, built.seed, **plan_text(built)))
         if built is not plan:
             newclasses.require(model.get_classifier(), f"{plan.method.name} on {plan.backbone.name}")
         record["params"] = counts.as_dict()
-        task_dir = find_task_dir(plan.data_root, plan.task)
         used = plan.protocol["train_splits"] + plan.protocol["eval_splits"]
         record["data"].update(folder=str(task_dir), split_files_sha256={
             split: split_sha256(plan.suite.layout, task_dir, plan.task, split)[:16] for split in used})
-        scored = scored_labels(task_dir, plan.task, plan.protocol["eval_splits"]) if plan.task.dataset else None
         metrics = train_model(built, model, task_keys, train, evaluation, device, progress, cache, keep,
                               (lambda: closed.choose(model)) if closed else None, scored)
         metrics[plan.metric] = metrics.pop("top1")
@@ -221,7 +227,8 @@ def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], tra
     reason = "off" if cache.features is None else why_not(model, task_keys, train)
     if reason is not None and reason != MORE_THAN_HEAD:
         return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
-                       before_eval=before_eval, objective=plan.method.training_loss, scored=scored),
+                       before_eval=before_eval, objective=plan.method.training_loss,
+                       on_batch=plan.method.training_batch, scored=scored),
                 "features": f"not cached: {reason}"}
     b, amp = plan.backbone, autocast_dtype(plan.train, device)
     identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing(),
@@ -232,12 +239,14 @@ def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], tra
                                plan.train.eval_batch_size, amp)
         if isinstance(found, str):
             return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
-                          before_eval=before_eval, objective=plan.method.training_loss, scored=scored),
+                          before_eval=before_eval, objective=plan.method.training_loss,
+                          on_batch=plan.method.training_batch, scored=scored),
                     "features": f"not cached: {found}"}
         tail, on_train = found
         seconds = round(time.perf_counter() - start, 3)
         metrics = fit(tail, on_train, evaluation, plan.train, device, plan.seed, progress, evaluator=model, keep=keep,
-                      before_eval=before_eval, objective=plan.method.training_loss, scored=scored)
+                      before_eval=before_eval, objective=plan.method.training_loss,
+                      on_batch=plan.method.training_batch, scored=scored)
         return {**metrics, "features": f"cached before block {tail.first}", "features_time_s": seconds}
     on_train, on_eval = (cache.features.get(model, data, identity, device, plan.train.eval_batch_size, amp)
                          for data in (train, evaluation))

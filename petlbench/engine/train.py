@@ -69,7 +69,7 @@ def diverging(loss: float, first: float, factor: float, chance: float) -> bool:
 
 def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig, device: torch.device,
         seed: int, progress: bool | None = None, evaluator: nn.Module | None = None, keep=None,
-        before_eval=None, objective=None, scored: list[int] | None = None) -> dict:
+        before_eval=None, objective=None, scored: list[int] | None = None, on_batch=None) -> dict:
     """Train for cfg.epochs and evaluate at the end (the number reported; no test-set selection).
 
     With cfg.eval_every = N the evaluation split is also scored every N epochs; that curve is recorded
@@ -79,6 +79,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
     `before_eval()` runs after training, before the final evaluation (a closed-form method's choice on val).
     `objective(model, images, labels, loss_fn)` is the batch's training loss (a method's `training_loss`); default CE.
     `scored`: the only classes a prediction on `test` may take (ImageNet-A/-R's 200 of 1000); None: all.
+    `on_batch(index)` gets the batch's positions in `train` before its step (a method's `training_batch`).
     """
     layout = memory_format(model)
     model.to(device, memory_format=layout)
@@ -112,6 +113,8 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, cfg: TrainConfig,
             images = images.contiguous(memory_format=layout) if images.dim() == 4 else images
             while True:
                 try:
+                    if on_batch is not None:
+                        on_batch(idx)
                     loss = backward(model, images, labels, accumulate, loss_fn, device, amp, objective)
                     break
                 except torch.OutOfMemoryError:  # the same batch as smaller micro-batches: the same step, less memory
