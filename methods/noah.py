@@ -25,9 +25,12 @@ Departures: NOAH's model-level prompts (and their position embedding, counted by
 100 D) are replaced at block 0 before anything reads them; they are not built here, so the count above is the
 official one minus those dead tensors. Prefix tuning (PREFIX_DIM) is not built (every released subnet has 0).
 Prompts sit at the end of the stream as in NOAH (attention has no order, so the class token's output is the same).
-Left out: the one-shot search itself (supernet training on random subnets, 500 epochs; evolutionary search on val
-under a parameter limit); its structure is here (every module draws from the supernet's init and holds one size),
-but petlbench's engine has no per-step subnet sampling yet: use NOAH's code to search, then `subnet=FILE`.
+`subnet=search`: NOAH's one-shot search, two phases of one sweep (petlbench.sweep.noah_search): the supernet
+(petlbench.engine.supernet: these modules at the space's largest size, a random subnet per batch) trained on
+train800, its evolutionary search on val200 under a parameter limit (petlbench.engine.evolution), then the chosen
+subnet retrained here from scratch on train800val200 (`searched`: the subnet file the search wrote). The search's
+options (choices, limit, population, generations, supernet_epochs, supernet_lr) are part of the identity only
+under subnet=search. Before the search names a subnet, planning counts the space's largest.
 
 Recipe: NOAH's retrain (configs/NOAH/VTAB/subnet/slurm_retrain_vtab.sh: AdamW lr 1e-3, wd 1e-4, batch 64, 100
 epochs; supernet_train_prompt.py: 10 warm-up, cosine, drop-path 0.1), the `noah` recipe; timm's decay rule

@@ -121,11 +121,12 @@ class NoahSupernet(Noah):
             replace_module(block.attn, block.qkv, SuperLoRA(block.qkv, largest, cfg.dropout, cfg.super_size))
             replace_module(block.module, block.drop_paths[1], AdaptedDropPath(
                 block.drop_paths[1], SuperAdapter(block.dim, largest, cfg.dropout, cfg.super_size), "before"))
-            parts = [SuperPrompts(block.dim, largest, cfg.dropout, cfg.super_size), block.module]
+            wrapped = [SuperPrompts(block.dim, largest, cfg.dropout, cfg.super_size), block.module]
             if i == len(blocks) - 1:
-                parts.append(SuperStrip())
-            block.replace(nn.Sequential(*parts))
-        # the batches' subnets: drawn from the run's seed (build_model seeded torch just before apply)
+                wrapped.append(SuperStrip())
+            block.replace(nn.Sequential(*wrapped))
+        # the batches' subnets: drawn from the run's seed (build_model seeded torch just before apply; NOAH seeds
+        # Python's random with the epoch number, the same draws for every seed)
         self.sampler = random.Random(int(torch.randint(0, 2 ** 31 - 1, ())))
         set_subnet(model, full_subnet(cfg.choices, len(blocks)))
         return model
