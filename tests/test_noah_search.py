@@ -2,7 +2,6 @@
 retrained (petlbench.engine.supernet, .evolution, .noah_search; petlbench.sweep.noah_search)."""
 from __future__ import annotations
 
-import json
 import random
 import shutil
 
@@ -130,8 +129,8 @@ def test_search_on_val_never_reads_test_then_the_subnet_is_retrained(tmp_path, t
     found = searched["noah_search"]
     assert found["subnet_params"] == count(found["subnet"], 48) <= 1000  # limit=0.001 million
     assert found["evaluated"] >= 4 and found["over_limit"] > 0
-    subnet_file = next(out.rglob("*.subnet.json"))
-    assert json.loads(subnet_file.read_text()) == found["subnet"]
+    subnet_file = next(out.rglob("*.subnet.yaml"))
+    assert yaml.safe_load(subnet_file.read_text()) == found["subnet"]
     finals = [r for r in load_records(out) if r.get("kind") != "noah_search"]
     assert len(finals) == 1 and finals[0]["status"] == "failed" and "test.txt" in finals[0]["error"]
 

@@ -4,7 +4,7 @@ evolutionary search (petlbench.engine.evolution) scoring subnets with the shared
 split is not loaded: the run's protocol is the tune protocol's search stage (train, val).
 
 Its record sits with the tune search records (`search/`, not a table row) and keeps the chosen subnet, its
-parameter count, the search's space, limit and history; the subnet is also a file beside it (`<record>.subnet.json`,
+parameter count, the search's space, limit and history; the subnet is also a file beside it (`<record>.subnet.yaml`,
 {prompts, lora, adapter}, readable by `noah:subnet=FILE`) that the final runs retrain from scratch.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 
 from petlbench.data import shots
 from petlbench.data.layouts import find_task_dir, split_sha256
@@ -29,12 +30,12 @@ from petlbench.errors import UserError
 from petlbench.methods.noah import count
 from petlbench.params import build_model
 from petlbench.plan import RunPlan
-from petlbench.records import is_finished, read_record, write_atomic
+from petlbench.records import is_finished, read_record, replaced_whole
 from petlbench.backbone import file_sha256
 
 
 def subnet_path(record_path: Path) -> Path:
-    return record_path.with_suffix(".subnet.json")
+    return record_path.with_suffix(".subnet.yaml")  # not *.json: record readers pass it by
 
 
 def subnet_intact(record: dict | None, path: Path) -> bool:
@@ -79,7 +80,8 @@ def execute_supernet(plan: RunPlan, out: Path, device: torch.device, cache: RunC
         metrics[plan.metric] = metrics.pop("top1")  # the chosen subnet's val top-1 (fit scores it last)
         metrics.pop("eval_curve", None)  # the batches' random subnets: not a curve of anything
         target = subnet_path(path)
-        write_atomic(target, search.chosen)
+        with replaced_whole(target) as tmp:
+            tmp.write_text(yaml.safe_dump(search.chosen, sort_keys=False, default_flow_style=None), encoding="utf-8")
         record["noah_search"] = {**search.described, "subnet_file": target.name,
                                  "subnet_sha256": file_sha256(target)}
         record.update(metrics=metrics, status="success")
