@@ -2,6 +2,7 @@
 retrained (petlbench.engine.supernet, .evolution, .noah_search; petlbench.sweep.noah_search)."""
 from __future__ import annotations
 
+import json
 import random
 import shutil
 
@@ -151,6 +152,11 @@ def test_search_on_val_never_reads_test_then_the_subnet_is_retrained(tmp_path, t
     assert final["params"]["trainable_excl_head"] == found["subnet_params"]
     assert final["train"]["epochs"] == 2 and final["train"]["lr"] == 1e-3  # retrained with the run's recipe
     assert (out / final["noah_search"]["record"]).is_file()
+    status = petlbench_cli("status", str(out), "--suite", str(suite), "--methods", SEARCH, "--tasks", "count",
+                           "--data-root", str(tiny_tasks), "--seeds", "0", "--format", "json")
+    assert status.returncode == 0, status.stderr
+    stages = {row["stage"]: row for row in json.loads(status.stdout)["rows"]}
+    assert stages["search"]["done"] == 1 and stages["final"]["done"] == 1, "status finds the search and its final"
 
 
 def test_search_is_refused_off_the_final_protocol(tmp_path, tiny_tasks):

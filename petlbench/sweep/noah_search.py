@@ -70,13 +70,22 @@ def final_unit(sweep, found: Found, task: Task, method: Method, seed: int, prefi
     record = found.get((id(method), task.name, seed))
     if not record or record.get("status") != "success":
         return None
-    searched = supernet_plan(sweep, task, method, seed).record_dir(sweep.out) / record["noah_search"]["subnet_file"]
-    plan = sweep.plan(task, Noah(method.config, str(searched.resolve())), seed)
+    plan = final_plan(sweep, task, method, seed, record)
+    searched = subnet_file(sweep, task, method, seed, record)
     search = record["noah_search"]
     extra = {"noah_search": {"run_id": record["run_id"], "record": relative(record_file(searched), sweep.out), "subnet_file": relative(searched, sweep.out), "subnet": search["subnet"],
         "subnet_params": search["subnet_params"], "val_top1": record["metrics"]["val_top1"]}}
     where = f"{prefix}{sweep.suite.name}/{task.name} {method_label(method)} seed {seed}"
     return Unit([plan], [where], extra)
+
+
+def subnet_file(sweep, task: Task, method: Method, seed: int, record: dict) -> Path:
+    return supernet_plan(sweep, task, method, seed).record_dir(sweep.out) / record["noah_search"]["subnet_file"]
+
+
+def final_plan(sweep, task: Task, method: Method, seed: int, record: dict) -> RunPlan:
+    """The final run of the subnet a successful search record chose (`status` plans it too)."""
+    return sweep.plan(task, Noah(method.config, str(subnet_file(sweep, task, method, seed, record).resolve())), seed)
 
 
 def record_file(subnet_file: Path) -> Path:
