@@ -28,7 +28,7 @@ Prompts sit at the end of the stream as in NOAH (attention has no order, so the 
 `subnet=search`: NOAH's one-shot search, two phases of one sweep (petlbench.sweep.noah_search): the supernet
 (petlbench.engine.supernet: these modules at the space's largest size, a random subnet per batch) trained on
 train800, its evolutionary search on val200 under a parameter limit (petlbench.engine.evolution), then the chosen
-subnet retrained here from scratch on train800val200 (`searched`: the subnet file the search wrote). The search's
+subnet retrained here from scratch on train800val200 (`searched`: the sizes the search chose). The search's
 options (choices, limit, population, generations, supernet_epochs, supernet_lr) are part of the identity only
 under subnet=search. Before the search names a subnet, planning counts the space's largest.
 
@@ -203,10 +203,10 @@ class Noah(Method):
     decay_rule = "timm"
     defaults_source = SOURCE
 
-    def __init__(self, config=None, searched: str | None = None):
+    def __init__(self, config=None, searched: dict[str, list[int]] | None = None):
         super().__init__(config)
         self.task: str | None = None  # set by for_task: the task whose released subnet `released` means
-        self.searched = searched  # subnet=search: the subnet file its search phase wrote (petlbench.sweep.noah_search)
+        self.searched = searched  # subnet=search: the sizes its search phase chose (petlbench.sweep.noah_search)
 
     def for_task(self, task) -> "Noah":
         if self.config.subnet != "released":
@@ -222,7 +222,7 @@ class Noah(Method):
     def sizes(self, depth: int | None = None) -> dict[str, list[int]]:
         cfg = self.config
         if cfg.subnet == "search" and self.searched:
-            return read_subnet_file(Path(self.searched))
+            return check_sizes(self.searched, "method noah: the searched subnet")
         if cfg.subnet == "search":  # before the search names one: the space's largest (planning counts it)
             if depth is None:
                 raise UserError("method noah: subnet=search is found by the sweep's search phase (petlbench run "

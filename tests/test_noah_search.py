@@ -157,6 +157,9 @@ def test_search_on_val_never_reads_test_then_the_subnet_is_retrained(tmp_path, t
     assert status.returncode == 0, status.stderr
     stages = {row["stage"]: row for row in json.loads(status.stdout)["rows"]}
     assert stages["search"]["done"] == 1 and stages["final"]["done"] == 1, "status finds the search and its final"
+    (record_path,) = [p for p in out.glob("tiny/count/*.json")]  # the final's record (the search's is in search/)
+    evaluated = petlbench_cli("eval", str(record_path))
+    assert evaluated.returncode == 0 and "reproduced exactly" in evaluated.stdout, "eval rebuilds the searched subnet"
 
 
 def test_search_is_refused_off_the_final_protocol(tmp_path, tiny_tasks):

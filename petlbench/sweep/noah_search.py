@@ -18,7 +18,7 @@ from typing import Callable
 
 from petlbench.errors import UserError
 from petlbench.method import Method
-from petlbench.methods.noah import Noah
+from petlbench.methods.noah import Noah, read_subnet_file
 from petlbench.plan import RunPlan, method_label, rebuilt_train
 from petlbench.specs import Task
 from petlbench.engine.supernet import NoahSupernet
@@ -85,7 +85,7 @@ def subnet_file(sweep, task: Task, method: Method, seed: int, record: dict) -> P
 
 def final_plan(sweep, task: Task, method: Method, seed: int, record: dict) -> RunPlan:
     """The final run of the subnet a successful search record chose (`status` plans it too)."""
-    return sweep.plan(task, Noah(method.config, str(subnet_file(sweep, task, method, seed, record).resolve())), seed)
+    return sweep.plan(task, Noah(method.config, read_subnet_file(subnet_file(sweep, task, method, seed, record))), seed)
 
 
 def record_file(subnet_file: Path) -> Path:
