@@ -25,9 +25,12 @@ Departures: NOAH's model-level prompts (and their position embedding, counted by
 100 D) are replaced at block 0 before anything reads them; they are not built here, so the count above is the
 official one minus those dead tensors. Prefix tuning (PREFIX_DIM) is not built (every released subnet has 0).
 Prompts sit at the end of the stream as in NOAH (attention has no order, so the class token's output is the same).
-Left out: the one-shot search itself (supernet training on random subnets, 500 epochs; evolutionary search on val
-under a parameter limit); its structure is here (every module draws from the supernet's init and holds one size),
-but petlbench's engine has no per-step subnet sampling yet: use NOAH's code to search, then `subnet=FILE`.
+`subnet=search`: NOAH's one-shot search, two phases of one sweep (petlbench.sweep.noah_search): the supernet
+(petlbench.engine.supernet: these modules at the space's largest size, a random subnet per batch) trained on
+train800, its evolutionary search on val200 under a parameter limit (petlbench.engine.evolution), then the chosen
+subnet retrained here from scratch on train800val200 (`searched`: the sizes the search chose). The search's
+options (choices, limit, population, generations, supernet_epochs, supernet_lr) are part of the identity only
+under subnet=search. Before the search names a subnet, planning counts the space's largest.
 
 Recipe: NOAH's retrain (configs/NOAH/VTAB/subnet/slurm_retrain_vtab.sh: AdamW lr 1e-3, wd 1e-4, batch 64, 100
 epochs; supernet_train_prompt.py: 10 warm-up, cosine, drop-path 0.1), the `noah` recipe; timm's decay rule
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,12 +65,29 @@ SOURCE = ("subnet sizes: NOAH's released searched subnets (ZhangYuanhan-AI/NOAH 
 
 @dataclass
 class NoahConfig:
-    subnet: str = "uniform"  # uniform | released | a VTAB-1k task name | a YAML file
+    subnet: str = "uniform"  # uniform | released | search | a VTAB-1k task name | a YAML file
     tokens: Annotated[int, Range(min=0, max=MAX_TOKENS)] = 5  # subnet=uniform: prompts per block
     rank: Annotated[int, Range(min=0)] = 5  # subnet=uniform: LoRA rank per block
     bottleneck: Annotated[int, Range(min=0)] = 5  # subnet=uniform: adapter width per block
     dropout: Annotated[float, Range(min=0, lt=1)] = 0.1  # prompt, LoRA-input and adapter dropout
     super_size: Annotated[int, Range(min=1)] = 100  # the supernet's largest size: the fan of the init
+    # subnet=search only (petlbench.sweep.noah_search; sources in SEARCH_SOURCE): the search space's sizes per
+    # module and block, the parameter limit (millions, head excluded), the evolution's population and generations,
+    # and the supernet's training (epochs, lr)
+    choices: list[int] = field(default_factory=lambda: [1, 5, 10])
+    limit: Annotated[float, Range(min=0)] = 0.64
+    population: Annotated[int, Range(min=2)] = 50
+    generations: Annotated[int, Range(min=0)] = 15
+    supernet_epochs: Annotated[int, Range(min=1)] = 500
+    supernet_lr: Annotated[float, Range(min=0)] = 5e-4
+
+
+SEARCH_KEYS = ("choices", "limit", "population", "generations", "supernet_epochs", "supernet_lr")
+SEARCH_SOURCE = ("search: experiments/NOAH/supernet/supernet-B_prompt_VTAB.yaml (choices {1, 5, 10} per block, "
+                 "depths {3, 6, 9, 12} of 12, supernet size 100); configs/NOAH/VTAB/supernet/slurm_train_vtab.sh "
+                 "(supernet on train800: lr 5e-4, wd 1e-4, 500 epochs, batch 64); configs/NOAH/VTAB/search/"
+                 "slurm_search_vtab.sh and evolution.py (on val200: 15 generations, population 50, top 10, 25 "
+                 "mutations with m_prob 0.2, s_prob 0.4, 25 crossovers, param limit 0.64M by default)")
 
 
 def released_subnets() -> dict[str, Any]:
@@ -183,14 +203,15 @@ class Noah(Method):
     decay_rule = "timm"
     defaults_source = SOURCE
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, searched: dict[str, list[int]] | None = None):
         super().__init__(config)
         self.task: str | None = None  # set by for_task: the task whose released subnet `released` means
+        self.searched = searched  # subnet=search: the sizes its search phase chose (petlbench.sweep.noah_search)
 
     def for_task(self, task) -> "Noah":
         if self.config.subnet != "released":
             return self
-        resolved = Noah(self.config)
+        resolved = Noah(self.config, self.searched)
         table = released_subnets()["vtab1k"]
         resolved.task = next((n for n in (task.name, *task.aliases) if n in table), None)
         if resolved.task is None:
@@ -200,6 +221,13 @@ class Noah(Method):
 
     def sizes(self, depth: int | None = None) -> dict[str, list[int]]:
         cfg = self.config
+        if cfg.subnet == "search" and self.searched:
+            return check_sizes(self.searched, "method noah: the searched subnet")
+        if cfg.subnet == "search":  # before the search names one: the space's largest (planning counts it)
+            if depth is None:
+                raise UserError("method noah: subnet=search is found by the sweep's search phase (petlbench run "
+                                "--protocol final); it names no subnet by itself")
+            return {kind: [max(cfg.choices)] * depth for kind in KINDS}
         if cfg.subnet == "uniform":
             if depth is None:
                 raise UserError("method noah: subnet=uniform needs the backbone's depth")
@@ -218,9 +246,14 @@ class Noah(Method):
         return read_subnet_file(path)
 
     def identity(self) -> dict[str, Any]:
-        """The options and the resolved sizes (a file's content; `released`: the task's), when they are known."""
+        """The options and the resolved sizes (a file's content; `released`: the task's), when they are known;
+        the search's options only when it searches (older records keep their identity)."""
         ident = super().identity()
-        if self.config.subnet == "uniform" or (self.config.subnet == "released" and self.task is None):
+        cfg = self.config
+        if cfg.subnet != "search":
+            ident = {k: v for k, v in ident.items() if k not in SEARCH_KEYS}
+        if cfg.subnet == "uniform" or (cfg.subnet == "released" and self.task is None) or \
+                (cfg.subnet == "search" and not self.searched):
             return ident
         sizes = self.sizes()
         text = repr(sorted(sizes.items())).encode()

@@ -27,6 +27,7 @@ class Unit:
     extra: dict[str, Any] | None = None  # added to each record (a final's selection)
     search: bool = False
     source: bool = False  # the plans are one source run's tasks (petlbench.engine.multitask, a transfer method)
+    supernet: bool = False  # the plan is NOAH's supernet and search (petlbench.engine.noah_search)
 
 
 @dataclass
@@ -83,6 +84,10 @@ def run_job(job: Job, log: Callable[[str], None] | None = None, contexts: dict |
                 from petlbench.engine.multitask import SourceRun, execute_source
                 results.append([execute_source(SourceRun(unit.plans), job.out, device, cache, job.progress, log,
                                                unit.wheres[0])])
+            elif unit.supernet:
+                from petlbench.engine.noah_search import execute_supernet
+                results.append([execute_supernet(unit.plans[0], job.out, device, cache, job.progress, log,
+                                                 unit.wheres[0])])
             else:
                 results.append([execute(plan, job.out, device, cache, job.progress, log, where, unit.extra,
                                         job.save_weights, job.save_samples)

@@ -24,7 +24,7 @@ from petlbench.registry import available_methods
 from petlbench.backbone import BackboneSpec
 from petlbench.specs import Task
 from petlbench.suite import Suite
-from petlbench.sweep import paper, transfer
+from petlbench.sweep import noah_search, paper, transfer
 from petlbench.sweep.tune import apply_point, choose, grid_points, write_selection
 
 
@@ -96,7 +96,10 @@ def run_sweep(sweep: Sweep, executor, log: Callable[[str], None]) -> Records:
     if sweep.protocol == "final":
         sources = transfer.run_sources(sweep, executor, log)  # a transfer method's source phase (MVLPT), once
         combos = [(task, method, seed) for task in sweep.tasks for method in sweep.methods for seed in sweep.seeds]
+        searched = noah_search.run_searches(sweep, executor, log)  # noah:subnet=search's search phase (NOAH)
         units = [(transfer.target_unit(sweep, sources, *combo, f"[{i}/{len(combos)}] ") if transfer.is_transfer(combo[1])
+                  else noah_search.final_unit(sweep, searched, *combo, f"[{i}/{len(combos)}] ")
+                  if noah_search.is_search(combo[1])
                   else final_unit(sweep, *combo, f"[{i}/{len(combos)}] ")) for i, combo in enumerate(combos, 1)]
         ready = [u for u in units if u is not None]  # None: a target whose source run did not succeed
         done = collect(ready, executor.run(ready, sweep.job, "runs", log), log) if ready else Records()

@@ -29,7 +29,7 @@ from petlbench.sweep.paper import Paper, row_of
 from petlbench.sweep.phases import Sweep, run_sweep
 from petlbench.sweep.slurm import SlurmExecutor, SlurmOptions
 from petlbench.sweep.tune import check_grid
-from petlbench.sweep import transfer
+from petlbench.sweep import noah_search, transfer
 
 
 def run(suite: str = "demo", methods: str | list[str] = "linear", seeds: Iterable[int] = (0,),
@@ -116,6 +116,7 @@ def make_sweep(suite, methods, seeds, tasks=None, backbone=None, backbone_args=N
     for method in method_list:  # built once on the meta device (plan_one): options that do not fit are refused now
         the_sweep.plan(selected[0], method, seeds[0])
     transfer.check(the_sweep)  # a transfer method's sources (MVLPT): in the suite, named, under --protocol final
+    noah_search.check(the_sweep)  # noah:subnet=search: under --protocol final only
     return the_sweep
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from petlbench.sweep.jobs import is_running, lock_held
+from petlbench.sweep import noah_search
 from petlbench.data.layouts import find_task_dir, split_file, split_sha256
 from petlbench.errors import UserError
 from petlbench.plan import RunPlan, method_label
@@ -94,6 +95,13 @@ def expected(sweep) -> list[tuple[str, RunPlan]]:
         for method in sweep.methods:
             if is_transfer(method):
                 continue  # its source and target runs: petlbench.sweep.transfer_status
+            if sweep.protocol == "final" and noah_search.is_search(method):  # its search, then the chosen subnet
+                for seed in sweep.seeds:
+                    plan = noah_search.supernet_plan(sweep, task, method, seed)
+                    found = next((r for _, r in config_records(plan, sweep.out) if r.get("status") == "success"), None)
+                    runs += [("search", plan)] + ([("final", noah_search.final_plan(sweep, task, method, seed, found))]
+                                                  if found else [])
+                continue
             if sweep.protocol in ("final", "paper"):
                 runs += [(sweep.protocol, sweep.plan(task, method, seed)) for seed in sweep.seeds]
                 continue

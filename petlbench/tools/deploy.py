@@ -81,6 +81,8 @@ def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
         raise UserError(f"{path}: task {record['task']!r} is no longer in {record['suite_file']}")
     cls = get_method(record["method"]["name"])
     method = cls(build(cls.Config, record["method"]["options"], f"{path}: method options"))
+    if record.get("noah_search"):  # noah:subnet=search: the subnet its search chose (petlbench.sweep.noah_search)
+        method = cls(method.config, record["noah_search"]["subnet"])
     spec = backbone_spec(record, path)
     plan = RunPlan(suite, task, method, spec, record["seed"], rebuilt_train(record["train"], f"{path}: train"),
                    recorded_recipe(record["recipe"]), record["protocol"],
