@@ -103,6 +103,7 @@ def test_cocoop_without_its_meta_net_is_coop():
         torch.testing.assert_close(cocoop(x), coop(x), rtol=0, atol=1e-5)
         cocoop.head.meta_net[2].bias.normal_()  # one bias for every image: still one prompt set for all
         cocoop.head.meta_net[2].weight.normal_()  # now each image has its own prompts
+        cocoop.head.meta_net[0].bias.fill_(1.0)  # its 2 hidden units alive for every (unit-norm) image feature
         per_image = cocoop.head.text_features((cocoop.head.ctx + cocoop.head.meta_net(
             cocoop.head.image_features(cocoop.forward_head(cocoop.forward_features(x), pre_logits=True))
         )[:, None])[:, None])
