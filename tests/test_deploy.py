@@ -202,3 +202,25 @@ def in_process_error(capsys, argv: list[str], *needles: str) -> None:
     lines = err.splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("petlbench: error: "), (code, err)
     assert all(needle in lines[0] for needle in needles), (needles, lines[0])
+
+
+def test_a_released_noah_subnet_is_rebuilt_for_its_task(tmp_path):
+    """`noah:subnet=released` resolves its subnet per task (`Method.for_task`): eval rebuilds the same subnet, and the
+    record names the resolved sizes (`method.resolved`)."""
+    from petlbench.data.demo import write_task
+    write_task(tmp_path / "data", "clevr_count", seed=3, sizes={"train800": 32, "val200": 8, "test": 24}, kind="count")
+    args = {**TINY_ARGS, "depth": 12}  # NOAH's released subnets have 12 layers
+    suite = tmp_path / "noah.yaml"
+    suite.write_text("\n".join([
+        "name: tiny", "layout: noah", "backbone:", "  name: vit_tiny_patch16_224", f"  args: {args}",
+        "  pretrained: false", "train: {epochs: 1, warmup_epochs: 0, batch_size: 16, eval_batch_size: 64}",
+        "tasks:", "  - {name: clevr_count, classes: 6, group: structured}"]) + "\n")
+    proc = petlbench_cli("run", "--suite", str(suite), "--methods", "noah:subnet=released", "--data-root",
+                         str(tmp_path / "data"), "--out", str(tmp_path / "results"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    (record,) = load_records(tmp_path / "results")
+    assert record["method"]["resolved"]["task"] == "clevr_count"
+    (path,) = (tmp_path / "results").rglob("*.json")
+    proc = petlbench_cli("eval", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "reproduced exactly" in proc.stdout

@@ -151,7 +151,8 @@ def new_record(plan: RunPlan, device: torch.device, extra: dict[str, Any] | None
         "task_group": plan.task.group, "task_index": plan.suite.tasks.index(plan.task),
         "num_classes": plan.task.classes, "seed": plan.seed,
         "method": {"name": plan.method.name, "label": method_label(plan.method), "origin": origin,
-                   "options": as_dict(plan.method.config)},
+                   "options": as_dict(plan.method.config),
+                   **({"resolved": resolved} if (resolved := plan.method.identity().get("resolved")) else {})},
         "backbone": {"name": b.name, "args": b.args, "weights": b.weights, "checkpoint": b.checkpoint,
                      "checkpoint_sha256": b.checkpoint_sha256},
         "protocol": {"shots": None, **plan.protocol},  # shots: K under --shots K (few-shot), else null

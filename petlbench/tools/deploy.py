@@ -80,7 +80,7 @@ def rebuild(record_path: str | Path, data_root: str | None = None) -> Deployed:
     if task is None:
         raise UserError(f"{path}: task {record['task']!r} is no longer in {record['suite_file']}")
     cls = get_method(record["method"]["name"])
-    method = cls(build(cls.Config, record["method"]["options"], f"{path}: method options"))
+    method = cls(build(cls.Config, record["method"]["options"], f"{path}: method options")).for_task(task)
     if record.get("noah_search"):  # noah:subnet=search: the subnet its search chose (petlbench.sweep.noah_search)
         method = cls(method.config, record["noah_search"]["subnet"])
     spec = backbone_spec(record, path)
