@@ -26,7 +26,6 @@ from petlbench.data.build import identify
 from petlbench.data.decode import TensorData
 from petlbench.data import classsplit, shots
 from petlbench.errors import UserError
-from petlbench.sidetower import feature_identity
 from petlbench.data.domains import describe as describe_domains, scored_labels
 from petlbench.data.layouts import find_task_dir, split_sha256
 from petlbench.options import as_dict
@@ -35,12 +34,13 @@ from petlbench.plan import RunPlan, defaults_source, method_label
 from petlbench.records import (SCHEMA, device_description, git_revision, is_finished, package_versions, read_record,
                                recency, write_atomic)
 from petlbench.registry import available_methods
-from petlbench.engine import newclasses, prefix, rewind
+from petlbench.engine import newclasses, rewind
 from petlbench.engine.closedform import ClosedForm
 from petlbench.engine.selection import Selection
-from petlbench.engine.features import MORE_THAN_HEAD, RunCache, why_not
+from petlbench.engine.features import RunCache
 from petlbench.engine.samples import TopK, order_identity, samples_path, write_samples
-from petlbench.engine.train import Diverged, autocast_dtype, fit
+from petlbench.engine.train import Diverged
+from petlbench.engine.trainpath import train_model
 from petlbench.weights import save_task, weights_path, weights_problem
 
 
@@ -218,43 +218,6 @@ def run_one(plan: RunPlan, record: dict[str, Any], train: TensorData, evaluation
     except Exception as exc:  # a crashed run is recorded and retried next time; the sweep goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     return None
-
-
-def train_model(plan: RunPlan, model: torch.nn.Module, task_keys: list[str], train: TensorData,
-                evaluation: TensorData, device: torch.device, progress: bool | None, cache: RunCache,
-                keep: TopK | None = None, before_eval=None, scored: list[int] | None = None) -> dict:
-    """The one training loop; on cached pre-logit features when only the head trains (petlbench.engine.features), on
-    cached activations entering block k when nothing before it trains or changed (petlbench.engine.prefix)."""
-    reason = "off" if cache.features is None else why_not(model, task_keys, train)
-    if reason is not None and reason != MORE_THAN_HEAD:
-        return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
-                       before_eval=before_eval, objective=plan.method.training_loss,
-                       on_batch=plan.method.training_batch, scored=scored),
-                "features": f"not cached: {reason}"}
-    b, amp = plan.backbone, autocast_dtype(plan.train, device)
-    identity = {"backbone": b.name, "args": b.args, "weights": b.weights, "preprocessing": plan.preprocessing(),
-                **feature_identity(model)}  # a side tower (CoMo's DINO) is part of the head's input
-    start = time.perf_counter()
-    if reason == MORE_THAN_HEAD:
-        found = prefix.prepare(model, b, plan.task.classes, train, identity, cache.features, device,
-                               plan.train.eval_batch_size, amp)
-        if isinstance(found, str):
-            return {**fit(model, train, evaluation, plan.train, device, plan.seed, progress, keep=keep,
-                          before_eval=before_eval, objective=plan.method.training_loss,
-                          on_batch=plan.method.training_batch, scored=scored),
-                    "features": f"not cached: {found}"}
-        tail, on_train = found
-        seconds = round(time.perf_counter() - start, 3)
-        metrics = fit(tail, on_train, evaluation, plan.train, device, plan.seed, progress, evaluator=model, keep=keep,
-                      before_eval=before_eval, objective=plan.method.training_loss,
-                      on_batch=plan.method.training_batch, scored=scored)
-        return {**metrics, "features": f"cached before block {tail.first}", "features_time_s": seconds}
-    on_train, on_eval = (cache.features.get(model, data, identity, device, plan.train.eval_batch_size, amp)
-                         for data in (train, evaluation))
-    seconds = round(time.perf_counter() - start, 3)
-    metrics = fit(model.get_classifier(), on_train, on_eval, plan.train, device, plan.seed, progress, keep=keep,
-                  before_eval=before_eval, scored=scored)
-    return {**metrics, "features": "cached", "features_time_s": seconds}
 
 
 def data_identity(train: TensorData, evaluation: TensorData) -> str:
