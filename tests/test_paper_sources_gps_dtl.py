@@ -49,8 +49,9 @@ def test_every_gps_script_is_a_row_with_its_arguments():
         suite = "vtab1k" if s["benchmark"] == "vtab" else "fgvc"
         row = settings.row(suite, TASKS.get(s["task"], s["task"]), "gps")
         assert row.options == {"k": int(s["times_para"])}
+        smoothing = {"label_smoothing": 0.1} if suite == "fgvc" else {}  # train_gps.py's default where not given
         assert row.train == {"lr": float(s["lr"]), "weight_decay": float(s["weight-decay"]),
-                             "batch_size": int(s["batch-size"]), **({"label_smoothing": 0.1} if suite == "fgvc" else {})}
+                             "batch_size": int(s["batch-size"]), **smoothing}
         assert row.backbone_args == {"drop_path_rate": float(s["drop-path"])}
         assert row.top1 is None and row.best_top1 == tops[suite][row.task]
         assert ("--contrastiveve" in row.note) == (s["task"] == "flowers102")
@@ -67,7 +68,7 @@ def test_every_dtl_vtab_script_is_a_row_with_its_arguments():
     for s in scripts:
         plus = s["script"] == "train_dtl+.sh"
         row = settings.row("vtab1k", TASKS.get(s["task"], s["task"]), "dtl:fusion=3" if plus else "dtl")
-        assert row.options == {"rank": 2, "beta": 100.0, "read_from": 0, "add_from": 6, "fusion": int(s["fusion_size"])}
+        assert row.options == {"rank": 2, "beta": 100.0, "read_from": 0, "fusion": int(s["fusion_size"])}
         assert (row.options["fusion"] > 0) == plus
         assert row.train == {"lr": float(s["lr"])} and row.backbone_args == {"drop_path_rate": float(s["drop_path"])}
         assert row.best_top1 == (None if plus else top[row.task]) and row.top1 is None
@@ -118,7 +119,8 @@ def test_dtl_and_dtl_plus_plan_each_task_with_its_released_settings(tmp_path):
         assert (p.train.lr, p.train.weight_decay, p.train.batch_size, p.train.optimizer) == (lr, 0.05, 32, "adamw")
         assert p.backbone.args["drop_path_rate"] == drop_path and p.backbone.name.endswith("orig_in21k")
         config = p.method.config
-        assert (config.fusion, config.rank, config.beta, config.read_from, config.add_from) == (fusion, 2, 100.0, 0, 6)
+        assert (config.fusion, config.rank, config.beta, config.read_from) == (fusion, 2, 100.0, 0)
+        assert config.add_from is None  # L / 2: after blocks 6-11 of ViT-B's 12, as --add_after_blocks 6-11
         assert p.train.decay_rule == "timm"  # DTL exempts '*.bias': of its trained tensors the head's bias
 
 
@@ -142,7 +144,8 @@ def paper_record(task: str, source: str, label: str, backbone: str, top1: float)
     row, index = settings.row("vtab1k", task, label), VTAB.index(task)
     return {"schema": SCHEMA, "run_id": f"{task}-{source}-{label}", "status": "success", "suite": "vtab1k",
             "task": task, "task_index": index, "task_group": tasks[index].group, "seed": 0,
-            "method": {"name": label.split(":")[0], "label": label}, "backbone": {"name": backbone, "weights": "timm-pretrained"},
+            "method": {"name": label.split(":")[0], "label": label},
+            "backbone": {"name": backbone, "weights": "timm-pretrained"},
             "protocol": {"name": "paper", "source": source}, "data": {"root": "/data", "layout": "noah",
                                                                       "build": "noah-jpeg"},
             "metrics": {"test_top1": (top1 - 1) / 100, "test_curve": [[10, (top1 - 2) / 100], [50, top1 / 100]]},

@@ -117,9 +117,9 @@ DTL_REPORTED = ("best_top1 (dtl rows): V-PETL Bench README's DTL row, labelled t
                 "own code tests once after the last epoch, so if the row is DTL's paper number (its group mean "
                 "matches) it is a last-epoch number; top1: none; dtl:fusion=3 (DTL+) rows: no number")
 DTL_NOTES = {
-    "dtl": "r -> rank, beta -> beta, --lora_before_blocks 0-11 -> read_from 0, --add_after_blocks 6-11 -> add_from 6 "
-           "(to the last block, as petlbench's), --fusion_size 0 -> fusion 0; lr and drop_path per task; the mean-"
-           "pooled head (pool avg) as DTL's ViT; " + VPETL,
+    "dtl": "r -> rank, beta -> beta, --lora_before_blocks 0-11 -> read_from 0, --add_after_blocks 6-11 -> add_from's "
+           "default (L / 2 = 6 of ViT-B's 12 blocks, to the last), --fusion_size 0 -> fusion 0; lr and drop_path "
+           "per task; the mean-pooled head (pool avg) as DTL's ViT; " + VPETL,
     DTL_PLUS: "DTL+ (train_dtl+.sh): as dtl with --fusion_size k -> fusion k, each task's own kernel (3, 4 or 5; "
               "asked for as dtl:fusion=3, the code's default); no published per-task number",
 }
@@ -134,19 +134,19 @@ def dtl(reference: Path) -> dict[str, Any]:
     scripts = [s for s in reference_rows(reference / "dtl_train_scripts.csv") if s["benchmark"] == "vtab"]
     checked(scripts, DTL_FIXED)
     (read_from, last), (add_from, add_last) = (blocks(DTL_FIXED[c]) for c in ("lora_before_blocks", "add_after_blocks"))
-    if last != 11 or add_last != 11:  # petlbench's dtl reads and adds up to the last block (ViT-B's 12)
-        raise ValueError(f"dtl: blocks up to {last} and {add_last}, expected ViT-B's last (11)")
+    if last != 11 or add_last != 11 or add_from != 12 // 2:  # petlbench's dtl: to the last block; add_from L / 2
+        raise ValueError(f"dtl: blocks {read_from}-{last} and {add_from}-{add_last}: expected ViT-B's x-11 and 6-11")
     top = published("vtab1k", "vpetl", "dtl")
     rows = []
     for s in sorted(scripts, key=lambda s: int(s["fusion_size"]) > 0):  # DTL's 19 rows, then DTL+'s
         task, fusion = SSF_TASKS.get(s["task"], s["task"]), int(s["fusion_size"])
         row = {"suite": "vtab1k", "task": task, "method": DTL_PLUS if fusion else "dtl",
-               "options": {"rank": int(s["r"]), "beta": float(s["beta"]), "read_from": read_from,
-                           "add_from": add_from, "fusion": fusion},
+               "options": {"rank": int(s["r"]), "beta": float(s["beta"]), "read_from": read_from, "fusion": fusion},
                "train": {"lr": float(s["lr"])}, "backbone_args": {"drop_path_rate": float(s["drop_path"])}}
         rows.append(row if fusion else {**row, "best_top1": top.get(task)})  # no published DTL+ row
     recipe = {"backbone": "vit_base_patch16_224.orig_in21k",  # README: imagenet21k/ViT-B_16.npz, --load_path
-              "backbone_args": {"drop_path_rate": 0.0}, "mean": list(HALF), "std": list(HALF), "interpolation": "bicubic",
+              "backbone_args": {"drop_path_rate": 0.0}, "mean": list(HALF), "std": list(HALF),
+              "interpolation": "bicubic",
               "train": {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05, "epochs": 100, "warmup_epochs": 10,
                         "batch_size": 32, "eval_batch_size": 256, "label_smoothing": 0.0, "lr_scale_batch": None,
                         "grad_clip": None, "eval_every": 10,
