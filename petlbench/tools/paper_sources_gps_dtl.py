@@ -57,7 +57,9 @@ GPS_REPORTED = ("best_top1: GPS's best test epoch of one run (selected on test; 
 GPS_NOTES = {"gps": "times_para -> k (entries trained per output row); --contrastive --contrast-aug (SupConLoss of "
                     "two augmented views, temperature 0.07) -> loss supcon, petlbench's default; --pruning "
                     "--pruning_method gradient_perCell --tuning-mode part: the method itself (its biases train too); "
-                    "lr, weight-decay, batch-size, drop-path per task; " + VPETL}
+                    "lr, weight-decay, batch-size, drop-path per task; --dataset, --num-classes, --img-size 224: the "
+                    "suite's task and the backbone's input; --log-wandb, --run_name, --no-prefetcher: logging and "
+                    "loading only (no number changes); " + VPETL}
 
 
 def gps(reference: Path) -> dict[str, Any]:
@@ -119,7 +121,8 @@ DTL_REPORTED = ("best_top1 (dtl rows): V-PETL Bench README's DTL row, labelled t
 DTL_NOTES = {
     "dtl": "r -> rank, beta -> beta, --lora_before_blocks 0-11 -> read_from 0, --add_after_blocks 6-11 -> add_from's "
            "default (L / 2 = 6 of ViT-B's 12 blocks, to the last), --fusion_size 0 -> fusion 0; lr and drop_path "
-           "per task; the mean-pooled head (pool avg) as DTL's ViT; " + VPETL,
+           "per task; the mean-pooled head (pool avg) as DTL's ViT; --dataset: the suite's task; --model, "
+           "--load_path: the recipe's backbone; " + VPETL,
     DTL_PLUS: "DTL+ (train_dtl+.sh): as dtl with --fusion_size k -> fusion k, each task's own kernel (3, 4 or 5; "
               "asked for as dtl:fusion=3, the code's default); no published per-task number",
 }
