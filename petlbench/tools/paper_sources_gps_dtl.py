@@ -43,8 +43,8 @@ GPS_DEPARTURES = [
     "bicubic, no augmentation)",
     "fgvc: --simple-aug (RandomResizedCrop 224 + flip) with train_gps.py's defaults mixup 0.8, cutmix 1.0, smoothing "
     "0.1, and --model-ema (decay 0.9998; 0.99 for oxford_flowers; train_gps.py logs the best test top-1 of the raw "
-    "and of the EMA weights; which of the two the published row is was not checked): petlbench has no mixup, cutmix or EMA, "
-    "uses the fgvc suite's preprocessing and label smoothing 0.1; these change the number",
+    "and of the EMA weights; which of the two the published row is was not checked): petlbench has no mixup, "
+    "cutmix or EMA, uses the fgvc suite's preprocessing and label smoothing 0.1; these change the number",
     "selection: the views of the gradient epoch lack GPS's colour jitter and grayscale (methods/gps.py)",
     "reported: train_gps.py tests every epoch and keeps the best top-1 (selected on test); petlbench's number is the "
     "last epoch, its test curve every 10 epochs (eval_every 10; --train eval_every=1 for GPS's) gives `table "
