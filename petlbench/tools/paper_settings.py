@@ -5,7 +5,8 @@
 REFERENCE_DIR holds the transcribed files (`petl_vision_best_tune.csv`, `ssf_train_scripts.csv`, `fact_configs.csv`,
 `convpass_configs.csv`; a copy is in tests/data/paper_settings); SSF's, FacT's and Convpass's numbers come from
 results/published/ (petlbench/tools/paper_sources.py). The shipped files are this script's output, and
-tests/test_paper_protocol.py checks that they still are.
+tests/test_paper_protocol.py checks that they still are. GPS's and DTL's (`gps_train_scripts.csv`,
+`dtl_train_scripts.csv`) are converted by petlbench/tools/paper_sources_gps_dtl.py.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import yaml
 from petlbench.records import replaced_whole
 from petlbench.tools.noah_subnets import paper_source as noah
 from petlbench.tools.paper_sources import CONVERTER, convpass, fact, number, reference_rows, ssf
+from petlbench.tools.paper_sources_gps_dtl import dtl, gps
 
 # PETL_Vision folder name -> (petlbench method label, {petlbench option: PETL_Vision column}, fixed options)
 PETL_VISION = {
@@ -107,6 +109,8 @@ def petl_vision(reference: Path) -> dict[str, Any]:
 
 
 SOURCES = {"petl_vision": petl_vision, "ssf": ssf, "fact": fact, "convpass": convpass, "noah": noah}
+SOURCES["gps"] = gps  # gps_train_scripts.csv (petlbench/tools/paper_sources_gps_dtl.py)
+SOURCES["dtl"] = dtl  # dtl_train_scripts.csv (same module)
 
 
 def dump(settings: dict[str, Any]) -> str:
