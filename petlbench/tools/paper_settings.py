@@ -18,6 +18,8 @@ import yaml
 from petlbench.records import replaced_whole
 from petlbench.tools.noah_subnets import paper_source as noah
 from petlbench.tools.paper_sources import CONVERTER, convpass, fact, number, reference_rows, ssf
+from petlbench.tools.paper_sources_e2vpt import e2vpt
+from petlbench.tools.paper_sources_snell import snell
 
 # PETL_Vision folder name -> (petlbench method label, {petlbench option: PETL_Vision column}, fixed options)
 PETL_VISION = {
@@ -107,6 +109,8 @@ def petl_vision(reference: Path) -> dict[str, Any]:
 
 
 SOURCES = {"petl_vision": petl_vision, "ssf": ssf, "fact": fact, "convpass": convpass, "noah": noah}
+SOURCES["e2vpt"] = e2vpt  # E2VPT's command.txt (petlbench/tools/paper_sources_e2vpt.py)
+SOURCES["snell"] = snell  # SNELL's train scripts (petlbench/tools/paper_sources_snell.py)
 
 
 def dump(settings: dict[str, Any]) -> str:
