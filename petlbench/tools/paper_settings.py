@@ -6,6 +6,8 @@ REFERENCE_DIR holds the transcribed files (`petl_vision_best_tune.csv`, `ssf_tra
 `convpass_configs.csv`; a copy is in tests/data/paper_settings); SSF's, FacT's and Convpass's numbers come from
 results/published/ (petlbench/tools/paper_sources.py). The shipped files are this script's output, and
 tests/test_paper_protocol.py checks that they still are.
+E2VPT's (`e2vpt_commands.csv`) and SNELL's (`snell_train_scripts.csv`) converters are paper_sources_e2vpt.py and
+paper_sources_snell.py (tests/test_paper_sources_e2vpt_snell.py).
 """
 from __future__ import annotations
 

@@ -87,8 +87,10 @@ def e2vpt(reference: Path) -> dict[str, Any]:
         ],
     }
     notes = {"e2vpt": "NUM_TOKENS_P -> tokens, NUM_TOKENS -> kv_tokens, SHARE_PARAM_KV -> share_kv, ORIGIN_INIT "
-                      "0/1/2 -> kv_init xavier/normal/kaiming, DROPOUT_P -> dropout; DEEP and DEEP_P True are e2vpt "
-                      "itself, MASK_CLS_TOKEN False no pruning (prune_tokens 0). Left out: the 'Pruning and Rewind' "
+                      "0/1/2 -> kv_init xavier/normal/kaiming, DROPOUT_P -> dropout, DATA.BATCH_SIZE -> batch_size; "
+                      "DEEP and DEEP_P True, TRANSFER_TYPE P_VK and MODEL.TYPE vit are e2vpt on the supervised ViT, "
+                      "MASK_CLS_TOKEN False no pruning (prune_tokens 0). No counterpart: the val search of lr and wd "
+                      "and the 5-seed mean (see departures; they can change the number). Left out: the 'Pruning and Rewind' "
                       "commands (the same prompt numbers and configs, no percentages: tune_vtab_PruningRewind_CVK.py "
                       "searches 81 pairs on val200, the chosen ones are not released; run "
                       "e2vpt:prune_tokens=P:prune_pieces=Q yourself) and the 'ssl mae' / 'ssl moco' blocks "

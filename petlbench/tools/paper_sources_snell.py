@@ -71,8 +71,13 @@ def snell(reference: Path) -> dict[str, Any]:
     notes = {
         "snell": "low_rank_dim -> rank, init_thres -> sparsity (the fraction of each update zeroed); SNELL's dropout "
                  "0.1 and drop-path 0.1 on the updates and the trained class token are snell's defaults "
-                 "(BlockSNELLParallel, freeze_stage). Left out: the snella32 scripts (SNELLA's train_alloc.py "
-                 "sparsity allocation, the mixk kernel): not implemented in petlbench",
+                 "(BlockSNELLParallel, freeze_stage). The rest: model_name, opt adamw, drop-path 0.1, smoothing / "
+                 "mixup / cutmix 0 -> the recipe; val_interval 10 -> eval_every 10; test true (train800val200 -> "
+                 "test) and seed 0 -> the final protocol, --seeds 0. No counterpart: warm-up lr 1e-6 and min-lr "
+                 "1e-5 of the per-epoch schedule (a small change), the every-epoch tests of the last 10 epochs "
+                 "(max-test only) and, on FGVC, training on train only with timm's augmentation (can change the "
+                 "number): see departures. Left out: the snella32 scripts (SNELLA's train_alloc.py sparsity "
+                 "allocation, the mixk kernel): not implemented in petlbench",
         "snell:rank=16": "as snell (rank 16; FGVC only)", "snell:rank=8": "as snell (rank 8; FGVC only)"}
     title = ("SNELL (Shen et al., NeurIPS 2024), per-task rank, sparsity, lr, wd, batch and epochs of its released "
              "scripts: VTAB-1k snell32, FGVC snell8/16/32 (snella32 left out); the best test epoch of one run")
