@@ -18,6 +18,8 @@ import pandas as pd
 
 import petlbench
 from petlbench.errors import UserError
+from petlbench.plan import method_label
+from petlbench.registry import parse_method_spec
 from petlbench.report.sources import EXTRA, Profile, choose, citation, normalise, profile, row_words, warning
 from petlbench.report.summary import KEYS, MAX_TEST, Stats, SuiteInfo, aggregate
 
@@ -116,10 +118,26 @@ def published_frame(table: pd.DataFrame, info: SuiteInfo, backbone_params: float
 
 
 def partner_method(label: str, name: str, table: pd.DataFrame) -> str:
-    """The published method for a user row: the one named by its full label (`fact:variant=tt`), else by the
-    method's name (`lora`, whatever its options)."""
+    """The published method for a user row: the one named by its label (`fact:variant=tt`; a paper row's without
+    ` [source]`) as petlbench writes it (`snell` is `snell:rank=32`), else by its name (`lora`, whatever its options)."""
     label = label.removesuffix(MAX_TEST)
-    return label if label in set(table["method"]) else name
+    methods = set(table["method"])
+    bare = label.rsplit(" [", 1)[0] if label.endswith("]") else label
+    for candidate in (label, bare):
+        if candidate in methods:
+            return candidate
+        found = [m for m in sorted(methods) if m.startswith(f"{name}:") and canonical(m) == candidate]
+        if found:
+            return found[0]
+    return name
+
+
+def canonical(published_method: str) -> str | None:
+    """The label petlbench gives a published method spec ('snell:rank=32' -> 'snell'); None when it is none of ours."""
+    try:
+        return method_label(parse_method_spec(published_method))
+    except (UserError, ValueError, TypeError):
+        return None
 
 
 def subset(stats: Stats, keys: list) -> Stats:

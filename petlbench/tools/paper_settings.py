@@ -7,6 +7,8 @@ REFERENCE_DIR holds the transcribed files (`petl_vision_best_tune.csv`, `ssf_tra
 results/published/ (petlbench/tools/paper_sources.py). The shipped files are this script's output, and
 tests/test_paper_protocol.py checks that they still are. GPS's and DTL's (`gps_train_scripts.csv`,
 `dtl_train_scripts.csv`) are converted by petlbench/tools/paper_sources_gps_dtl.py.
+E2VPT's (`e2vpt_commands.csv`) and SNELL's (`snell_train_scripts.csv`) converters are paper_sources_e2vpt.py and
+paper_sources_snell.py (tests/test_paper_sources_e2vpt_snell.py).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from petlbench.records import replaced_whole
 from petlbench.tools.noah_subnets import paper_source as noah
 from petlbench.tools.paper_sources import CONVERTER, convpass, fact, number, reference_rows, ssf
 from petlbench.tools.paper_sources_gps_dtl import dtl, gps
+from petlbench.tools.paper_sources_e2vpt import e2vpt
+from petlbench.tools.paper_sources_snell import snell
 
 # PETL_Vision folder name -> (petlbench method label, {petlbench option: PETL_Vision column}, fixed options)
 PETL_VISION = {
@@ -111,6 +115,8 @@ def petl_vision(reference: Path) -> dict[str, Any]:
 SOURCES = {"petl_vision": petl_vision, "ssf": ssf, "fact": fact, "convpass": convpass, "noah": noah}
 SOURCES["gps"] = gps  # gps_train_scripts.csv (petlbench/tools/paper_sources_gps_dtl.py)
 SOURCES["dtl"] = dtl  # dtl_train_scripts.csv (same module)
+SOURCES["e2vpt"] = e2vpt  # E2VPT's command.txt (petlbench/tools/paper_sources_e2vpt.py)
+SOURCES["snell"] = snell  # SNELL's train scripts (petlbench/tools/paper_sources_snell.py)
 
 
 def dump(settings: dict[str, Any]) -> str:

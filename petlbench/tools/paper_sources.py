@@ -45,15 +45,16 @@ def reference_rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(lines))
 
 
-def published(suite: str, source_key: str, method: str) -> dict[str, float]:
+def published(suite: str, source_key: str, method: str, selections: tuple = ("test_best",)) -> dict[str, float]:
     """Task -> the test top-1 of the one row of (source_key, method) in results/published/published_<suite>.csv."""
     name = {"vtab1k": "published_vtab1k.csv", "fgvc": "published_fgvc.csv"}[suite]
     with (PUBLISHED / name).open(encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or [])
         rows = [r for r in reader if r["source_key"] == source_key and r["method"] == method]
-    if len(rows) != 1 or rows[0]["selection"] != "test_best":
-        raise ValueError(f"{name}: expected one test_best row of {method} from {source_key}, got {len(rows)}")
+    if len(rows) != 1 or rows[0]["selection"] not in selections:
+        raise ValueError(f"{name}: expected one {'/'.join(selections)} row of {method} from {source_key}, got "
+                         f"{len(rows)}")
     tasks = header[header.index("backbone") + 1:header.index("trainable_params_M")]  # the task columns
     return {FGVC_COLUMNS.get(t, t): float(rows[0][t]) for t in tasks if rows[0][t]}
 
