@@ -143,8 +143,11 @@ def fitting_state(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     state = read_state_dict(path)
     head = model.get_classifier()
     head_keys = {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
-    state = {k: v for k, v in state.items() if k not in head_keys}
     own = model.state_dict()
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")  # timm's name for it, e.g. "head"
+    if isinstance(classifier, str):  # a model built without a head (num_classes=0: a side tower) drops the file's
+        head_keys |= {k for k in state if k not in own and k.startswith(classifier + ".")}
+    state = {k: v for k, v in state.items() if k not in head_keys}
     missing = [k for k in own if k not in state and k not in head_keys]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()

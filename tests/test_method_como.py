@@ -265,7 +265,9 @@ def test_dino_weights_from_a_local_checkpoint(tiny_clip, tmp_path):
     torch.manual_seed(3)
     reference = side_tower(DINO, TINY_DINO, None, False, False, create(BackboneSpec("clip:tiny", {}, pretrained=False), 3))
     weights = tmp_path / "dino.safetensors"
-    save_file({k: v.contiguous() for k, v in reference.model.state_dict().items()}, str(weights))
+    head = {"head.weight": torch.randn(7, reference.model.num_features), "head.bias": torch.zeros(7)}
+    # a checkpoint of a classifier (as the demo's pre-trained ViT): its head is dropped, as a backbone's is
+    save_file({**{k: v.contiguous() for k, v in reference.model.state_dict().items()}, **head}, str(weights))
     spec = f"como_free:dino={DINO}:dino_args={'+'.join(TINY_DINO)}:dino_checkpoint={weights}"
     model = built(path, spec, torch.randn(6, 3, 32, 32), torch.arange(6) % 3)
     for name, tensor in reference.model.state_dict().items():
