@@ -21,6 +21,7 @@ from petlbench.errors import UserError
 from petlbench.plan import method_label
 from petlbench.registry import parse_method_spec
 from petlbench.report.sources import EXTRA, Profile, choose, citation, normalise, profile, row_words, warning
+from petlbench.report.sources import holds, reported_by  # --protocol paper: the row its source reported
 from petlbench.report.summary import KEYS, MAX_TEST, Stats, SuiteInfo, aggregate
 
 MODES = ("auto", "always", "never", "all")
@@ -197,11 +198,13 @@ def compare(frame: pd.DataFrame, user: Stats, info: SuiteInfo, mode: str = "auto
         return found[[forced or match(name, weights, b) is not None for b in found["backbone"]]]
 
     few_shot = {key for key, part in frame.groupby(KEYS, sort=False) if "shots" in part and part["shots"].any()}
+    reported = {key: reported_by(part) for key, part in frame.groupby(KEYS, sort=False)}
     partners = {}  # user key -> table index of its published row (none for few-shot rows: report.fewshot's)
     for key, row in rows.iterrows():
         found = candidates(row["method_name"], row["backbone_name"], row["weights"])
         if (levels[key] or forced) and not found.empty and key not in few_shot:
-            partners[key] = choose(profiles[key], found)
+            own = frozenset(i for i in found.index if holds(found.loc[i], reported[key], task_columns(table, info)))
+            partners[key] = choose(profiles[key], found, own)
     matched = [k for k, level in levels.items() if level]
     default = majority([profiles[k] for k in matched or list(rows.index)])
     methods = list(dict.fromkeys(table["method"])) if every_method else \

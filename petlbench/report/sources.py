@@ -92,20 +92,35 @@ def differences(user: Profile, row: pd.Series) -> list[str]:
     return found
 
 
-def closeness(user: Profile, row: pd.Series, order: int) -> tuple:
+def closeness(user: Profile, row: pd.Series, order: int, own: bool = False) -> tuple:
     """Sort key, smallest first: fewest of (test selection, build, weights) differing, in that order of weight;
-    then the same rule, a known rule, an original rather than a copy, more seeds, the file's order."""
+    then the row holding the numbers a --protocol paper row's source reported (`own`), the same rule, a known rule,
+    an original rather than a copy, more seeds, the file's order."""
     test = (row["selection"] == "test_best") != (user.selection == "test_best")
     build = user.build != "unknown" and row["data_build"] != user.build
     weights = row["backbone"] != user.backbone
     seeds = pd.to_numeric(row["seeds"], errors="coerce")
-    return (test + build + weights, test, build, weights, row["selection"] != user.selection,
+    return (test + build + weights, test, build, weights, not own, row["selection"] != user.selection,
             row["selection"] == "unknown", bool(row["copy_of"]), -(0 if pd.isna(seeds) else seeds), order)
 
 
-def choose(user: Profile, candidates: pd.DataFrame):
-    """The index of the closest candidate row."""
-    ranked = sorted(range(len(candidates)), key=lambda i: closeness(user, candidates.iloc[i], i))
+def reported_by(part: pd.DataFrame) -> dict[str, float]:
+    """Task -> the number a --protocol paper row's source reported for it (records_frame's `reported`)."""
+    if "reported" not in part:
+        return {}
+    return {t: float(v) for t, v in zip(part["task"], part["reported"]) if v is not None and pd.notna(v)}
+
+
+def holds(row: pd.Series, numbers: dict[str, float], columns: dict[str, str]) -> bool:
+    """Whether a published row is the one a paper run's source reported: its number on every such task."""
+    values = {task: pd.to_numeric(row[column], errors="coerce") for column, task in columns.items()}
+    return bool(numbers) and all(t in values and abs(values[t] - v) < 1e-9 for t, v in numbers.items())
+
+
+def choose(user: Profile, candidates: pd.DataFrame, own: frozenset = frozenset()):
+    """The index of the closest candidate row (`own`: the indices of the rows its source reported)."""
+    ranked = sorted(range(len(candidates)),
+                    key=lambda i: closeness(user, candidates.iloc[i], i, candidates.index[i] in own))
     return candidates.index[ranked[0]]
 
 

@@ -94,6 +94,12 @@ REPORTS = ("last", "max-test")
 MAX_TEST = " [max test]"  # the label suffix of rows selected on the test set
 
 
+def reported_number(record: dict, report: str) -> float | None:
+    """A --protocol paper run's source's own number for its task (last epoch, or best test epoch under max-test)."""
+    reported = ((record.get("paper") or {}).get("settings") or {}).get("reported") or {}
+    return reported.get("best_top1" if report == "max-test" else "top1")
+
+
 def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
     """One row per successful final run (tuning-stage runs never appear), the columns a table needs.
 
@@ -126,6 +132,7 @@ def records_frame(records: list[dict], report: str = "last") -> pd.DataFrame:
             "protocol": r.get("protocol", {}).get("name", "final"),  # what published row it is compared with
             "build": str((r.get("data") or {}).get("build") or "unknown"),  # data.build; older records: unknown
             "shots": shots or 0,  # 0: all the training data
+            "reported": reported_number(r, report),  # --protocol paper: its source's number for this task
             "recency": recency(r),
         })
     frame = pd.DataFrame(rows)

@@ -8,7 +8,8 @@ results/published/ (petlbench/tools/paper_sources.py). The shipped files are thi
 tests/test_paper_protocol.py checks that they still are. GPS's and DTL's (`gps_train_scripts.csv`,
 `dtl_train_scripts.csv`) are converted by petlbench/tools/paper_sources_gps_dtl.py.
 E2VPT's (`e2vpt_commands.csv`) and SNELL's (`snell_train_scripts.csv`) converters are paper_sources_e2vpt.py and
-paper_sources_snell.py (tests/test_paper_sources_e2vpt_snell.py).
+paper_sources_snell.py (tests/test_paper_sources_e2vpt_snell.py); RepAdapter's (`repadapter_configs.csv`)
+paper_sources_repadapter.py (tests/test_paper_sources_repadapter.py).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from petlbench.tools.paper_sources import CONVERTER, convpass, fact, number, ref
 from petlbench.tools.paper_sources_gps_dtl import dtl, gps
 from petlbench.tools.paper_sources_e2vpt import e2vpt
 from petlbench.tools.paper_sources_snell import snell
+from petlbench.tools.paper_sources_repadapter import repadapter
 
 # PETL_Vision folder name -> (petlbench method label, {petlbench option: PETL_Vision column}, fixed options)
 PETL_VISION = {
@@ -117,6 +119,7 @@ SOURCES["gps"] = gps  # gps_train_scripts.csv (petlbench/tools/paper_sources_gps
 SOURCES["dtl"] = dtl  # dtl_train_scripts.csv (same module)
 SOURCES["e2vpt"] = e2vpt  # E2VPT's command.txt (petlbench/tools/paper_sources_e2vpt.py)
 SOURCES["snell"] = snell  # SNELL's train scripts (petlbench/tools/paper_sources_snell.py)
+SOURCES["repadapter"] = repadapter  # RepAdapter's configs (petlbench/tools/paper_sources_repadapter.py)
 
 
 def dump(settings: dict[str, Any]) -> str:
