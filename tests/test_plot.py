@@ -54,7 +54,9 @@ def test_plot_writes_png_and_svg_with_published_points(tmp_path):
     methods = pd.read_csv(Path(__file__).parents[1] / "results/published/published_vtab1k.csv")["method"].nunique()
     assert len(markers) == methods == 27, "every published method, at its closest row (each gives params)"
     assert all("fill-opacity: 0" in m for m in markers), "hollow"
-    assert "published (vit_base_patch16_224.orig_in21k)" in texts and "published: range across sources" in texts
+    # the legend names every weights the points came from (GPS's rows: augreg, the weights its code loads)
+    assert "published (vit_base_patch16_224.orig_in21k, vit_base_patch16_224.augreg_in21k)" in texts
+    assert "published: range across sources" in texts
     assert "ssf" in texts, "every published method is a point, not only the ones you ran"
     assert "vpt_deep *" in texts, "3 of 19 tasks: the point is marked"
     assert "0 drawn at 0.001" in texts, "linear's zero params sit at a floor the axis label names"
