@@ -165,15 +165,11 @@ class CoMo(TipAdapter):
     description = ("CLIP zero-shot plus CLIP- and DINO-keyed caches blended by agreement with zero-shot (keys "
                    "fine-tuned; alpha, beta chosen on val)")
     paper = "Zhang et al., 2022 (CoMo, arXiv 2209.12255; code: CaFo, CVPR 2023)"
-    Config = CoMoConfig
-    families = ("vit", "resnet")  # CLIP's ViT or ResNet image tower (petlbench.clip, petlbench.clip_resnet)
-    needs_text = True
-    closed_form = True
+    Config = CoMoConfig  # families, text, closed form and CLIP's own preprocessing: TipAdapter's
     trains = True
     learn_keys = True
     train_defaults = TipAdapterF.train_defaults
     defaults_source = SOURCE
-    backbone_defaults = {"drop_path_rate": 0.0, "mean": "backbone", "std": "backbone"}  # CLIP's own preprocessing
     decay_rule = "all"  # torch.optim.AdamW(chain(dino_adapter, clip_adapter)): every trained tensor decays
 
     def check_fit(self, model) -> None:
